@@ -1,0 +1,30 @@
+# Set-up and entry points. `make repro` and `make test` are the two commands in the README.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+# Stage commands in dvc.yaml call `python`: the project's environment must come first on PATH.
+export PATH := $(BIN):$(PATH)
+export VIRTUAL_ENV := $(abspath $(VENV))
+
+.PHONY: repro test bench ui clean
+
+# The environment is built once; later runs reuse it (and need no network).
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+repro: $(VENV)/.installed  ## run the pipeline on the embedded data
+	dvc repro
+
+test: $(VENV)/.installed  ## run the test suite
+	python -m pytest
+
+bench: $(VENV)/.installed  ## print training throughput and pipeline wall times
+	python benchmarks/bench_vae.py
+
+ui: $(VENV)/.installed  ## open the MLflow UI on http://127.0.0.1:5000
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:  ## remove pipeline outputs and the local MLflow store (not the environment)
+	rm -rf outputs mlflow.db mlartifacts
