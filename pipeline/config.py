@@ -1,0 +1,204 @@
+"""Typed configuration: `params.yaml` parsed once into frozen dataclasses and validated.
+
+Every stage calls `load_config()` before doing any work, so a bad value stops the stage with a
+message naming the key, the value and what is allowed, before any output or MLflow run exists.
+There are no defaults here: `params.yaml` is the single source of every setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+
+DATASETS = ("mnist5k", "mnist", "fashion_mnist", "kmnist")
+ARCHITECTURES = ("mlp", "conv")
+RECONSTRUCTION_LOSSES = ("bce", "mse")
+
+
+class ConfigError(PipelineError):
+    """A value in params.yaml that the pipeline cannot use."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one params.yaml value may be: a kind, and optionally a range or a set of choices."""
+
+    kind: type  # int, float or str
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+    maximum: float | None = None
+    exclusive_maximum: bool = False
+    choices: tuple[str, ...] | None = None
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "one of: " + ", ".join(self.choices)
+        noun = {int: "an integer", float: "a number", str: "a string"}[self.kind]
+        bounds = []
+        if self.minimum is not None:
+            bounds.append(f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}")
+        if self.maximum is not None:
+            bounds.append(f"{'<' if self.exclusive_maximum else '<='} {self.maximum:g}")
+        return " ".join([noun, " and ".join(bounds)]).strip()
+
+    def coerce(self, value: Any) -> Any:
+        """Return `value` as this rule's kind, or raise ValueError if it is not allowed."""
+        if self.kind is int:
+            # bool is a subclass of int in Python; `latent_dim: true` is a mistake, not 1.
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError
+        elif self.kind is float:
+            if isinstance(value, str):
+                # PyYAML reads `1e-3` (no dot) as a string; accept numeric literals only.
+                value = float(value)
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError
+        elif not isinstance(value, str):
+            raise ValueError
+        if self.choices is not None and value not in self.choices:
+            raise ValueError
+        if self.minimum is not None:
+            if value < self.minimum or (self.exclusive_minimum and value == self.minimum):
+                raise ValueError
+        if self.maximum is not None:
+            if value > self.maximum or (self.exclusive_maximum and value == self.maximum):
+                raise ValueError
+        return value
+
+
+def rule(**kwargs: Any) -> Any:
+    """A dataclass field whose metadata carries its validation rule."""
+    return field(metadata={"rule": Rule(**kwargs)})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = rule(kind=str, choices=DATASETS)
+    test_fraction: float = rule(kind=float, minimum=0, exclusive_minimum=True, maximum=1, exclusive_maximum=True)
+    max_per_class: int = rule(kind=int, minimum=0)  # 0 keeps every image
+    mirror: str = rule(kind=str)  # "" = torchvision's own URLs
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    architecture: str = rule(kind=str, choices=ARCHITECTURES)
+    hidden_dim: int = rule(kind=int, minimum=1)
+    epochs: int = rule(kind=int, minimum=1)
+    batch_size: int = rule(kind=int, minimum=1)
+    learning_rate: float = rule(kind=float, minimum=0, exclusive_minimum=True)
+    beta: float = rule(kind=float, minimum=0)
+    kl_warmup_epochs: int = rule(kind=int, minimum=0)
+    reconstruction: str = rule(kind=str, choices=RECONSTRUCTION_LOSSES)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = rule(kind=str)  # "" = named after the dataset
+
+
+@dataclass(frozen=True)
+class Config:
+    latent_dim: int = rule(kind=int, minimum=1)
+    seed: int = rule(kind=int, minimum=0)
+    device: str = rule(kind=str)  # auto, cpu, cuda or cuda:N; checked by resolve_device
+    data: DataConfig = field(default=None)  # type: ignore[assignment]
+    vae: VAEConfig = field(default=None)  # type: ignore[assignment]
+    tracking: TrackingConfig = field(default=None)  # type: ignore[assignment]
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.data.name
+
+
+def _parse(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from the mapping `raw`, reporting keys as dotted paths."""
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params.yaml: {where} must be a mapping of keys to values, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    types = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else ""
+            raise ConfigError(
+                f"params.yaml: unknown key '{prefix}{key}'{hint} (allowed here: {', '.join(fields)})"
+            )
+    values = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in raw:
+            raise ConfigError(f"params.yaml: missing key '{key}'")
+        if "rule" not in f.metadata:  # a nested section such as `vae:`
+            values[name] = _parse(types[name], raw[name], key + ".")
+            continue
+        check: Rule = f.metadata["rule"]
+        try:
+            values[name] = check.coerce(raw[name])
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"params.yaml: {key} = {raw[name]!r} is not allowed; expected {check.describe()}"
+            ) from None
+    return cls(**values)
+
+
+def parse_config(raw: Any) -> Config:
+    """Validate a params mapping (as read from params.yaml) into a Config, or raise ConfigError."""
+    config = _parse(Config, raw, "")
+    resolve_device(config.device)
+    return config
+
+
+def load_config(path: Path = PARAMS_FILE) -> Config:
+    """Read and validate params.yaml."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: run the stage from the project root") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_config(raw)
+
+
+def resolve_device(name: str) -> str:
+    """Map the `device` param to a torch device string: auto picks CUDA when present."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"params.yaml: device = {name!r} but this machine has no CUDA device; "
+                "use 'auto' or 'cpu'"
+            )
+        return name
+    raise ConfigError(f"params.yaml: device = {name!r} is not allowed; expected one of: auto, cpu, cuda, cuda:N")
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """The config as flat dotted keys (`vae.epochs`), as MLflow params and DVC show them."""
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            flat[prefix + f.name] = value
+    return flat

@@ -1,0 +1,21 @@
+"""Errors a user can act on. Stages report them as one clear message and exit non-zero."""
+
+
+class PipelineError(Exception):
+    """Base class: the message says what went wrong and what to do about it."""
+
+
+class DataError(PipelineError):
+    """The data could not be obtained or is not what the pipeline expects."""
+
+
+class CheckpointError(PipelineError):
+    """A checkpoint is missing, damaged or belongs to another configuration."""
+
+
+class TrainingDiverged(PipelineError):
+    """A loss became NaN or infinite."""
+
+
+class TrackingError(PipelineError):
+    """The MLflow tracking store could not be used."""

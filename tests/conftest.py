@@ -1,0 +1,100 @@
+"""Shared fixtures: a tiny project in a temporary folder with its own MLflow store."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds per stage, large enough that every class is in both splits.
+TINY = {
+    "latent_dim": 4,
+    "data": {"max_per_class": 30},
+    "vae": {"hidden_dim": 32, "epochs": 2, "batch_size": 64},
+}
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def mlflow_runs(store: Path, experiment: str | None = None):
+    """All runs in the sqlite store at `store` (optionally of one experiment), as entities."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
+    experiments = client.search_experiments()
+    ids = [e.experiment_id for e in experiments if experiment is None or e.name == experiment]
+    return client.search_runs(ids) if ids else []
+
+
+class Project:
+    """A temporary project folder: params.yaml, outputs/ and mlflow.db live here."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.store = root / "mlflow.db"
+
+    def write_params(self, overrides: dict | None = None, base: dict | None = None) -> dict:
+        params = merge(base if base is not None else merge(repo_params(), TINY), overrides or {})
+        (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return params
+
+    def stage(self, name: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+        """Run `python -m pipeline.<name>` here as DVC would, in a fresh process."""
+        result = subprocess.run(
+            [sys.executable, "-m", f"pipeline.{name}"], cwd=self.root, capture_output=True, text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"stage {name} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def runs(self, experiment: str | None = None):
+        return mlflow_runs(self.store, experiment) if self.store.exists() else []
+
+    def files(self) -> list[str]:
+        """Every file the stages wrote (the MLflow store aside)."""
+        out = self.root / "outputs"
+        return sorted(str(p.relative_to(self.root)) for p in out.rglob("*") if p.is_file()) if out.exists() else []
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Project:
+    """A tiny project whose stages record into its own local store (DVC's variables cleared)."""
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "PIPELINE_DATA_MIRROR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.chdir(tmp_path)
+    project = Project(tmp_path)
+    project.write_params()
+    return project
+
+
+def copy_repo(destination: Path) -> Path:
+    """A git clone-like copy of the project's tracked sources (no outputs, store or venv)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, destination / name)
+    return destination

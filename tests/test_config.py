@@ -1,0 +1,76 @@
+"""params.yaml is validated before any work: bad values name the key, the value and what is allowed."""
+
+import pytest
+import torch
+
+from conftest import merge, repo_params
+from pipeline.config import ConfigError, flatten, parse_config
+
+
+def test_repository_params_are_valid():
+    config = parse_config(repo_params())
+    assert config.latent_dim >= 1
+    assert config.experiment_name == config.data.name  # tracking.experiment "" means the dataset's name
+    assert "latent_dim" in flatten(config) and "vae.epochs" in flatten(config)
+
+
+@pytest.mark.parametrize(
+    "override, key, shown, allowed",
+    [
+        ({"latent_dim": 0}, "latent_dim", "0", "an integer >= 1"),
+        ({"latent_dim": -3}, "latent_dim", "-3", "an integer >= 1"),
+        ({"latent_dim": "abc"}, "latent_dim", "'abc'", "an integer >= 1"),
+        ({"latent_dim": 2.5}, "latent_dim", "2.5", "an integer >= 1"),
+        ({"latent_dim": True}, "latent_dim", "True", "an integer >= 1"),
+        ({"data": {"name": "cifar10"}}, "data.name", "'cifar10'", "one of: mnist5k, mnist, fashion_mnist, kmnist"),
+        ({"data": {"test_fraction": 1.0}}, "data.test_fraction", "1.0", "a number > 0 and < 1"),
+        ({"vae": {"epochs": -1}}, "vae.epochs", "-1", "an integer >= 1"),
+        ({"vae": {"epochs": 0}}, "vae.epochs", "0", "an integer >= 1"),
+        ({"vae": {"learning_rate": -0.001}}, "vae.learning_rate", "-0.001", "a number > 0"),
+        ({"vae": {"learning_rate": 0}}, "vae.learning_rate", "0", "a number > 0"),
+        ({"vae": {"learning_rate": "fast"}}, "vae.learning_rate", "'fast'", "a number > 0"),
+        ({"vae": {"architecture": "transformer"}}, "vae.architecture", "'transformer'", "one of: mlp, conv"),
+        ({"vae": {"beta": -1.0}}, "vae.beta", "-1.0", "a number >= 0"),
+    ],
+)
+def test_bad_value_names_key_value_and_what_is_allowed(override, key, shown, allowed):
+    with pytest.raises(ConfigError) as error:
+        parse_config(merge(repo_params(), override))
+    assert f"{key} = {shown} is not allowed; expected {allowed}" in str(error.value)
+
+
+def test_unknown_key_suggests_the_nearest_valid_one():
+    params = repo_params()
+    params["latent_dm"] = params.pop("latent_dim")
+    with pytest.raises(ConfigError, match="unknown key 'latent_dm'; did you mean 'latent_dim'"):
+        parse_config(params)
+
+
+def test_missing_key_is_reported():
+    params = repo_params()
+    del params["vae"]["epochs"]
+    with pytest.raises(ConfigError, match="missing key 'vae.epochs'"):
+        parse_config(params)
+
+
+def test_exponent_literal_that_yaml_reads_as_string_is_a_number():
+    config = parse_config(merge(repo_params(), {"vae": {"learning_rate": "1e-3"}}))
+    assert config.vae.learning_rate == 0.001
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_without_cuda_is_refused():
+    with pytest.raises(ConfigError, match="device = 'cuda' but this machine has no CUDA device"):
+        parse_config(merge(repo_params(), {"device": "cuda"}))
+
+
+@pytest.mark.parametrize("stage", ["download", "train_vae"])
+@pytest.mark.parametrize("override", [{"latent_dim": 0}, {"vae": {"learning_rate": -1.0}}, {"data": {"name": "nope"}}])
+def test_stage_with_bad_params_exits_non_zero_and_writes_nothing(project, stage, override):
+    project.write_params(override)
+    result = project.stage(stage, check=False)
+    assert result.returncode == 2
+    assert "error: params.yaml:" in result.stderr and "is not allowed" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert project.files() == []
+    assert not project.store.exists()  # no MLflow run, not even an empty store
