@@ -1,0 +1,212 @@
+"""MLflow: where runs are stored and how DVC stage executions map onto MLflow runs.
+
+The store
+    `MLFLOW_TRACKING_URI` when set (for example a team's `mlflow server`); otherwise
+    `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlartifacts/`, where <root> is
+    `DVC_ROOT` when DVC sets it and the working directory otherwise. DVC runs queued and
+    `--temp` experiments in a temporary copy of the project but sets DVC_ROOT to the real one,
+    so their runs land in the same store as `dvc repro`'s.
+
+One row per result
+    The `download` stage records each dataset it prepares in the experiment `datasets`. Every
+    result lives in the experiment named after the dataset (or `tracking.experiment`): a
+    `train_vae` execution starts a row, writes that row's id into its outputs, and the stages
+    after it (GAN, evaluation) add their params, metrics and artifacts to the same row.
+    A stage adds to its upstream row when that row finished cleanly, does not hold this stage's
+    record yet and has the same params; otherwise (the stage reruns because only its own params
+    changed, or an earlier attempt at it failed) it starts a new row holding copies of the
+    upstream stages' metrics and tags, so each row always shows a complete result. A `dvc repro`
+    that changes nothing runs no stage and so creates no row.
+
+    The tag `pipeline.stages` lists the stages recorded in a row, in order. Each stage's metrics
+    are named `<prefix>/<name>` (prefixes in STAGE_METRIC_PREFIX), which is how a new row knows
+    which metrics to copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, flatten
+from pipeline.errors import TrackingError
+from pipeline.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+DATA_EXPERIMENT = "datasets"
+STAGES_TAG = "pipeline.stages"
+STAGE_METRIC_PREFIX = {"download": "data", "train_vae": "vae", "train_gan": "gan", "evaluate": "eval"}
+
+
+def project_root() -> Path:
+    """The real project root, also inside a DVC experiment's temporary copy."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _connect():
+    """Point MLflow at the store and return (mlflow, client)."""
+    # Usage telemetry would only try (and fail) to reach the network from here.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow, mlflow.MlflowClient()
+
+
+def ensure_experiment(name: str) -> str:
+    """The id of experiment `name`, created (with artifacts beside the local store) if missing."""
+    mlflow, client = _connect()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # With the default local store, keep artifacts at the project root too; a tracking server
+    # chooses its own. (Not judged by MLFLOW_TRACKING_URI alone: set_tracking_uri sets it.)
+    local = tracking_uri() == default_tracking_uri()
+    location = (project_root() / "mlartifacts").as_uri() if local else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:
+        # Another process created it between our lookup and our create.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def context_tags(stage: str) -> dict[str, str]:
+    """Tags that say where a record comes from: stage, git commit, DVC experiment."""
+    tags = {
+        "pipeline.stage": stage,
+        "git.commit": _git("rev-parse", "HEAD") or "unknown",
+        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+    }
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
+
+
+def run_name(prefix: str, config: Config) -> str:
+    """A readable run name: `<prefix>-ld<latent_dim>-<DVC experiment name or 'workspace'>`."""
+    return f"{prefix}-ld{config.latent_dim}-{os.environ.get('DVC_EXP_NAME', 'workspace')}"
+
+
+def _recorded_stages(run) -> list[str]:
+    value = run.data.tags.get(STAGES_TAG, "")
+    return value.split(",") if value else []
+
+
+def _can_add_to(run, stage: str, params: dict[str, str]) -> bool:
+    """Whether `stage` may add its record to the existing row `run` (see module docstring)."""
+    return (
+        run.info.status == "FINISHED"
+        and stage not in _recorded_stages(run)
+        and all(run.data.params.get(key, value) == value for key, value in params.items())
+    )
+
+
+def _copy_upstream(client, source, target_id: str, stage: str) -> list[str]:
+    """Copy the records of the stages before `stage` from row `source` into row `target_id`."""
+    from mlflow.entities import RunTag
+
+    recorded = _recorded_stages(source)
+    kept = recorded[: recorded.index(stage)] if stage in recorded else recorded
+    prefixes = tuple(f"{STAGE_METRIC_PREFIX.get(s, s)}/" for s in kept)
+    metrics = [
+        point
+        for key in source.data.metrics
+        if key.startswith(prefixes)
+        for point in client.get_metric_history(source.info.run_id, key)
+    ]
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(target_id, metrics=metrics[start : start + 1000])
+    client.log_batch(target_id, tags=[RunTag(f"pipeline.source_run.{s}", source.data.tags.get(
+        f"pipeline.source_run.{s}", source.info.run_id)) for s in kept])
+    return kept
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    config: Config,
+    *,
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any] | None = None,
+    upstream_run_id: str | None = None,
+) -> Iterator[Any]:
+    """Record one stage execution in MLflow; yields the active `mlflow.ActiveRun`.
+
+    With `upstream_run_id` the stage adds to that row or starts a new one holding copies of its
+    upstream records (see module docstring). `params` defaults to the full typed config. If the
+    block raises, MLflow marks the run FAILED and the stage is not added to `pipeline.stages`.
+    """
+    mlflow, client = _connect()
+    params = {key: str(value) for key, value in (params or flatten(config)).items()}
+    try:
+        experiment_id = ensure_experiment(experiment)
+        upstream = client.get_run(upstream_run_id) if upstream_run_id else None
+    except mlflow.exceptions.MlflowException as error:
+        if upstream_run_id and "not found" in str(error).lower():
+            log.warning("upstream MLflow run %s is not in %s; starting a new row", upstream_run_id, tracking_uri())
+            upstream = None
+        else:
+            raise TrackingError(f"MLflow store {tracking_uri()} could not be used: {error}") from None
+
+    stages: list[str] = []
+    if upstream is not None and _can_add_to(upstream, stage, params):
+        active = mlflow.start_run(run_id=upstream.info.run_id)
+        stages = _recorded_stages(upstream)
+    else:
+        active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+        if upstream is not None:
+            stages = _copy_upstream(client, upstream, active.info.run_id, stage)
+            mlflow.set_tag("pipeline.forked_from", upstream.info.run_id)
+    with active:
+        mlflow.set_tags(context_tags(stage))
+        mlflow.log_params({k: v for k, v in params.items() if k not in active.data.params})
+        yield active
+        mlflow.set_tag(STAGES_TAG, ",".join([*stages, stage]))
+        mlflow.set_tag(f"pipeline.source_run.{stage}", active.info.run_id)
+
+
+def log_dataset(splits, facts: dict) -> None:
+    """Log both splits as MLflow dataset inputs, with the data's content hash as digest."""
+    import mlflow
+    import mlflow.data
+
+    for context, x, y in (("train", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)):
+        dataset = mlflow.data.from_numpy(x, targets=y, name=f"{splits.name}-{context}", digest=facts["content_hash"])
+        mlflow.log_input(dataset, context=context)
+
+
+def write_run_file(path: Path, run) -> None:
+    """Store which MLflow row a stage recorded into, for the stages after it."""
+    write_json(path, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
+
+
+def read_run_file(path: Path) -> str | None:
+    """The row id a previous stage recorded into, or None when the file is missing."""
+    path = Path(path)
+    return read_json(path)["run_id"] if path.exists() else None
