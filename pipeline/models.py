@@ -1,0 +1,120 @@
+"""The VAE: an encoder to (mu, logvar), the reparameterisation trick, and a decoder.
+
+The decoder is its own module with the interface a GAN generator has (latent z -> image in
+[0, 1]), so the GAN stage can start its generator from the trained decoder's weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class VAEArchitecture:
+    """What a checkpoint needs to rebuild the networks."""
+
+    kind: str  # "mlp" or "conv"
+    image_shape: tuple[int, int, int]  # (C, H, W), from the dataset
+    latent_dim: int
+    hidden_dim: int
+
+    def __post_init__(self) -> None:
+        _, height, width = self.image_shape
+        if self.kind == "conv" and (height % 4 or width % 4):
+            raise ValueError(f"the conv architecture needs image sides divisible by 4, got {self.image_shape}")
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "image_shape": list(self.image_shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VAEArchitecture:
+        return cls(**{**data, "image_shape": tuple(data["image_shape"])})
+
+
+def _conv_trunk(arch: VAEArchitecture) -> tuple[int, int, int]:
+    """Feature map after two stride-2 convolutions: (64, H/4, W/4)."""
+    _, height, width = arch.image_shape
+    return 64, height // 4, width // 4
+
+
+class Encoder(nn.Module):
+    """x (B, C, H, W) in [0, 1] -> mu, logvar of q(z|x), each (B, latent_dim)."""
+
+    def __init__(self, arch: VAEArchitecture):
+        super().__init__()
+        channels, height, width = arch.image_shape
+        if arch.kind == "mlp":
+            self.features = nn.Sequential(
+                nn.Flatten(), nn.Linear(channels * height * width, arch.hidden_dim), nn.ReLU()
+            )
+        else:
+            trunk = _conv_trunk(arch)
+            self.features = nn.Sequential(
+                nn.Conv2d(channels, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, H/2, W/2)
+                nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),  # (B, 64, H/4, W/4)
+                nn.Flatten(), nn.Linear(trunk[0] * trunk[1] * trunk[2], arch.hidden_dim), nn.ReLU(),
+            )
+        self.mu = nn.Linear(arch.hidden_dim, arch.latent_dim)
+        self.logvar = nn.Linear(arch.hidden_dim, arch.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x)  # (B, hidden_dim)
+        return self.mu(h), self.logvar(h)
+
+
+class Decoder(nn.Module):
+    """z (B, latent_dim) -> image (B, C, H, W) in [0, 1]; `logits` gives the pre-sigmoid values."""
+
+    def __init__(self, arch: VAEArchitecture):
+        super().__init__()
+        self.image_shape = arch.image_shape
+        channels, height, width = arch.image_shape
+        if arch.kind == "mlp":
+            self.net = nn.Sequential(
+                nn.Linear(arch.latent_dim, arch.hidden_dim), nn.ReLU(),
+                nn.Linear(arch.hidden_dim, channels * height * width),
+                nn.Unflatten(1, arch.image_shape),
+            )
+        else:
+            trunk = _conv_trunk(arch)
+            self.net = nn.Sequential(
+                nn.Linear(arch.latent_dim, arch.hidden_dim), nn.ReLU(),
+                nn.Linear(arch.hidden_dim, trunk[0] * trunk[1] * trunk[2]), nn.ReLU(),
+                nn.Unflatten(1, trunk),  # (B, 64, H/4, W/4)
+                nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, H/2, W/2)
+                nn.ConvTranspose2d(32, channels, 4, stride=2, padding=1),  # (B, C, H, W)
+            )
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(z))
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z = mu + sigma * eps with eps ~ N(0, I), sigma = exp(logvar / 2).
+
+    The noise is an input rather than a function of the parameters, so gradients flow from z
+    to mu and logvar (Kingma & Welling 2014, section 2.4).
+    """
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+class VAE(nn.Module):
+    def __init__(self, arch: VAEArchitecture):
+        super().__init__()
+        self.arch = arch
+        self.encoder = Encoder(arch)
+        self.decoder = Decoder(arch)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """x (B, C, H, W) -> (reconstruction logits (B, C, H, W), mu, logvar)."""
+        mu, logvar = self.encoder(x)
+        z = reparameterize(mu, logvar, generator)  # (B, latent_dim)
+        return self.decoder.logits(z), mu, logvar

@@ -1,0 +1,240 @@
+"""Stage `train_vae`: train the VAE on the training split, judge it on the test split.
+
+The loop keeps the whole split on the device as one tensor and draws shuffled index batches
+from a seeded generator: no per-image Dataset conversion, and the same params give the same
+numbers on CPU, run after run.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pipeline import paths
+from pipeline.config import Config, load_config, resolve_device
+from pipeline.download import Splits, dataset_facts, load_splits
+from pipeline.errors import CheckpointError, TrainingDiverged
+from pipeline.io import atomic_path, load_checkpoint, save_checkpoint, write_json
+from pipeline.losses import kl_weight, vae_loss
+from pipeline.models import VAE, VAEArchitecture
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KIND = "vae"
+GRID_ROWS = 8  # images per row in the sample and reconstruction grids
+
+
+@dataclass
+class TrainResult:
+    model: VAE
+    history: list[dict[str, float]]  # one row per epoch: epoch, kl_weight, train_*, test_*
+    seconds: float
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1]
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (N, C, H, W) -> float32 in [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def check_finite(terms: dict[str, float], epoch: int, phase: str) -> None:
+    """Raise TrainingDiverged naming the epoch and the first loss term that is NaN or infinite."""
+    for name, value in terms.items():
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"epoch {epoch + 1}: the {phase} loss term '{name}' became {value}; "
+                "lower vae.learning_rate or check the data"
+            )
+
+
+def train_epoch(model, optimizer, x, *, batch_size, kind, kl_scale, generator, epoch) -> dict[str, float]:
+    """One pass over `x` in shuffled batches; returns the per-image mean of each loss term."""
+    model.train()
+    totals: dict[str, float] = {}
+    order = torch.randperm(len(x), generator=generator, device=x.device)
+    for start in range(0, len(x), batch_size):
+        batch = x[order[start : start + batch_size]]  # (B, C, H, W)
+        logits, mu, logvar = model(batch, generator)
+        terms = vae_loss(logits, batch, mu, logvar, kind=kind, kl_scale=kl_scale)
+        values = {name: value.item() for name, value in terms.items()}
+        check_finite(values, epoch, "training")
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        for name, value in values.items():
+            totals[name] = totals.get(name, 0.0) + value * len(batch)
+    return {name: total / len(x) for name, total in totals.items()}
+
+
+@torch.inference_mode()
+def evaluate(model, x, *, batch_size, kind, kl_scale, seed) -> dict[str, float]:
+    """Per-image mean loss terms on `x`, with the same posterior noise at every call."""
+    model.eval()
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    totals: dict[str, float] = {}
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        logits, mu, logvar = model(batch, generator)
+        for name, value in vae_loss(logits, batch, mu, logvar, kind=kind, kl_scale=kl_scale).items():
+            totals[name] = totals.get(name, 0.0) + value.item() * len(batch)
+    return {name: total / len(x) for name, total in totals.items()}
+
+
+def run(
+    config: Config,
+    splits: Splits,
+    device: str,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train a VAE as `config` says; `on_epoch(epoch, row)` is called after each epoch."""
+    vae = config.vae
+    torch.manual_seed(config.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    arch = VAEArchitecture(vae.architecture, splits.image_shape, config.latent_dim, vae.hidden_dim)
+    model = VAE(arch).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=vae.learning_rate)
+    x_train = to_unit_float(torch.from_numpy(splits.x_train)).to(device)  # (N, C, H, W)
+    x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    bar = tqdm(range(vae.epochs), desc="train_vae", unit="epoch", disable=None)
+    for epoch in bar:
+        scale = kl_weight(epoch, vae.beta, vae.kl_warmup_epochs)
+        train = train_epoch(model, optimizer, x_train, batch_size=vae.batch_size, kind=vae.reconstruction,
+                            kl_scale=scale, generator=generator, epoch=epoch)
+        test = evaluate(model, x_test, batch_size=vae.batch_size, kind=vae.reconstruction, kl_scale=scale,
+                        seed=config.seed)
+        check_finite(test, epoch, "test")
+        row = {"epoch": epoch + 1, "kl_weight": scale}
+        row |= {f"train_{k}": v for k, v in train.items()} | {f"test_{k}": v for k, v in test.items()}
+        history.append(row)
+        bar.set_postfix(loss=f"{train['loss']:.2f}", test=f"{test['loss']:.2f}")
+        if bar.disable:
+            log.info("epoch %d/%d  train loss %.3f  test loss %.3f  (recon %.3f, kl %.3f)", epoch + 1,
+                     vae.epochs, train["loss"], test["loss"], test["reconstruction"], test["kl"])
+        if on_epoch is not None:
+            on_epoch(epoch + 1, row)
+    return TrainResult(model.cpu(), history, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pictures
+
+
+@torch.inference_mode()
+def sample_grid(decoder, latent_dim: int, count: int, seed: int) -> torch.Tensor:
+    """Decode `count` draws of the prior from a fixed seed: a (3, H', W') grid image."""
+    from torchvision.utils import make_grid
+
+    z = torch.randn(count, latent_dim, generator=torch.Generator().manual_seed(seed))
+    return make_grid(decoder(z), nrow=GRID_ROWS, pad_value=1.0)
+
+
+@torch.inference_mode()
+def reconstruction_grid(model: VAE, images: torch.Tensor) -> torch.Tensor:
+    """Rows of test images, each followed by a row of their reconstructions from mu."""
+    from torchvision.utils import make_grid
+
+    x = images[: (len(images) // GRID_ROWS) * GRID_ROWS]
+    reconstructed = model.decoder(model.encoder(x)[0])
+    pairs = torch.stack([x.view(-1, GRID_ROWS, *x.shape[1:]), reconstructed.view(-1, GRID_ROWS, *x.shape[1:])], 1)
+    return make_grid(pairs.flatten(0, 2), nrow=GRID_ROWS, pad_value=1.0)
+
+
+def save_png(path: Path, grid: torch.Tensor) -> None:
+    from torchvision.utils import save_image
+
+    with atomic_path(path) as tmp:
+        save_image(grid, tmp, format="png")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint
+
+
+def checkpoint_config(config: Config, arch: VAEArchitecture, data_hash: str) -> dict:
+    return {"architecture": arch.to_dict(), "vae": dataclasses.asdict(config.vae), "seed": config.seed,
+            "data_hash": data_hash}
+
+
+def load_vae(path: Path = paths.VAE_CHECKPOINT, latent_dim: int | None = None) -> tuple[VAE, dict]:
+    """Rebuild the VAE from its checkpoint alone; check `latent_dim` if given."""
+    checkpoint = load_checkpoint(path, kind=CHECKPOINT_KIND, stage="train_vae")
+    arch = VAEArchitecture.from_dict(checkpoint["config"]["architecture"])
+    if latent_dim is not None and arch.latent_dim != latent_dim:
+        raise CheckpointError(
+            f"{path} has latent_dim {arch.latent_dim} but params.yaml says {latent_dim}; rerun `dvc repro train_vae`"
+        )
+    model = VAE(arch)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def main() -> None:
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+
+    from pipeline import tracking
+
+    config = load_config()
+    device = resolve_device(config.device)
+    splits = load_splits()
+    facts = dataset_facts(splits)
+    log.info("training on %s (%d images) on %s", splits.name, len(splits.y_train), device)
+
+    def log_epoch(epoch: int, row: dict[str, float]) -> None:
+        mlflow.log_metrics({f"vae/{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
+
+    with tracking.stage_run("train_vae", config, experiment=config.experiment_name,
+                            run_name=tracking.run_name("vae", config)) as active:
+        tracking.log_dataset(splits, facts)
+        result = run(config, splits, device, on_epoch=log_epoch)
+        model = result.model
+        metrics = {k: v for k, v in result.final.items() if k != "epoch"}
+        metrics |= {"epochs": config.vae.epochs, "train_images_per_s": config.vae.epochs * len(splits.y_train) / result.seconds}
+        mlflow.log_metrics({"vae/train_images_per_s": metrics["train_images_per_s"]})
+
+        save_checkpoint(paths.VAE_CHECKPOINT, kind=CHECKPOINT_KIND, state_dict=model.state_dict(),
+                        config=checkpoint_config(config, model.arch, facts["content_hash"]),
+                        epoch=config.vae.epochs, metrics=metrics)
+        write_history(paths.VAE_HISTORY, result.history)
+        write_json(paths.VAE_METRICS, metrics)
+        test_images = to_unit_float(torch.from_numpy(splits.x_test[: 4 * GRID_ROWS]))
+        save_png(paths.VAE_SAMPLES, sample_grid(model.decoder, config.latent_dim, GRID_ROWS * GRID_ROWS, config.seed))
+        save_png(paths.VAE_RECONSTRUCTIONS, reconstruction_grid(model, test_images))
+
+        for path in (paths.VAE_SAMPLES, paths.VAE_RECONSTRUCTIONS, paths.VAE_HISTORY, paths.VAE_CHECKPOINT):
+            mlflow.log_artifact(str(path), artifact_path="vae")
+        torch_version = torch.__version__.split("+")[0]  # the local tag (+cpu, +cu132) is not on PyPI
+        mlflow.pytorch.log_model(model.decoder, name="vae_decoder", pip_requirements=[f"torch=={torch_version}"],
+                                 input_example=np.zeros((2, config.latent_dim), dtype=np.float32))
+        tracking.write_run_file(paths.VAE_RUN, active)
+    log.info("done: test negative ELBO %.3f nats per image", metrics["test_neg_elbo"])
+
+
+if __name__ == "__main__":
+    from pipeline.cli import run_stage
+
+    run_stage("train_vae", main)

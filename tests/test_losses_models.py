@@ -1,0 +1,98 @@
+"""Loss terms against closed forms and Monte Carlo; models' shapes and checkpoint round trips."""
+
+
+import pytest
+import torch
+
+from pipeline.errors import CheckpointError
+from pipeline.io import save_checkpoint
+from pipeline.losses import gaussian_kl, kl_weight, reconstruction_loss, vae_loss
+from pipeline.models import VAE, VAEArchitecture, reparameterize
+from pipeline.train_vae import CHECKPOINT_KIND, load_vae
+
+
+def test_kl_closed_form_matches_monte_carlo():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(3, 5), torch.randn(3, 5) * 0.5
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(torch.zeros(5), torch.ones(5))
+    z = q.sample((200_000,))  # (S, 3, 5)
+    monte_carlo = (q.log_prob(z) - p.log_prob(z)).sum(-1).mean(0)  # E_q[log q(z) - log p(z)]
+    assert torch.allclose(gaussian_kl(mu, logvar), monte_carlo, rtol=0.02, atol=0.02)
+
+
+def test_kl_is_zero_exactly_at_the_prior_and_positive_elsewhere():
+    assert torch.equal(gaussian_kl(torch.zeros(2, 4), torch.zeros(2, 4)), torch.zeros(2))
+    assert (gaussian_kl(torch.full((2, 4), 0.1), torch.zeros(2, 4)) > 0).all()
+
+
+def test_reconstruction_losses_match_their_formulas():
+    torch.manual_seed(0)
+    logits, x = torch.randn(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
+    p = torch.sigmoid(logits)
+    bce = -(x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum(1)
+    assert torch.allclose(reconstruction_loss(logits, x, "bce"), bce, atol=1e-5)
+    assert torch.allclose(reconstruction_loss(logits, x, "mse"), (p - x).pow(2).flatten(1).sum(1))
+
+
+def test_vae_loss_returns_each_term_and_weights_only_the_objective():
+    torch.manual_seed(0)
+    logits, x, mu, logvar = torch.randn(4, 1, 2, 2), torch.rand(4, 1, 2, 2), torch.randn(4, 3), torch.randn(4, 3)
+    terms = vae_loss(logits, x, mu, logvar, kind="bce", kl_scale=0.5)
+    assert torch.isclose(terms["loss"], terms["reconstruction"] + 0.5 * terms["kl"])
+    assert torch.isclose(terms["neg_elbo"], terms["reconstruction"] + terms["kl"])
+
+
+def test_kl_warmup_ramps_linearly_to_beta():
+    assert [kl_weight(e, 2.0, 4) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert kl_weight(0, 2.0, 0) == 2.0
+
+
+def test_reparameterisation_passes_gradients_to_mu_and_logvar():
+    mu = torch.zeros(4, 3, requires_grad=True)
+    logvar = torch.zeros(4, 3, requires_grad=True)
+    reparameterize(mu, logvar, torch.Generator().manual_seed(0)).pow(2).sum().backward()
+    assert mu.grad.abs().sum() > 0 and logvar.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_vae_shapes_and_decoder_range(kind):
+    arch = VAEArchitecture(kind, (1, 28, 28), latent_dim=6, hidden_dim=32)
+    model = VAE(arch)
+    logits, mu, logvar = model(torch.rand(5, 1, 28, 28))
+    assert logits.shape == (5, 1, 28, 28) and mu.shape == logvar.shape == (5, 6)
+    images = model.decoder(torch.randn(5, 6))
+    assert images.shape == (5, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path, kind):
+    arch = VAEArchitecture(kind, (1, 28, 28), latent_dim=6, hidden_dim=32)
+    model = VAE(arch).eval()
+    path = tmp_path / "vae.pt"
+    save_checkpoint(path, kind=CHECKPOINT_KIND, config={"architecture": arch.to_dict()},
+                    state_dict=model.state_dict(), epoch=3)
+    loaded, checkpoint = load_vae(path, latent_dim=6)
+    z = torch.randn(2, 6)
+    assert torch.equal(loaded.decoder(z), model.decoder(z)) and checkpoint["epoch"] == 3
+    with pytest.raises(CheckpointError, match="has latent_dim 6 but params.yaml says 8"):
+        load_vae(path, latent_dim=8)
+
+
+def test_missing_truncated_or_foreign_checkpoint_says_which_stage_to_rerun(tmp_path):
+    with pytest.raises(CheckpointError, match=r"does not exist; run `dvc repro train_vae`"):
+        load_vae(tmp_path / "none.pt")
+    arch = VAEArchitecture("mlp", (1, 28, 28), 2, 8)
+    path = tmp_path / "vae.pt"
+    save_checkpoint(path, kind=CHECKPOINT_KIND, config={"architecture": arch.to_dict()}, state_dict=VAE(arch).state_dict())
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_vae(path)
+    torch.save({"kind": "something else"}, path)
+    with pytest.raises(CheckpointError, match="is not a vae checkpoint"):
+        load_vae(path)
+
+
+def test_conv_architecture_needs_sides_divisible_by_four():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        VAEArchitecture("conv", (1, 30, 30), 2, 8)

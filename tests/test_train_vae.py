@@ -1,0 +1,131 @@
+"""train_vae end to end on tiny data: outputs, determinism, divergence, and the MLflow record."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import TINY, merge, repo_params
+from pipeline import download, train_vae
+from pipeline.config import parse_config
+from pipeline.errors import TrainingDiverged
+
+EXPECTED_OUTPUTS = [
+    "outputs/data/facts.json",
+    "outputs/data/splits.npz",
+    "outputs/vae/checkpoint.pt",
+    "outputs/vae/history.csv",
+    "outputs/vae/metrics.json",
+    "outputs/vae/mlflow_run.json",
+    "outputs/vae/reconstructions.png",
+    "outputs/vae/samples.png",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_splits(tmp_path_factory):
+    config = parse_config(merge(repo_params(), TINY))
+    return download.run(config.data, config.seed, tmp_path_factory.mktemp("data"))
+
+
+def tiny_config(**vae):
+    return parse_config(merge(repo_params(), merge(TINY, {"vae": vae})))
+
+
+def test_same_params_give_the_same_numbers_to_the_last_digit(tiny_splits):
+    first = train_vae.run(tiny_config(), tiny_splits, "cpu").history
+    second = train_vae.run(tiny_config(), tiny_splits, "cpu").history
+    assert first == second
+    third = train_vae.run(parse_config(merge(repo_params(), merge(TINY, {"seed": 1}))), tiny_splits, "cpu").history
+    assert third != first
+
+
+def test_training_lowers_the_test_loss(tiny_splits):
+    history = train_vae.run(tiny_config(epochs=5, learning_rate=0.003), tiny_splits, "cpu").history
+    assert history[-1]["test_neg_elbo"] < history[0]["test_neg_elbo"]
+
+
+def test_conv_architecture_trains(tiny_splits):
+    history = train_vae.run(tiny_config(architecture="conv", epochs=1), tiny_splits, "cpu").history
+    assert len(history) == 1 and all(torch.isfinite(torch.tensor(v)) for v in history[0].values())
+
+
+def test_nan_loss_stops_training_naming_epoch_and_term(tiny_splits, monkeypatch):
+    real_loss = train_vae.vae_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        terms = real_loss(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 5:  # the first epoch has 4 batches of 64: fail in the second
+            terms["kl"] = terms["kl"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_vae, "vae_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="epoch 2: the training loss term 'kl' became nan"):
+        train_vae.run(tiny_config(), tiny_splits, "cpu")
+
+
+def test_stage_end_to_end_records_one_complete_mlflow_row(project):
+    project.stage("download")
+    project.stage("train_vae")
+    assert project.files() == EXPECTED_OUTPUTS
+
+    metrics = json.loads((project.root / "outputs/vae/metrics.json").read_text())
+    history = list(csv.DictReader(open(project.root / "outputs/vae/history.csv")))
+    assert len(history) == metrics["epochs"] == 2
+    assert float(history[-1]["test_neg_elbo"]) == pytest.approx(metrics["test_neg_elbo"])
+    model, checkpoint = train_vae.load_vae(project.root / "outputs/vae/checkpoint.pt", latent_dim=4)
+    assert checkpoint["epoch"] == 2 and checkpoint["config"]["vae"]["hidden_dim"] == 32
+
+    (row,) = project.runs("mnist5k")
+    run_file = json.loads((project.root / "outputs/vae/mlflow_run.json").read_text())
+    assert row.info.run_id == run_file["run_id"] and row.info.status == "FINISHED"
+    assert row.info.run_name == "vae-ld4-workspace"
+    assert row.data.params["latent_dim"] == "4" and row.data.params["vae.epochs"] == "2"
+    assert row.data.tags["pipeline.stages"] == "train_vae" and row.data.tags["dvc.exp_name"] == "workspace"
+    assert "git.commit" in row.data.tags
+    assert row.data.metrics["vae/test_neg_elbo"] == pytest.approx(metrics["test_neg_elbo"])
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project.store}")
+    curve = client.get_metric_history(row.info.run_id, "vae/test_loss")
+    assert [point.step for point in curve] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(row.info.run_id, "vae")}
+    assert {"vae/samples.png", "vae/reconstructions.png", "vae/checkpoint.pt", "vae/history.csv"} <= artifacts
+    facts = json.loads((project.root / "outputs/data/facts.json").read_text())
+    assert {d.dataset.digest for d in row.inputs.dataset_inputs} == {facts["content_hash"]}
+    (model_record,) = client.search_logged_models([row.info.experiment_id])
+    assert model_record.source_run_id == row.info.run_id
+    assert (project.root / "mlartifacts").is_dir()  # artifacts sit beside the store
+
+
+def test_store_follows_dvc_root(project, tmp_path_factory):
+    """Inside a DVC experiment's temporary copy, runs go to the real project's store."""
+    project.stage("download")
+    real_root = tmp_path_factory.mktemp("real-root")
+    project.stage("train_vae", env={"DVC_ROOT": str(real_root), "DVC_EXP_NAME": "tiny-exp"})
+    assert not project.store.exists() or project.runs("mnist5k") == []
+    (row,) = mlflow_rows(real_root / "mlflow.db")
+    assert row.data.tags["dvc.exp_name"] == "tiny-exp" and row.info.run_name == "vae-ld4-tiny-exp"
+    assert (real_root / "mlartifacts").is_dir()
+
+
+def mlflow_rows(store):
+    from conftest import mlflow_runs
+
+    return mlflow_runs(store, "mnist5k")
+
+
+def test_failed_training_marks_the_run_failed_and_writes_no_outputs(project):
+    project.stage("download")
+    project.write_params({"vae": {"learning_rate": 1e30}})
+    result = project.stage("train_vae", check=False)
+    assert result.returncode == 2 and "became" in result.stderr and "Traceback" not in result.stderr
+    assert not (project.root / "outputs/vae").exists()
+    (row,) = project.runs("mnist5k")
+    assert row.info.status == "FAILED" and "pipeline.stages" not in row.data.tags
