@@ -129,3 +129,12 @@ def test_failed_training_marks_the_run_failed_and_writes_no_outputs(project):
     assert not (project.root / "outputs/vae").exists()
     (row,) = project.runs("mnist5k")
     assert row.info.status == "FAILED" and "pipeline.stages" not in row.data.tags
+
+
+def test_stage_rerun_reproduces_metrics_file_bit_for_bit(project):
+    project.stage("download")
+    project.stage("train_vae")
+    first = (project.root / "outputs/vae/metrics.json").read_bytes()
+    project.stage("train_vae")
+    assert (project.root / "outputs/vae/metrics.json").read_bytes() == first
+    assert len(project.runs("mnist5k")) == 2  # each execution is its own row
