@@ -7,6 +7,7 @@ that is interrupted never leaves half a file where DVC or the next stage would r
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -45,8 +46,12 @@ def read_json(path: Path) -> Any:
 
 def save_checkpoint(path: Path, *, kind: str, config: dict, state_dict: dict, **extra: Any) -> None:
     """Save `{"kind", "config", "state_dict", ...}`: enough to rebuild the model from the file."""
+    # Through a buffer: torch.save names the archive inside the file after the file it writes,
+    # and the temporary file's random name would make identical checkpoints differ.
+    buffer = io.BytesIO()
+    torch.save({"kind": kind, "config": config, "state_dict": state_dict, **extra}, buffer)
     with atomic_path(path) as tmp:
-        torch.save({"kind": kind, "config": config, "state_dict": state_dict, **extra}, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_checkpoint(path: Path, *, kind: str, stage: str) -> dict:

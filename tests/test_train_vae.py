@@ -131,10 +131,11 @@ def test_failed_training_marks_the_run_failed_and_writes_no_outputs(project):
     assert row.info.status == "FAILED" and "pipeline.stages" not in row.data.tags
 
 
-def test_stage_rerun_reproduces_metrics_file_bit_for_bit(project):
+def test_stage_rerun_reproduces_its_outputs_bit_for_bit(project):
     project.stage("download")
     project.stage("train_vae")
-    first = (project.root / "outputs/vae/metrics.json").read_bytes()
+    reproducible = ["metrics.json", "history.csv", "checkpoint.pt", "samples.png", "reconstructions.png"]
+    first = {name: (project.root / "outputs/vae" / name).read_bytes() for name in reproducible}
     project.stage("train_vae")
-    assert (project.root / "outputs/vae/metrics.json").read_bytes() == first
+    assert {name: (project.root / "outputs/vae" / name).read_bytes() for name in reproducible} == first
     assert len(project.runs("mnist5k")) == 2  # each execution is its own row
