@@ -115,9 +115,9 @@ class Config:
     latent_dim: int = rule(kind=int, minimum=1)
     seed: int = rule(kind=int, minimum=0)
     device: str = rule(kind=str)  # auto, cpu, cuda or cuda:N; checked by resolve_device
-    data: DataConfig = field(default=None)  # type: ignore[assignment]
-    vae: VAEConfig = field(default=None)  # type: ignore[assignment]
-    tracking: TrackingConfig = field(default=None)  # type: ignore[assignment]
+    data: DataConfig
+    vae: VAEConfig
+    tracking: TrackingConfig
 
     @property
     def experiment_name(self) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 from pipeline import paths
 from pipeline.config import Config, DataConfig, flatten, load_config
 from pipeline.errors import DataError
+from pipeline.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,9 @@ def download_torchvision(name: str, mirror: str, root: Path) -> tuple[np.ndarray
         ) from None
     finally:
         socket.setdefaulttimeout(previous_timeout)
-    as_images = lambda data: data.numpy()[:, None].astype(np.uint8)  # (N, H, W) -> (N, 1, H, W)
+    def as_images(data) -> np.ndarray:  # (N, H, W) tensor -> (N, 1, H, W) uint8
+        return data.numpy()[:, None].astype(np.uint8)
+
     return (
         as_images(train.data),
         train.targets.numpy().astype(np.int64),
@@ -211,8 +214,6 @@ def check_splits(splits: Splits) -> None:
 
 
 def save_splits(path: Path, splits: Splits) -> None:
-    from pipeline.io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(
             handle, name=splits.name, x_train=splits.x_train, y_train=splits.y_train,
@@ -238,7 +239,6 @@ def main() -> None:
     import mlflow
 
     from pipeline import tracking
-    from pipeline.io import write_json
 
     config: Config = load_config()
     with tempfile.TemporaryDirectory(prefix="download-") as workdir:
