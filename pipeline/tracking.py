@@ -94,13 +94,18 @@ def _git(*args: str) -> str:
         return ""
 
 
+def dvc_exp_name() -> str:
+    """The DVC experiment this process runs in, or 'workspace' for a plain `dvc repro`."""
+    return os.environ.get("DVC_EXP_NAME", "workspace")
+
+
 def context_tags(stage: str) -> dict[str, str]:
     """Tags that say where a record comes from: stage, git commit, DVC experiment."""
     tags = {
         "pipeline.stage": stage,
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
         "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
-        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+        "dvc.exp_name": dvc_exp_name(),
     }
     if os.environ.get("DVC_EXP_BASELINE_REV"):
         tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
@@ -109,7 +114,7 @@ def context_tags(stage: str) -> dict[str, str]:
 
 def run_name(prefix: str, config: Config) -> str:
     """A readable run name: `<prefix>-ld<latent_dim>-<DVC experiment name or 'workspace'>`."""
-    return f"{prefix}-ld{config.latent_dim}-{os.environ.get('DVC_EXP_NAME', 'workspace')}"
+    return f"{prefix}-ld{config.latent_dim}-{dvc_exp_name()}"
 
 
 def _recorded_stages(run) -> list[str]:
@@ -174,16 +179,18 @@ def stage_run(
         else:
             raise TrackingError(f"MLflow store {tracking_uri()} could not be used: {error}") from None
 
-    stages: list[str] = []
-    if upstream is not None and _can_add_to(upstream, stage, params):
+    adding = upstream is not None and _can_add_to(upstream, stage, params)
+    if adding:
         active = mlflow.start_run(run_id=upstream.info.run_id)
-        stages = _recorded_stages(upstream)
     else:
         active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
-        if upstream is not None:
+    # Everything from here on is inside the run's block, so a failure marks the run FAILED
+    # rather than leaving it RUNNING and half-copied.
+    with active:
+        stages = _recorded_stages(upstream) if adding else []
+        if upstream is not None and not adding:
             stages = _copy_upstream(client, upstream, active.info.run_id, stage)
             mlflow.set_tag("pipeline.forked_from", upstream.info.run_id)
-    with active:
         mlflow.set_tags(context_tags(stage))
         mlflow.log_params({k: v for k, v in params.items() if k not in active.data.params})
         yield active

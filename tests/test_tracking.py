@@ -83,3 +83,17 @@ def test_failed_stage_marks_the_row_failed_and_the_retry_starts_clean(project, r
 def test_missing_upstream_row_starts_a_new_one(project, record):
     gan = record("train_gan", 2.0, upstream="0" * 32)
     assert rows(project)[gan].data.tags["pipeline.stages"] == "train_gan"
+
+
+def test_a_failure_while_copying_into_a_new_row_marks_it_failed(project, record, monkeypatch):
+    vae = record("train_vae", 1.0)
+    record("train_gan", 2.0, upstream=vae)
+
+    def broken_copy(*args, **kwargs):
+        raise RuntimeError("store went away mid-copy")
+
+    monkeypatch.setattr(tracking, "_copy_upstream", broken_copy)
+    with pytest.raises(RuntimeError, match="mid-copy"):
+        record("train_gan", 3.0, upstream=vae)
+    statuses = sorted(run.info.status for run in rows(project).values())
+    assert statuses == ["FAILED", "FINISHED"]  # the new row is not left RUNNING
