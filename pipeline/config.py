@@ -24,6 +24,7 @@ PARAMS_FILE = Path("params.yaml")
 DATASETS = ("mnist5k", "mnist", "fashion_mnist", "kmnist")
 ARCHITECTURES = ("mlp", "conv")
 RECONSTRUCTION_LOSSES = ("bce", "mse")
+GAN_INITS = ("decoder", "scratch")
 
 
 class ConfigError(PipelineError):
@@ -34,7 +35,7 @@ class ConfigError(PipelineError):
 class Rule:
     """What one params.yaml value may be: a kind, and optionally a range or a set of choices."""
 
-    kind: type  # int, float or str
+    kind: type  # int, float, str or bool
     minimum: float | None = None
     exclusive_minimum: bool = False
     maximum: float | None = None
@@ -44,7 +45,7 @@ class Rule:
     def describe(self) -> str:
         if self.choices is not None:
             return "one of: " + ", ".join(self.choices)
-        noun = {int: "an integer", float: "a number", str: "a string"}[self.kind]
+        noun = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[self.kind]
         bounds = []
         if self.minimum is not None:
             bounds.append(f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}")
@@ -54,6 +55,10 @@ class Rule:
 
     def coerce(self, value: Any) -> Any:
         """Return `value` as this rule's kind, or raise ValueError if it is not allowed."""
+        if self.kind is bool:
+            if not isinstance(value, bool):  # `yes`/`no` are booleans to PyYAML; "true" in quotes is not
+                raise ValueError
+            return value
         if self.kind is int:
             # bool is a subclass of int in Python; `latent_dim: true` is a mistake, not 1.
             if isinstance(value, bool) or not isinstance(value, int):
@@ -106,6 +111,37 @@ class VAEConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    """The CNN whose penultimate layer is the feature space of the FID-style scores."""
+
+    epochs: int = rule(kind=int, minimum=1)
+    batch_size: int = rule(kind=int, minimum=1)
+    learning_rate: float = rule(kind=float, minimum=0, exclusive_minimum=True)
+    feature_dim: int = rule(kind=int, minimum=2)  # width of the penultimate layer
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    init: str = rule(kind=str, choices=GAN_INITS)  # generator starts from the VAE decoder or from random weights
+    compare_scratch: bool = rule(kind=bool)  # with init=decoder, also train the same GAN from scratch
+    epochs: int = rule(kind=int, minimum=1)
+    batch_size: int = rule(kind=int, minimum=1)
+    learning_rate: float = rule(kind=float, minimum=0, exclusive_minimum=True)
+    adam_beta1: float = rule(kind=float, minimum=0, maximum=1, exclusive_maximum=True)
+    discriminator_hidden: int = rule(kind=int, minimum=1)
+    fid_samples: int = rule(kind=int, minimum=2)  # generated images scored after every epoch
+    snapshots: int = rule(kind=int, minimum=0)  # sample grids kept during training, besides the last
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    num_samples: int = rule(kind=int, minimum=2)  # images per scored set, the same for every model
+    iwae_samples: int = rule(kind=int, minimum=1)  # k of the importance-weighted likelihood bound
+    kid_subset_size: int = rule(kind=int, minimum=2)
+    pr_neighbours: int = rule(kind=int, minimum=1)  # k of the k-NN manifolds of precision/recall
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     experiment: str = rule(kind=str)  # "" = named after the dataset
 
@@ -117,6 +153,9 @@ class Config:
     device: str = rule(kind=str)  # auto, cpu, cuda or cuda:N; checked by resolve_device
     data: DataConfig
     vae: VAEConfig
+    classifier: ClassifierConfig
+    gan: GANConfig
+    evaluate: EvaluateConfig
     tracking: TrackingConfig
 
     @property

@@ -55,3 +55,22 @@ def vae_loss(logits, x, mu, logvar, *, kind: str, kl_scale: float) -> dict[str, 
         "kl": kl,
         "neg_elbo": reconstruction + kl,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# GAN: the non-saturating objective (Goodfellow et al. 2014, section 3). D maximises
+# log D(x) + log(1 - D(G(z))); G maximises log D(G(z)) rather than minimising log(1 - D(G(z))),
+# which has the same fixed point but strong gradients early on, when D rejects G's samples easily.
+# Written on logits with binary cross-entropy for numerical stability.
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """-[log D(x) + log(1 - D(G(z)))], batch mean. real_logits, fake_logits: (B,) -> scalar."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return real + fake
+
+
+def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-log D(G(z)), batch mean: the non-saturating generator loss. fake_logits: (B,) -> scalar."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))

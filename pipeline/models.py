@@ -118,3 +118,74 @@ class VAE(nn.Module):
         mu, logvar = self.encoder(x)
         z = reparameterize(mu, logvar, generator)  # (B, latent_dim)
         return self.decoder.logits(z), mu, logvar
+
+
+class Discriminator(nn.Module):
+    """image (B, C, H, W) in [0, 1] -> one real/fake logit (B,).
+
+    It has the encoder's shape for the same architecture kind, but where the encoder maps an image
+    to a distribution over latent codes (mu, logvar) and is trained to explain the image, the
+    discriminator maps it to a single score and is trained to tell data from the generator's
+    output. LeakyReLU keeps gradients flowing to the generator where D is confident.
+    """
+
+    def __init__(self, arch: VAEArchitecture, hidden_dim: int):
+        super().__init__()
+        channels, height, width = arch.image_shape
+        if arch.kind == "mlp":
+            self.net = nn.Sequential(
+                nn.Flatten(), nn.Linear(channels * height * width, hidden_dim), nn.LeakyReLU(0.2),
+                nn.Linear(hidden_dim, hidden_dim), nn.LeakyReLU(0.2),
+                nn.Linear(hidden_dim, 1),
+            )
+        else:
+            trunk = _conv_trunk(arch)
+            self.net = nn.Sequential(
+                nn.Conv2d(channels, 32, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # (B, 32, H/2, W/2)
+                nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # (B, 64, H/4, W/4)
+                nn.Flatten(), nn.Linear(trunk[0] * trunk[1] * trunk[2], hidden_dim), nn.LeakyReLU(0.2),
+                nn.Linear(hidden_dim, 1),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+class Classifier(nn.Module):
+    """A small CNN: image (B, C, H, W) in [0, 1] -> class logits (B, num_classes).
+
+    `features(x)` is the penultimate layer (B, feature_dim): the feature space in which the
+    evaluation compares sets of images, as FID uses Inception's pool layer. `num_features` is the
+    attribute torchmetrics reads from a custom feature extractor.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, feature_dim: int):
+        super().__init__()
+        channels, height, width = image_shape
+        self.image_shape = tuple(image_shape)
+        self.num_classes = num_classes
+        self.num_features = feature_dim
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, H/2, W/2)
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, H/4, W/4)
+            nn.Flatten(), nn.Linear(64 * (height // 4) * (width // 4), feature_dim), nn.ReLU(),
+        )
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class FeatureExtractor(nn.Module):
+    """The classifier's penultimate layer as a module, the form torchmetrics' FID and KID take."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.classifier = classifier
+        self.num_features = classifier.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(x)

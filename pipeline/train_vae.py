@@ -7,10 +7,8 @@ numbers on CPU, run after run.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,15 +20,15 @@ from tqdm import tqdm
 from pipeline import paths
 from pipeline.config import Config, load_config, resolve_device
 from pipeline.download import Splits, dataset_facts, load_splits
-from pipeline.errors import CheckpointError, TrainingDiverged
-from pipeline.io import atomic_path, load_checkpoint, save_checkpoint, write_json
+from pipeline.errors import CheckpointError
+from pipeline.io import load_checkpoint, save_checkpoint, write_json
 from pipeline.losses import kl_weight, vae_loss
 from pipeline.models import VAE, VAEArchitecture
+from pipeline.training import GRID_ROWS, check_finite, image_grid, save_png, to_unit_float, write_history
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "vae"
-GRID_ROWS = 8  # images per row in the sample and reconstruction grids
 
 
 @dataclass
@@ -42,21 +40,6 @@ class TrainResult:
     @property
     def final(self) -> dict[str, float]:
         return self.history[-1]
-
-
-def to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels (N, C, H, W) -> float32 in [0, 1]."""
-    return images.float().div_(255.0)
-
-
-def check_finite(terms: dict[str, float], epoch: int, phase: str) -> None:
-    """Raise TrainingDiverged naming the epoch and the first loss term that is NaN or infinite."""
-    for name, value in terms.items():
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"epoch {epoch + 1}: the {phase} loss term '{name}' became {value}; "
-                "lower vae.learning_rate or check the data"
-            )
 
 
 def train_epoch(model, optimizer, x, *, batch_size, kind, kl_scale, generator, epoch) -> dict[str, float]:
@@ -138,28 +121,17 @@ def run(
 @torch.inference_mode()
 def sample_grid(decoder, latent_dim: int, count: int, seed: int) -> torch.Tensor:
     """Decode `count` draws of the prior from a fixed seed: a (3, H', W') grid image."""
-    from torchvision.utils import make_grid
-
     z = torch.randn(count, latent_dim, generator=torch.Generator().manual_seed(seed))
-    return make_grid(decoder(z), nrow=GRID_ROWS, pad_value=1.0)
+    return image_grid(decoder(z))
 
 
 @torch.inference_mode()
 def reconstruction_grid(model: VAE, images: torch.Tensor) -> torch.Tensor:
     """Rows of test images, each followed by a row of their reconstructions from mu."""
-    from torchvision.utils import make_grid
-
     x = images[: (len(images) // GRID_ROWS) * GRID_ROWS]
     reconstructed = model.decoder(model.encoder(x)[0])
     pairs = torch.stack([x.view(-1, GRID_ROWS, *x.shape[1:]), reconstructed.view(-1, GRID_ROWS, *x.shape[1:])], 1)
-    return make_grid(pairs.flatten(0, 2), nrow=GRID_ROWS, pad_value=1.0)
-
-
-def save_png(path: Path, grid: torch.Tensor) -> None:
-    from torchvision.utils import save_image
-
-    with atomic_path(path) as tmp:
-        save_image(grid, tmp, format="png")
+    return image_grid(pairs.flatten(0, 2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,13 +154,6 @@ def load_vae(path: Path = paths.VAE_CHECKPOINT, latent_dim: int | None = None) -
     model = VAE(arch)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint
-
-
-def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
 
 
 def main() -> None:

@@ -19,6 +19,9 @@ TINY = {
     "latent_dim": 4,
     "data": {"max_per_class": 30},
     "vae": {"hidden_dim": 32, "epochs": 2, "batch_size": 64},
+    "classifier": {"epochs": 1, "feature_dim": 16},
+    "gan": {"epochs": 2, "discriminator_hidden": 32, "fid_samples": 100, "snapshots": 1},
+    "evaluate": {"num_samples": 100, "iwae_samples": 4, "kid_subset_size": 50},
 }
 
 

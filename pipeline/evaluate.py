@@ -1,0 +1,239 @@
+"""Stage `evaluate`: the numbers every run is judged by, on the test split, with their scale.
+
+VAE: reconstruction MSE per pixel, KL per image, negative ELBO, the importance-weighted NLL
+estimate, KL per latent dimension and active units.
+
+Sample quality: FID-style score, KID, precision/recall and class spread, in the feature space of
+the `train_classifier` CNN, of equally many images (`evaluate.num_samples`) from each source:
+  real_train           real training images: the floor, what a perfect generator would score
+  noise                uniform noise: far off the scale's useful end
+  vae_reconstructions  the VAE's reconstructions of test images (from the posterior mean)
+  vae_prior            the VAE decoder on z ~ N(0, I)
+  gan_decoder / gan_scratch   the GAN generators on the same z
+each against the whole test split.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline import paths
+from pipeline.config import Config, ConfigError, load_config, resolve_device
+from pipeline.download import Splits, dataset_facts, load_splits
+from pipeline.io import atomic_dir, atomic_path, read_json, write_json
+from pipeline.metrics import Scorer, vae_test_metrics
+from pipeline.models import VAE
+from pipeline.training import GRID_ROWS, image_grid, save_png, to_unit_float
+
+log = logging.getLogger(__name__)
+
+TRAVERSED_DIMS = 5  # the most active latent dimensions shown in the traversal
+TRAVERSAL_STEPS = 9  # values from -3 to 3 per dimension
+INTERPOLATION_STEPS = 10
+LATTICE_SIDE = 15  # latent_dim 2: decode a 15 x 15 lattice over the plane
+
+
+@dataclass
+class Evaluation:
+    metrics: dict
+    kl_per_dim: list[dict]  # one row per latent dimension: dim, kl, mean_variance, active
+    grids: dict[str, torch.Tensor] = field(default_factory=dict)  # figure name -> (3, H, W) image
+    latent_means: torch.Tensor | None = None  # (N, 2) test-set posterior means, when latent_dim is 2
+
+
+def check_sizes(config: Config, splits: Splits) -> None:
+    """Stop before any work if the evaluation params do not fit the data."""
+    ev = config.evaluate
+    available = min(len(splits.y_train), len(splits.y_test))
+    if ev.num_samples > available:
+        raise ConfigError(f"params.yaml: evaluate.num_samples = {ev.num_samples} is more than the data has "
+                          f"({len(splits.y_train)} train and {len(splits.y_test)} test images); "
+                          f"use at most {available}")
+    if ev.kid_subset_size > ev.num_samples:
+        raise ConfigError(f"params.yaml: evaluate.kid_subset_size = {ev.kid_subset_size} is more than "
+                          f"evaluate.num_samples = {ev.num_samples}")
+    if ev.pr_neighbours >= ev.num_samples:
+        raise ConfigError(f"params.yaml: evaluate.pr_neighbours = {ev.pr_neighbours} needs evaluate.num_samples "
+                          f"above it, got {ev.num_samples}")
+
+
+@torch.inference_mode()
+def decode(decoder, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    return torch.cat([decoder(z[s : s + batch_size]) for s in range(0, len(z), batch_size)])
+
+
+@torch.inference_mode()
+def interpolation_grid(vae: VAE, x: torch.Tensor) -> torch.Tensor:
+    """Rows that walk linearly between the latent means of two test images (x[2i], x[2i+1])."""
+    mu = vae.encoder(x[: 2 * GRID_ROWS])[0]  # (2R, D)
+    start, end = mu[0::2], mu[1::2]  # (R, D)
+    t = torch.linspace(0, 1, INTERPOLATION_STEPS, device=x.device)[None, :, None]  # (1, S, 1)
+    path = start[:, None] + t * (end - start)[:, None]  # (R, S, D)
+    return image_grid(vae.decoder(path.flatten(0, 1)), rows=INTERPOLATION_STEPS)
+
+
+@torch.inference_mode()
+def traversal_grid(vae: VAE, image: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """One row per latent dimension in `dims`: that dimension swept from -3 to 3 around the latent
+    mean of `image` (1, C, H, W), the others held."""
+    base = vae.encoder(image)[0][0]  # (D,)
+    values = torch.linspace(-3, 3, TRAVERSAL_STEPS, device=image.device)
+    z = base.repeat(len(dims), TRAVERSAL_STEPS, 1)  # (len(dims), S, D)
+    for row, dim in enumerate(dims):
+        z[row, :, dim] = values
+    return image_grid(vae.decoder(z.flatten(0, 1)), rows=TRAVERSAL_STEPS)
+
+
+@torch.inference_mode()
+def lattice_grid(decoder, device: str) -> torch.Tensor:
+    """latent_dim 2: decode a regular lattice over the plane at the prior's 5%..95% quantiles."""
+    quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, LATTICE_SIDE))
+    grid_y, grid_x = torch.meshgrid(quantiles.flip(0), quantiles, indexing="ij")  # z2 grows upward
+    z = torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2).to(device)
+    return image_grid(decoder(z), rows=LATTICE_SIDE)
+
+
+def run(config: Config, splits: Splits, vae: VAE, classifier, generators: dict, device: str,
+        likelihood: str) -> Evaluation:
+    """Measure the VAE and every model's samples; all draws are seeded from `config.seed`.
+
+    `likelihood` is the reconstruction term the VAE was trained with (bce or mse), from its checkpoint.
+    """
+    check_sizes(config, splits)
+    ev = config.evaluate
+    n = ev.num_samples
+    vae = vae.to(device).eval()
+    classifier = classifier.to(device).eval()
+    x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)
+    x_train = to_unit_float(torch.from_numpy(splits.x_train)).to(device)
+    draws = torch.Generator().manual_seed(config.seed)
+    test_pick = torch.randperm(len(x_test), generator=draws)[:n].to(device)
+    train_pick = torch.randperm(len(x_train), generator=draws)[:n].to(device)
+    noise_images = torch.rand((n, *splits.image_shape), generator=draws).to(device)
+    z = torch.randn(n, config.latent_dim, generator=draws).to(device)  # the same codes for every generator
+
+    vae_numbers = vae_test_metrics(vae, x_test, kind=likelihood, iwae_samples=ev.iwae_samples,
+                                   seed=config.seed)
+    with torch.inference_mode():
+        reconstructions = decode(vae.decoder, vae.encoder(x_test[test_pick])[0])
+    sets = {"real_train": x_train[train_pick], "noise": noise_images, "vae_reconstructions": reconstructions,
+            "vae_prior": decode(vae.decoder, z)}
+    sets |= {f"gan_{init}": decode(generator.to(device).eval(), z) for init, generator in generators.items()}
+
+    scorer = Scorer(classifier, x_test, seed=config.seed, kid_subset_size=ev.kid_subset_size,
+                    pr_neighbours=ev.pr_neighbours)
+    scores = {}
+    for name, images in sets.items():
+        scores[name] = scorer.score(images)
+        log.info("%-20s FID-style %8.2f  KID %.4f  precision %.3f  recall %.3f  classes %d", name,
+                 scores[name]["fid"], scores[name]["kid"], scores[name]["precision"], scores[name]["recall"],
+                 scores[name]["classes"])
+
+    per_dim, variance = vae_numbers.pop("kl_per_dim"), vae_numbers.pop("latent_mean_variance")
+    kl_rows = [{"dim": d, "kl": kl, "mean_variance": var, "active": int(var > 0.01)}
+               for d, (kl, var) in enumerate(zip(per_dim, variance))]
+    metrics = {"num_samples": n, "vae": vae_numbers, "scores": scores}
+
+    grids = {"test_images": image_grid(x_test[test_pick[: GRID_ROWS * GRID_ROWS]]),
+             "reconstructions": image_grid(reconstructions[: GRID_ROWS * GRID_ROWS])}
+    grids |= {name: image_grid(images[: GRID_ROWS * GRID_ROWS]) for name, images in sets.items()
+              if name in ("vae_prior",) or name.startswith("gan_")}
+    grids["interpolation"] = interpolation_grid(vae, x_test[test_pick])
+    most_active = sorted(range(len(variance)), key=lambda d: -variance[d])[:TRAVERSED_DIMS]
+    grids["traversal"] = traversal_grid(vae, x_test[test_pick[:1]], most_active)
+    latent_means = None
+    if config.latent_dim == 2:
+        grids["latent_lattice"] = lattice_grid(vae.decoder, device)
+        with torch.inference_mode():
+            latent_means = torch.cat([vae.encoder(x_test[s : s + 500])[0] for s in range(0, len(x_test), 500)]).cpu()
+    return Evaluation(metrics, kl_rows, {k: v.cpu() for k, v in grids.items()}, latent_means)
+
+
+def save_latent_scatter(path, means: torch.Tensor, labels) -> None:
+    """latent_dim 2: the test set's posterior means, coloured by class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 6), dpi=100)
+    points = axes.scatter(means[:, 0], means[:, 1], c=labels, cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
+    figure.colorbar(points, ax=axes, ticks=range(10), label="class")
+    axes.set(xlabel="z1 (posterior mean)", ylabel="z2 (posterior mean)", title="Test set in the latent plane")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", metadata={"Software": None})  # no version stamp: reproducible bytes
+    plt.close(figure)
+
+
+def write_kl_per_dim(path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def flat_metrics(metrics: dict, prefix: str = "eval") -> dict[str, float]:
+    """Nested metrics as MLflow keys: eval/vae/kl, eval/scores/gan_decoder/fid, ..."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat |= flat_metrics(value, f"{prefix}/{key}")
+        else:
+            flat[f"{prefix}/{key}"] = value
+    return flat
+
+
+def main() -> None:
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.train_classifier import load_classifier
+    from pipeline.train_gan import load_generators
+    from pipeline.train_vae import load_vae
+
+    config = load_config()
+    device = resolve_device(config.device)
+    splits = load_splits()
+    check_sizes(config, splits)
+    facts = dataset_facts(splits)
+    vae, vae_checkpoint = load_vae(paths.VAE_CHECKPOINT, config.latent_dim)
+    likelihood = vae_checkpoint["config"]["vae"]["reconstruction"]
+    classifier = load_classifier(paths.CLASSIFIER_CHECKPOINT, facts["content_hash"])
+    generators = load_generators(paths.GAN_GENERATORS, config.latent_dim)
+    classifier_accuracy = read_json(paths.CLASSIFIER_METRICS)["test_accuracy"]
+
+    with tracking.stage_run("evaluate", config, experiment=config.experiment_name,
+                            run_name=tracking.run_name("vae-gan", config),
+                            upstream_run_id=tracking.read_run_file(paths.GAN_RUN)) as active:
+        started = time.perf_counter()
+        result = run(config, splits, vae, classifier, generators, device, likelihood)
+        seconds = time.perf_counter() - started
+        metrics = {"classifier_test_accuracy": classifier_accuracy, **result.metrics}
+        mlflow.log_metrics(flat_metrics(metrics) | {"eval/seconds": seconds})
+        for row in result.kl_per_dim:
+            mlflow.log_metric("eval/vae/kl_per_dim", row["kl"], step=row["dim"])
+
+        with atomic_dir(paths.EVAL_FIGURES) as figures:
+            for name, grid in result.grids.items():
+                save_png(figures / f"{name}.png", grid)
+            if result.latent_means is not None:
+                save_latent_scatter(figures / "latent_scatter.png", result.latent_means, splits.y_test)
+        write_kl_per_dim(paths.EVAL_KL_PER_DIM, result.kl_per_dim)
+        write_json(paths.EVAL_METRICS, metrics)
+        mlflow.log_artifacts(str(paths.EVAL_FIGURES), artifact_path="eval")
+        mlflow.log_artifact(str(paths.EVAL_KL_PER_DIM), artifact_path="eval")
+        tracking.write_run_file(paths.EVAL_RUN, active)
+    scores = metrics["scores"]
+    log.info("done in %.1f s: FID-style real_train %.2f, vae_prior %.2f, %s", seconds, scores["real_train"]["fid"],
+             scores["vae_prior"]["fid"], ", ".join(f"{k} {v['fid']:.2f}" for k, v in scores.items() if k.startswith("gan_")))
+
+
+if __name__ == "__main__":
+    from pipeline.cli import run_stage
+
+    run_stage("evaluate", main)

@@ -1,0 +1,230 @@
+"""Evaluation metrics as small pure functions, plus `Scorer`, which holds a real reference set.
+
+Sample-quality scores live in the feature space of the project's own classifier (its
+penultimate layer), because Inception weights cannot be downloaded here. They are "FID-style":
+comparable between runs that share the classifier, not with published FIDs.
+
+- Fréchet distance and KID: torchmetrics (`FrechetInceptionDistance`, `KernelInceptionDistance`)
+  with the classifier as a custom feature extractor; a maintained implementation, computed in
+  float64.
+- Precision and recall on k-nearest-neighbour manifolds: written here, because torchmetrics has
+  no such metric for images; it is twenty lines on top of `torch.cdist`.
+- VAE quantities (KL per dimension, active units, the importance-weighted likelihood bound): written
+  here from the papers they cite, on the encoder and decoder of this project.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pipeline.losses import gaussian_kl, reconstruction_loss
+
+LOG_2PI = math.log(2 * math.pi)
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016, section 5.2
+CLASS_SHARE = 0.01  # a class "appears" among samples when it has at least this share of them
+
+
+# ---------------------------------------------------------------------------------------------
+# VAE
+
+
+def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Mean over images of KL(q(z_j|x) || N(0, 1)) for each latent dimension j, in nats.
+
+    mu, logvar: (N, D) -> (D,). Sums to the mean of `gaussian_kl` over the same images.
+    """
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(dim=0)
+
+
+def active_units(mu: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
+    """Number of latent dimensions j with Var_x(E[z_j | x]) > threshold (Burda et al. 2016).
+
+    mu: (N, D), the posterior means of N images. A dimension whose mean does not move with the
+    input carries no information about it: posterior collapse.
+    """
+    return int((mu.var(dim=0, unbiased=True) > threshold).sum())
+
+
+def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I), summed over the last dimension. (..., D) -> (...)."""
+    return -0.5 * (z.pow(2) + LOG_2PI).sum(dim=-1)
+
+
+def log_diagonal_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag(exp(logvar))), summed over the last dimension. (..., D) -> (...)."""
+    return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + LOG_2PI).sum(dim=-1)
+
+
+@torch.inference_mode()
+def importance_log_weights(model, x: torch.Tensor, k: int, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for z_i ~ q(z|x), i = 1..k.
+
+    x: (B, C, H, W) -> (k, B). `kind` is the VAE's reconstruction likelihood (bce or mse), so the
+    weights are in the same units as its negative ELBO.
+    """
+    mu, logvar = model.encoder(x)  # (B, D)
+    eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+    z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, D)
+    logits = model.decoder.logits(z.flatten(0, 1))  # (k * B, C, H, W)
+    log_px = -reconstruction_loss(logits, x.repeat(k, 1, 1, 1), kind).view(k, -1)  # (k, B)
+    return log_px + log_standard_normal(z) - log_diagonal_normal(z, mu, logvar)
+
+
+def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
+    """The importance-weighted bound log (1/k) sum_i w_i (Burda et al. 2016, eq. 8). (k, B) -> (B,).
+
+    By Jensen's inequality it is >= the mean of log w_i (the ELBO estimate from the same samples),
+    and it tightens towards log p(x) as k grows; its negation estimates the NLL.
+    """
+    return torch.logsumexp(log_weights, dim=0) - math.log(log_weights.shape[0])
+
+
+@torch.inference_mode()
+def vae_test_metrics(model, x: torch.Tensor, *, kind: str, iwae_samples: int, seed: int,
+                     batch_size: int = 250) -> dict:
+    """The VAE's numbers on `x` (N, C, H, W) in [0, 1], per image unless named otherwise.
+
+    recon_mse_per_pixel: squared error of the reconstruction decoded from the posterior mean.
+    kl: KL(q(z|x) || p(z)) in nats. neg_elbo: single-sample negative ELBO. iwae_nll: negative
+    importance-weighted bound with `iwae_samples` samples. kl_per_dim (list) and active_units.
+    """
+    model.eval()
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    mus, logvars, sq_errors, neg_elbos, iwaes = [], [], [], [], []
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        mu, logvar = model.encoder(batch)
+        sq_errors.append((model.decoder(mu) - batch).pow(2).flatten(1).mean(dim=1))
+        log_weights = importance_log_weights(model, batch, iwae_samples, kind, generator)
+        neg_elbos.append(-log_weights[0])  # one sample: the usual ELBO estimate
+        iwaes.append(-iwae_bound(log_weights))
+        mus.append(mu)
+        logvars.append(logvar)
+    mu, logvar = torch.cat(mus), torch.cat(logvars)
+    per_dim = kl_per_dimension(mu, logvar)
+    return {
+        "recon_mse_per_pixel": torch.cat(sq_errors).mean().item(),
+        "kl": gaussian_kl(mu, logvar).mean().item(),
+        "neg_elbo": torch.cat(neg_elbos).mean().item(),
+        "iwae_nll": torch.cat(iwaes).mean().item(),
+        "iwae_samples": iwae_samples,
+        "active_units": active_units(mu),
+        "kl_per_dim": per_dim.tolist(),
+        "latent_mean_variance": mu.var(dim=0).tolist(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Sets of images in a feature space
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of feature sets (N, F), (M, F).
+
+    Each set's manifold is the union of balls around its points, of radius the distance to the
+    point's k-th nearest neighbour in the same set. Precision: the share of fake points inside the
+    real manifold (are samples realistic?). Recall: the share of real points inside the fake
+    manifold (is the data's variety covered?). Both in [0, 1].
+    """
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} points in each set")
+
+    def radii(points: torch.Tensor) -> torch.Tensor:
+        distances = torch.cdist(points, points)  # (N, N), 0 on the diagonal
+        return distances.kthvalue(k + 1, dim=1).values  # k-th neighbour, skipping the point itself
+
+    real, fake = real.double(), fake.double()
+    between = torch.cdist(fake, real)  # (M, N)
+    precision = (between <= radii(real)[None, :]).any(dim=1).double().mean().item()
+    recall = (between <= radii(fake)[:, None]).any(dim=0).double().mean().item()
+    return precision, recall
+
+
+def class_spread(labels: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """How the classifier's predicted labels of generated images spread over the classes.
+
+    classes: how many classes hold at least CLASS_SHARE of the samples (a collapsed generator
+    shows few). label_entropy: entropy of the label histogram in nats (ln 10 = 2.303 for ten
+    equally common classes, 0 when every sample gets one label).
+    """
+    share = torch.bincount(labels.flatten().long(), minlength=num_classes).double() / labels.numel()
+    entropy = -(share[share > 0] * share[share > 0].log()).sum()
+    return {"classes": int((share >= CLASS_SHARE).sum()), "label_entropy": entropy.item()}
+
+
+class Scorer:
+    """Scores image sets against one real reference set in a classifier's feature space.
+
+    The reference's features are computed once; each `score` call extracts the features of one
+    generated set and returns the FID-style score, KID (mean and std over subsets), precision,
+    recall and the class spread of the set.
+    """
+
+    def __init__(self, classifier, reference: torch.Tensor, *, seed: int, kid_subset_size: int | None = None,
+                 pr_neighbours: int | None = None, batch_size: int = 500):
+        """Without `kid_subset_size` and `pr_neighbours` only `fid_only` and `labels` are available."""
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        from pipeline.models import FeatureExtractor
+
+        self.classifier = classifier.eval()
+        self.batch_size = batch_size
+        self.pr_neighbours = pr_neighbours
+        self.kid_subset_size = kid_subset_size
+        self.seed = seed
+        extractor = FeatureExtractor(classifier)
+        self.fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
+        self.kid = KernelInceptionDistance(feature=extractor, subset_size=kid_subset_size,
+                                           reset_real_features=False) if kid_subset_size else None
+        self.fid.to(reference.device)
+        if self.kid is not None:
+            self.kid.to(reference.device)
+        self.reference_size = len(reference)
+        self.reference_features = self._update(reference, real=True)
+
+    @torch.no_grad()
+    def _update(self, images: torch.Tensor, real: bool) -> torch.Tensor:
+        """Feed `images` to the metrics in batches; return their features (N, F)."""
+        features = []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size]
+            self.fid.update(batch, real=real)
+            if self.kid is not None:
+                self.kid.update(batch, real=real)
+            features.append(self.classifier.features(batch))
+        return torch.cat(features)
+
+    @torch.no_grad()
+    def fid_only(self, images: torch.Tensor) -> float:
+        """Just the FID-style score of `images` (N, C, H, W) in [0, 1] (cheap: for training curves)."""
+        self.fid.reset()
+        for start in range(0, len(images), self.batch_size):
+            self.fid.update(images[start : start + self.batch_size], real=False)
+        return self.fid.compute().item()
+
+    @torch.no_grad()
+    def labels(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.classifier(images[s : s + self.batch_size]).argmax(dim=1)
+                          for s in range(0, len(images), self.batch_size)])
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor) -> dict[str, float]:
+        """All scores of `images` (N, C, H, W) in [0, 1] against the reference."""
+        if self.kid is None or self.pr_neighbours is None:
+            raise ValueError("this Scorer was made for FID alone (no kid_subset_size, pr_neighbours)")
+        if min(len(images), self.reference_size) < self.kid_subset_size:
+            raise ValueError(f"KID with subsets of {self.kid_subset_size} needs at least that many images, "
+                             f"got {len(images)}")
+        self.fid.reset()
+        self.kid.reset()
+        features = self._update(images, real=False)
+        with torch.random.fork_rng(devices=[]):  # KID draws its subsets from the global RNG
+            torch.manual_seed(self.seed)
+            kid_mean, kid_std = self.kid.compute()
+        precision, recall = precision_recall(self.reference_features, features, self.pr_neighbours)
+        spread = class_spread(self.labels(images), self.classifier.num_classes)
+        return {"fid": self.fid.compute().item(), "kid": kid_mean.item(), "kid_std": kid_std.item(),
+                "precision": precision, "recall": recall, **spread}
