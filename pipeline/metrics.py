@@ -16,6 +16,7 @@ comparable between runs that share the classifier, not with published FIDs.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -177,8 +178,12 @@ class Scorer:
         self.seed = seed
         extractor = FeatureExtractor(classifier)
         self.fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
-        self.kid = KernelInceptionDistance(feature=extractor, subset_size=kid_subset_size,
-                                           reset_real_features=False) if kid_subset_size else None
+        self.kid = None
+        if kid_subset_size:
+            with warnings.catch_warnings():  # that it keeps every feature: a few thousand small vectors here
+                warnings.filterwarnings("ignore", message=".*will save all extracted features")
+                self.kid = KernelInceptionDistance(feature=extractor, subset_size=kid_subset_size,
+                                                   reset_real_features=False)
         self.fid.to(reference.device)
         if self.kid is not None:
             self.kid.to(reference.device)

@@ -136,6 +136,8 @@ def train_one(init: str, config: Config, vae: VAE, x_train: torch.Tensor, scorer
 
     result = GANRun(generator, discriminator, [])
     result.history.append({"epoch": 0, **dict.fromkeys(MEASURES[:4]), **sample_measures(generator, noise, scorer)})
+    if on_epoch is not None:
+        on_epoch(init, result.history[0])
     started = time.perf_counter()
     for epoch in tqdm(range(gan.epochs), desc=f"train_gan ({init})", unit="epoch", disable=None):
         totals = dict.fromkeys(MEASURES[:4], 0.0)
@@ -253,7 +255,8 @@ def main() -> None:
     classifier = load_classifier(paths.CLASSIFIER_CHECKPOINT, facts["content_hash"])
 
     def log_epoch(init: str, row: dict) -> None:
-        mlflow.log_metrics({f"gan/{init}/{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        mlflow.log_metrics({f"gan/{init}/{k}": v for k, v in row.items() if k != "epoch" and v is not None},
+                           step=row["epoch"])
 
     with tracking.stage_run("train_gan", config, experiment=config.experiment_name,
                             run_name=tracking.run_name("vae-gan", config),
@@ -262,8 +265,6 @@ def main() -> None:
         metrics = summary(runs, vae_prior_fid)
         mlflow.log_metric("gan/vae_prior_fid", vae_prior_fid)
         for init, result in runs.items():
-            first = {f"gan/{init}/{k}": v for k, v in result.history[0].items() if v is not None and k != "epoch"}
-            mlflow.log_metrics(first, step=0)
             mlflow.log_metrics({f"gan/{init}/train_seconds": result.seconds,
                                 f"gan/{init}/best_fid": metrics[init]["best_fid"]})
             if metrics[init]["epochs_to_beat_vae_prior"] is not None:

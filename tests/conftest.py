@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# Variables that would send a stage's records or paths elsewhere; tests set them explicitly.
+OUTSIDE_VARIABLES = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "PIPELINE_DATA_MIRROR")
 
 # Small enough for seconds per stage, large enough that every class is in both splits.
 TINY = {
@@ -21,7 +23,7 @@ TINY = {
     "vae": {"hidden_dim": 32, "epochs": 2, "batch_size": 64},
     "classifier": {"epochs": 1, "feature_dim": 16},
     "gan": {"epochs": 2, "discriminator_hidden": 32, "fid_samples": 100, "snapshots": 1},
-    "evaluate": {"num_samples": 100, "iwae_samples": 4, "kid_subset_size": 50},
+    "evaluate": {"num_samples": 60, "iwae_samples": 4, "kid_subset_size": 30},
 }
 
 
@@ -63,9 +65,10 @@ class Project:
 
     def stage(self, name: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
         """Run `python -m pipeline.<name>` here as DVC would, in a fresh process."""
+        clean = {k: v for k, v in os.environ.items() if k not in OUTSIDE_VARIABLES}
         result = subprocess.run(
             [sys.executable, "-m", f"pipeline.{name}"], cwd=self.root, capture_output=True, text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            env={**clean, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})},
         )
         if check and result.returncode != 0:
             raise AssertionError(f"stage {name} failed:\n{result.stdout}\n{result.stderr}")
@@ -83,13 +86,25 @@ class Project:
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Project:
     """A tiny project whose stages record into its own local store (DVC's variables cleared)."""
-    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "PIPELINE_DATA_MIRROR"):
+    for name in OUTSIDE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.chdir(tmp_path)
     project = Project(tmp_path)
     project.write_params()
     return project
+
+
+def tiny_project(root: Path, stages: tuple[str, ...], overrides: dict | None = None) -> Project:
+    """A Project in `root` whose `stages` have run in order (for module-scoped fixtures)."""
+    project = Project(root)
+    project.write_params(overrides)
+    for name in stages:
+        project.stage(name)
+    return project
+
+
+UP_TO_GAN = ("download", "train_vae", "train_classifier", "train_gan")
 
 
 def copy_repo(destination: Path) -> Path:

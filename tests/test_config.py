@@ -31,6 +31,14 @@ def test_repository_params_are_valid():
         ({"vae": {"learning_rate": "fast"}}, "vae.learning_rate", "'fast'", "a number > 0"),
         ({"vae": {"architecture": "transformer"}}, "vae.architecture", "'transformer'", "one of: mlp, conv"),
         ({"vae": {"beta": -1.0}}, "vae.beta", "-1.0", "a number >= 0"),
+        ({"gan": {"epochs": 0}}, "gan.epochs", "0", "an integer >= 1"),
+        ({"gan": {"learning_rate": 0}}, "gan.learning_rate", "0", "a number > 0"),
+        ({"gan": {"init": "vae"}}, "gan.init", "'vae'", "one of: decoder, scratch"),
+        ({"gan": {"compare_scratch": "true"}}, "gan.compare_scratch", "'true'", "true or false"),
+        ({"gan": {"compare_scratch": 1}}, "gan.compare_scratch", "1", "true or false"),
+        ({"gan": {"adam_beta1": 1.0}}, "gan.adam_beta1", "1.0", "a number >= 0 and < 1"),
+        ({"classifier": {"feature_dim": 1}}, "classifier.feature_dim", "1", "an integer >= 2"),
+        ({"evaluate": {"num_samples": 1}}, "evaluate.num_samples", "1", "an integer >= 2"),
     ],
 )
 def test_bad_value_names_key_value_and_what_is_allowed(override, key, shown, allowed):

@@ -27,7 +27,16 @@ def test_dvc_yaml_declares_every_path_the_stages_write_and_only_known_params():
     assert declared("download") == {str(paths.SPLITS), str(paths.FACTS)}
     assert declared("train_vae") == {str(p) for p in (paths.VAE_CHECKPOINT, paths.VAE_RUN, paths.VAE_METRICS,
                                                        paths.VAE_HISTORY, paths.VAE_SAMPLES, paths.VAE_RECONSTRUCTIONS)}
+    assert declared("train_classifier") == {str(p) for p in (paths.CLASSIFIER_CHECKPOINT, paths.CLASSIFIER_METRICS,
+                                                              paths.CLASSIFIER_HISTORY)}
+    assert declared("train_gan") == {str(p) for p in (paths.GAN_GENERATORS, paths.GAN_SAMPLES, paths.GAN_RUN,
+                                                       paths.GAN_METRICS, paths.GAN_HISTORY)}
+    assert declared("evaluate") == {str(p) for p in (paths.EVAL_FIGURES, paths.EVAL_RUN, paths.EVAL_METRICS,
+                                                      paths.EVAL_KL_PER_DIM)}
     assert str(paths.SPLITS) in dvc["train_vae"]["deps"]
+    assert {str(paths.VAE_CHECKPOINT), str(paths.VAE_RUN), str(paths.CLASSIFIER_CHECKPOINT)} <= set(dvc["train_gan"]["deps"])
+    assert {str(paths.GAN_GENERATORS), str(paths.GAN_RUN)} <= set(dvc["evaluate"]["deps"])
+    assert "latent_dim" not in dvc["train_classifier"]["params"]  # trained once, shared by every experiment
     params = repo_params()
     for stage in dvc.values():
         for name in stage.get("params", []):
@@ -71,10 +80,11 @@ def test_repro_then_experiment_gives_one_row_per_result(repo):
     dvc(repo, "repro")
     rows = result_rows(repo)
     assert list(rows) == ["4"] and rows["4"].info.status == "FINISHED"
-    assert "vae/test_neg_elbo" in rows["4"].data.metrics
+    assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/scores/gan_decoder/fid"} <= set(rows["4"].data.metrics)
+    assert rows["4"].data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
 
     assert "Data and pipelines are up to date" in dvc(repo, "repro")
-    assert len(mlflow_runs(repo / "mlflow.db")) == 2  # still one result and one dataset record
+    assert len(mlflow_runs(repo / "mlflow.db")) == 3  # still one result, one dataset, one classifier record
 
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "first result")
@@ -84,8 +94,24 @@ def test_repro_then_experiment_gives_one_row_per_result(repo):
     assert rows["8"].data.tags["dvc.exp_name"] not in ("", "workspace")
     assert rows["8"].data.tags["dvc.baseline_rev"] == git(repo, "rev-parse", "HEAD").strip()
     assert len(mlflow_runs(repo / "mlflow.db", "datasets")) == 1  # the data stage did not rerun
+    assert len(mlflow_runs(repo / "mlflow.db", "classifiers")) == 1  # nor the classifier: no latent_dim in it
 
     table = list(csv.DictReader(io.StringIO(dvc(repo, "exp", "show", "--csv"))))
     by_latent = {row["latent_dim"]: row for row in table if row["typ"] != "baseline" or row["rev"] != "workspace"}
     assert set(by_latent) == {"4", "8"}
     assert float(by_latent["8"]["test_neg_elbo"]) == pytest.approx(rows["8"].data.metrics["vae/test_neg_elbo"])
+
+
+def test_changing_a_gan_param_reruns_only_the_gan_and_evaluation(repo):
+    dvc(repo, "repro")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["gan"]["epochs"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = dvc(repo, "repro")
+    ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train_gan", "evaluate"}
+    # The new result gets its own row, which still carries the VAE's numbers it started from.
+    (old, new) = sorted(mlflow_runs(repo / "mlflow.db", "mnist5k"), key=lambda r: r.info.start_time)
+    assert new.data.params["gan.epochs"] == "1" and old.data.params["gan.epochs"] == "2"
+    assert new.data.metrics["vae/test_neg_elbo"] == old.data.metrics["vae/test_neg_elbo"]
+    assert new.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"

@@ -1,0 +1,129 @@
+"""evaluate and train_classifier as stages: the numbers, their scale, the figures and the MLflow row."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import mlflow
+import pytest
+import torch
+
+from conftest import TINY, UP_TO_GAN, merge, repo_params, tiny_project
+from pipeline import download, evaluate, train_classifier
+from pipeline.config import parse_config
+from pipeline.models import VAE, VAEArchitecture
+
+SETS = {"real_train", "noise", "vae_reconstructions", "vae_prior", "gan_decoder", "gan_scratch"}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    return tiny_project(tmp_path_factory.mktemp("evaluate"), (*UP_TO_GAN, "evaluate"))
+
+
+def test_evaluation_measures_the_vae_and_every_set_with_its_scale(evaluated):
+    metrics = json.loads((evaluated.root / "outputs/eval/metrics.json").read_text())
+    assert set(metrics["scores"]) == SETS and metrics["num_samples"] == 60
+    vae = metrics["vae"]
+    assert vae["iwae_samples"] == 4 and 0 <= vae["active_units"] <= 4
+    assert 0 < vae["recon_mse_per_pixel"] < 1 and vae["kl"] > 0
+    assert vae["iwae_nll"] <= vae["neg_elbo"] + 1.0  # a tighter bound, up to the single-sample ELBO's noise
+    scores = metrics["scores"]
+    assert scores["real_train"]["fid"] < scores["vae_prior"]["fid"] < scores["noise"]["fid"]
+    assert scores["real_train"]["recall"] > scores["noise"]["recall"]
+    classifier = json.loads((evaluated.root / "outputs/classifier/metrics.json").read_text())
+    assert metrics["classifier_test_accuracy"] == classifier["test_accuracy"]
+
+    rows = list(csv.DictReader(open(evaluated.root / "outputs/eval/kl_per_dim.csv")))
+    assert [int(r["dim"]) for r in rows] == [0, 1, 2, 3]
+    assert sum(float(r["kl"]) for r in rows) == pytest.approx(vae["kl"], rel=1e-4)
+    assert sum(int(r["active"]) for r in rows) == vae["active_units"]
+    figures = {p.name for p in (evaluated.root / "outputs/eval/figures").iterdir()}
+    assert figures == {"test_images.png", "reconstructions.png", "vae_prior.png", "gan_decoder.png",
+                       "gan_scratch.png", "interpolation.png", "traversal.png"}
+
+
+def test_evaluation_lands_in_the_row_of_the_vae_and_gan(evaluated):
+    (row,) = evaluated.runs("mnist5k")
+    assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+    ids = {json.loads((evaluated.root / f"outputs/{s}/mlflow_run.json").read_text())["run_id"]
+           for s in ("vae", "gan", "eval")}
+    assert ids == {row.info.run_id}
+    metrics = json.loads((evaluated.root / "outputs/eval/metrics.json").read_text())
+    assert row.data.metrics["eval/scores/gan_decoder/fid"] == pytest.approx(metrics["scores"]["gan_decoder"]["fid"])
+    assert row.data.metrics["eval/vae/iwae_nll"] == pytest.approx(metrics["vae"]["iwae_nll"])
+    assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/classifier_test_accuracy", "eval/seconds"} <= set(
+        row.data.metrics)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{evaluated.store}")
+    assert [p.step for p in client.get_metric_history(row.info.run_id, "eval/vae/kl_per_dim")] == [0, 1, 2, 3]
+    artifacts = {a.path for a in client.list_artifacts(row.info.run_id, "eval")}
+    assert {"eval/gan_decoder.png", "eval/vae_prior.png", "eval/reconstructions.png", "eval/test_images.png",
+            "eval/kl_per_dim.csv"} <= artifacts
+    (classifier_run,) = evaluated.runs("classifiers")
+    assert classifier_run.data.metrics["classifier/test_accuracy"] == metrics["classifier_test_accuracy"]
+
+
+def test_rerun_reproduces_metrics_and_figures(evaluated):
+    out = evaluated.root / "outputs/eval"
+    files = ["metrics.json", "kl_per_dim.csv", *(f"figures/{p.name}" for p in (out / "figures").iterdir())]
+    first = {name: (out / name).read_bytes() for name in files}
+    evaluated.stage("evaluate")
+    assert {name: (out / name).read_bytes() for name in files} == first
+    # The stage had already been recorded in that row, so the rerun got a row of its own that
+    # carries the training numbers it evaluated.
+    rows = evaluated.runs("mnist5k")
+    assert len(rows) == 2
+    newest = max(rows, key=lambda r: r.info.start_time)
+    assert newest.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+    assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/scores/vae_prior/fid"} <= set(newest.data.metrics)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"evaluate": {"num_samples": 5000}}, "evaluate.num_samples = 5000 is more than the data has"),
+    ({"evaluate": {"kid_subset_size": 61}}, "evaluate.kid_subset_size = 61 is more than evaluate.num_samples"),
+    ({"evaluate": {"iwae_samples": 0}}, "evaluate.iwae_samples = 0 is not allowed; expected an integer >= 1"),
+])
+def test_bad_evaluation_params_fail_before_any_work(evaluated, override, message):
+    before = {p: p.stat().st_mtime_ns for p in (evaluated.root / "outputs/eval").rglob("*")}
+    runs_before = len(evaluated.runs())
+    evaluated.write_params(override)
+    try:
+        result = evaluated.stage("evaluate", check=False)
+    finally:
+        evaluated.write_params()
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in (evaluated.root / "outputs/eval").rglob("*")} == before
+    assert len(evaluated.runs()) == runs_before
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    config = parse_config(merge(repo_params(), TINY))
+    splits = download.run(config.data, config.seed, tmp_path_factory.mktemp("data"))
+    return config, splits
+
+
+def test_classifier_learns_the_digits(tiny):
+    config, splits = tiny
+    config = parse_config(merge(repo_params(), merge(TINY, {"classifier": {"epochs": 10, "feature_dim": 64}})))
+    result = train_classifier.run(config, splits, "cpu")
+    assert result.final["test_accuracy"] > 0.6  # ten classes: chance is 0.1; 240 training images only
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_latent_plane_figures_when_latent_dim_is_two(tiny, tmp_path):
+    config, splits = tiny
+    config = parse_config(merge(repo_params(), merge(TINY, {"latent_dim": 2})))
+    classifier = train_classifier.run(config, splits, "cpu").model
+    torch.manual_seed(0)
+    vae = VAE(VAEArchitecture("mlp", splits.image_shape, 2, 32))
+    result = evaluate.run(config, splits, vae, classifier, {}, "cpu", "bce")
+    assert {"latent_lattice", "interpolation", "traversal"} <= set(result.grids)
+    assert result.latent_means.shape == (len(splits.y_test), 2)
+    # 15 x 15 lattice of 28-pixel images with 2-pixel gaps: 15 * 30 + 2 pixels a side
+    assert result.grids["latent_lattice"].shape == (3, 452, 452)
+    assert result.grids["traversal"].shape[1] == 2 * 30 + 2  # two dimensions, one row each
+    evaluate.save_latent_scatter(tmp_path / "scatter.png", result.latent_means, splits.y_test)
+    assert (tmp_path / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(result.metrics["scores"]) == {"real_train", "noise", "vae_reconstructions", "vae_prior"}

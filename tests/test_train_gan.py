@@ -1,0 +1,202 @@
+"""train_gan: the generator's start, the named D and G steps, the checkpoint, and the MLflow row."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import mlflow
+import pytest
+import torch
+
+from conftest import TINY, UP_TO_GAN, merge, repo_params, tiny_project
+from pipeline import download, losses, train_classifier, train_gan
+from pipeline.config import parse_config
+from pipeline.errors import TrainingDiverged
+from pipeline.models import VAE, Discriminator, VAEArchitecture
+
+ARCH = VAEArchitecture("mlp", (1, 28, 28), latent_dim=4, hidden_dim=32)
+
+
+def trained_vae() -> VAE:
+    """A VAE whose decoder differs from a fresh one (as after training)."""
+    torch.manual_seed(123)
+    return VAE(ARCH)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_generator_equals_the_decoder_with_init_decoder_and_differs_from_scratch(kind):
+    vae = VAE(VAEArchitecture(kind, (1, 28, 28), latent_dim=4, hidden_dim=32))
+    decoder_weights = vae.decoder.state_dict()
+    from_decoder = train_gan.make_generator(vae, "decoder").state_dict()
+    assert from_decoder.keys() == decoder_weights.keys()
+    assert all(torch.equal(from_decoder[k], decoder_weights[k]) for k in decoder_weights)
+    from_scratch = train_gan.make_generator(vae, "scratch").state_dict()
+    assert all(not torch.equal(from_scratch[k], decoder_weights[k]) for k in decoder_weights)
+    # A copy, not the same tensors: training the generator leaves the VAE's decoder as it was.
+    assert all(from_decoder[k].data_ptr() != decoder_weights[k].data_ptr() for k in decoder_weights)
+
+
+def test_one_discriminator_step_and_one_generator_step_each_update_only_their_network():
+    torch.manual_seed(0)
+    generator, discriminator = train_gan.make_generator(trained_vae(), "decoder"), Discriminator(ARCH, 32)
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+    real = torch.rand(8, 1, 28, 28)
+    z = torch.randn(8, 4)
+    fake = generator(z)
+    g_before = [p.detach().clone() for p in generator.parameters()]
+    d_before = [p.detach().clone() for p in discriminator.parameters()]
+
+    with pytest.raises(ValueError, match="detached"):
+        train_gan.discriminator_step(discriminator, optimizer_d, real, fake)
+    d_step = train_gan.discriminator_step(discriminator, optimizer_d, real, fake.detach())
+    assert all(torch.equal(a, b) for a, b in zip(g_before, generator.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(d_before, discriminator.parameters()))
+    assert set(d_step) == {"d_loss", "d_real", "d_fake"} and 0 < d_step["d_real"] < 1
+
+    d_after = [p.detach().clone() for p in discriminator.parameters()]
+    with torch.no_grad():
+        fooled_before = torch.sigmoid(discriminator(generator(z))).mean()
+    g_step = train_gan.generator_step(discriminator, optimizer_g, fake)
+    assert all(torch.equal(a, b) for a, b in zip(d_after, discriminator.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(g_before, generator.parameters()))
+    with torch.no_grad():  # the step moved G towards fooling D on the same noise
+        assert torch.sigmoid(discriminator(generator(z))).mean() > fooled_before
+    assert g_step["g_loss"] > 0
+
+
+def test_gan_losses_are_the_non_saturating_objective():
+    real_logits, fake_logits = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    d_real, d_fake = torch.sigmoid(real_logits), torch.sigmoid(fake_logits)
+    expected_d = -(torch.log(d_real).mean() + torch.log(1 - d_fake).mean())
+    assert losses.discriminator_loss(real_logits, fake_logits).item() == pytest.approx(expected_d.item(), rel=1e-6)
+    assert losses.generator_loss(fake_logits).item() == pytest.approx(-torch.log(d_fake).mean().item(), rel=1e-6)
+
+
+def test_snapshot_epochs_are_spread_before_the_last():
+    assert train_gan.snapshot_epochs(20, 4) == [4, 8, 12, 16]
+    assert train_gan.snapshot_epochs(2, 4) == [1]
+    assert train_gan.snapshot_epochs(5, 0) == []
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    config = parse_config(merge(repo_params(), TINY))
+    splits = download.run(config.data, config.seed, tmp_path_factory.mktemp("data"))
+    classifier = train_classifier.run(config, splits, "cpu").model
+    return config, splits, classifier
+
+
+def test_training_from_the_decoder_starts_at_the_vae_prior_score(tiny):
+    config, splits, classifier = tiny
+    runs, vae_prior_fid = train_gan.run(config, splits, trained_vae(), classifier, "cpu")
+    assert set(runs) == {"decoder", "scratch"}
+    # Epoch 0 is scored before the first step: the decoder-initialised generator is the decoder.
+    assert runs["decoder"].history[0]["fid"] == vae_prior_fid
+    assert runs["scratch"].history[0]["fid"] != vae_prior_fid
+    for result in runs.values():
+        assert [row["epoch"] for row in result.history] == [0, 1, 2]
+        assert all(0 < row["d_real"] < 1 and 0 < row["d_fake"] < 1 for row in result.history[1:])
+        assert sorted(result.grids) == [1, 2]  # one snapshot, and the last epoch
+    again, _ = train_gan.run(config, splits, trained_vae(), classifier, "cpu")
+    assert again["decoder"].history == runs["decoder"].history  # seeded: the same numbers
+
+
+def test_nan_stops_gan_training_naming_the_gan_and_the_term(tiny, monkeypatch):
+    config, splits, classifier = tiny
+    monkeypatch.setattr(train_gan, "generator_loss", lambda logits: logits.sum() * float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: the GAN \(decoder\) loss term 'g_loss' became nan"):
+        train_gan.run(config, splits, trained_vae(), classifier, "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage as DVC runs it
+
+
+@pytest.fixture(scope="module")
+def stage_project(tmp_path_factory):
+    return tiny_project(tmp_path_factory.mktemp("gan-stage"), UP_TO_GAN)
+
+
+def test_stage_writes_checkpoints_history_and_samples(stage_project):
+    root = stage_project.root
+    assert sorted(p.name for p in (root / "outputs/gan/generators").iterdir()) == ["decoder.pt", "scratch.pt"]
+    assert sorted(p.name for p in (root / "outputs/gan/samples").iterdir()) == ["decoder.png", "scratch.png"]
+    metrics = json.loads((root / "outputs/gan/metrics.json").read_text())
+    history = list(csv.DictReader(open(root / "outputs/gan/history.csv")))
+    assert [row["epoch"] for row in history] == ["0", "1", "2"]
+    assert history[0]["decoder_d_loss"] == "" and float(history[0]["decoder_fid"]) == metrics["vae_prior_fid"]
+    assert float(history[-1]["scratch_fid"]) == pytest.approx(metrics["scratch"]["fid"])
+    for init in ("decoder", "scratch"):
+        assert metrics[init]["classes"] >= 1 and 0 <= metrics[init]["label_entropy"] <= 2.31
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_generator(stage_project):
+    path = stage_project.root / "outputs/gan/generators/decoder.pt"
+    generator, checkpoint = train_gan.load_generator(path, latent_dim=4)
+    assert checkpoint["config"]["init"] == "decoder" and checkpoint["epoch"] == 2
+    assert checkpoint["config"]["architecture"]["latent_dim"] == 4
+    stored = torch.load(path, weights_only=True)["state_dict"]
+    assert all(torch.equal(generator.state_dict()[k], stored[k]) for k in stored)
+    z = torch.randn(5, 4)
+    again, _ = train_gan.load_generator(path)
+    assert torch.equal(generator(z), again(z))
+    from pipeline.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="latent_dim 4 but params.yaml says 8"):
+        train_gan.load_generator(path, latent_dim=8)
+    with pytest.raises(CheckpointError, match="is not a gan_generator checkpoint"):
+        train_gan.load_generator(stage_project.root / "outputs/vae/checkpoint.pt")
+
+
+def test_stage_records_into_the_vae_row(stage_project):
+    (row,) = stage_project.runs("mnist5k")
+    vae_run = json.loads((stage_project.root / "outputs/vae/mlflow_run.json").read_text())["run_id"]
+    gan_run = json.loads((stage_project.root / "outputs/gan/mlflow_run.json").read_text())["run_id"]
+    assert row.info.run_id == vae_run == gan_run and row.info.status == "FINISHED"
+    assert row.data.tags["pipeline.stages"] == "train_vae,train_gan"
+    assert row.data.params["gan.init"] == "decoder" and row.data.params["latent_dim"] == "4"
+    assert {"vae/test_neg_elbo", "gan/vae_prior_fid", "gan/decoder/fid", "gan/scratch/fid",
+            "gan/decoder/d_real", "gan/decoder/classes"} <= set(row.data.metrics)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{stage_project.store}")
+    assert [p.step for p in client.get_metric_history(row.info.run_id, "gan/decoder/fid")] == [0, 1, 2]
+    artifacts = {a.path for a in client.list_artifacts(row.info.run_id, "gan/decoder")}
+    assert {"gan/decoder/samples_epoch_001.png", "gan/decoder/samples_epoch_002.png"} <= artifacts
+
+
+def test_stage_rerun_reproduces_its_outputs_bit_for_bit(stage_project):
+    root = stage_project.root
+    names = ["generators/decoder.pt", "generators/scratch.pt", "samples/decoder.png", "metrics.json", "history.csv"]
+    first = {name: (root / "outputs/gan" / name).read_bytes() for name in names}
+    stage_project.stage("train_gan")
+    assert {name: (root / "outputs/gan" / name).read_bytes() for name in names} == first
+
+
+def test_without_comparison_only_the_chosen_gan_is_trained(tmp_path):
+    project = tiny_project(tmp_path, ("download", "train_vae", "train_classifier"),
+                           {"gan": {"compare_scratch": False, "epochs": 1}})
+    project.stage("train_gan")
+    assert [p.name for p in (tmp_path / "outputs/gan/generators").iterdir()] == ["decoder.pt"]
+    history = list(csv.DictReader(open(tmp_path / "outputs/gan/history.csv")))
+    assert history[-1]["scratch_fid"] == "" and history[-1]["decoder_fid"] != ""
+    assert "scratch" not in json.loads((tmp_path / "outputs/gan/metrics.json").read_text())
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"gan": {"epochs": 0}}, "gan.epochs = 0 is not allowed; expected an integer >= 1"),
+    ({"gan": {"learning_rate": 0}}, "gan.learning_rate = 0 is not allowed; expected a number > 0"),
+    ({"gan": {"init": "vae"}}, "gan.init = 'vae' is not allowed; expected one of: decoder, scratch"),
+    ({"gan": {"compare_scratch": "yes please"}}, "gan.compare_scratch = 'yes please' is not allowed"),
+])
+def test_bad_gan_params_fail_before_any_work(stage_project, override, message):
+    before = {p: p.stat().st_mtime_ns for p in (stage_project.root / "outputs/gan").rglob("*")}
+    runs_before = len(stage_project.runs())
+    stage_project.write_params(override)
+    try:
+        result = stage_project.stage("train_gan", check=False)
+    finally:
+        stage_project.write_params()
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in (stage_project.root / "outputs/gan").rglob("*")} == before
+    assert len(stage_project.runs()) == runs_before
