@@ -288,8 +288,9 @@ def main() -> None:
         mlflow.log_artifacts(str(paths.GAN_GENERATORS), artifact_path="gan/generators")
         tracking.write_run_file(paths.GAN_RUN, active)
     for init in runs:
-        log.info("done: %s GAN FID-style %.2f (VAE prior samples %.2f), beat the VAE after %s epochs", init,
-                 metrics[init]["fid"], vae_prior_fid, metrics[init]["epochs_to_beat_vae_prior"])
+        beat = metrics[init]["epochs_to_beat_vae_prior"]
+        log.info("done: %s GAN FID-style %.2f (VAE prior samples %.2f); %s", init, metrics[init]["fid"], vae_prior_fid,
+                 f"beat the VAE after {beat} epoch(s)" if beat else "never beat the VAE's score")
 
 
 if __name__ == "__main__":
