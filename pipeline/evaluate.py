@@ -15,7 +15,6 @@ each against the whole test split.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pipeline.download import Splits, dataset_facts, load_splits
 from pipeline.io import atomic_dir, atomic_path, read_json, write_json
 from pipeline.metrics import Scorer, vae_test_metrics
 from pipeline.models import VAE
-from pipeline.training import GRID_ROWS, image_grid, save_png, to_unit_float
+from pipeline.training import GRID_ROWS, decode, image_grid, save_png, to_unit_float, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +59,6 @@ def check_sizes(config: Config, splits: Splits) -> None:
     if ev.pr_neighbours >= ev.num_samples:
         raise ConfigError(f"params.yaml: evaluate.pr_neighbours = {ev.pr_neighbours} needs evaluate.num_samples "
                           f"above it, got {ev.num_samples}")
-
-
-@torch.inference_mode()
-def decode(decoder, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    return torch.cat([decoder(z[s : s + batch_size]) for s in range(0, len(z), batch_size)])
 
 
 @torch.inference_mode()
@@ -170,13 +164,6 @@ def save_latent_scatter(path, means: torch.Tensor, labels) -> None:
     plt.close(figure)
 
 
-def write_kl_per_dim(path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def flat_metrics(metrics: dict, prefix: str = "eval") -> dict[str, float]:
     """Nested metrics as MLflow keys: eval/vae/kl, eval/scores/gan_decoder/fid, ..."""
     flat = {}
@@ -223,7 +210,7 @@ def main() -> None:
                 save_png(figures / f"{name}.png", grid)
             if result.latent_means is not None:
                 save_latent_scatter(figures / "latent_scatter.png", result.latent_means, splits.y_test)
-        write_kl_per_dim(paths.EVAL_KL_PER_DIM, result.kl_per_dim)
+        write_csv(paths.EVAL_KL_PER_DIM, result.kl_per_dim)
         write_json(paths.EVAL_METRICS, metrics)
         mlflow.log_artifacts(str(paths.EVAL_FIGURES), artifact_path="eval")
         mlflow.log_artifact(str(paths.EVAL_KL_PER_DIM), artifact_path="eval")

@@ -23,7 +23,7 @@ from pipeline.download import Splits, dataset_facts, load_splits
 from pipeline.errors import CheckpointError
 from pipeline.io import load_checkpoint, save_checkpoint, write_json
 from pipeline.models import Classifier
-from pipeline.training import check_finite, to_unit_float, write_history
+from pipeline.training import check_finite, to_unit_float, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def main() -> None:
                         config={"architecture": architecture, "classifier": dataclasses.asdict(config.classifier),
                                 "seed": config.seed, "data_hash": facts["content_hash"]},
                         epoch=config.classifier.epochs, metrics=metrics)
-        write_history(paths.CLASSIFIER_HISTORY, result.history)
+        write_csv(paths.CLASSIFIER_HISTORY, result.history)
         write_json(paths.CLASSIFIER_METRICS, metrics)
         mlflow.log_artifact(str(paths.CLASSIFIER_CHECKPOINT), artifact_path="classifier")
     log.info("done: test accuracy %.4f", metrics["test_accuracy"])

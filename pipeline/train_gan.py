@@ -33,7 +33,7 @@ from pipeline.io import atomic_dir, load_checkpoint, save_checkpoint, write_json
 from pipeline.losses import discriminator_loss, generator_loss
 from pipeline.metrics import Scorer, class_spread
 from pipeline.models import VAE, Decoder, Discriminator, VAEArchitecture
-from pipeline.training import GRID_ROWS, check_finite, image_grid, save_png, to_unit_float, write_history
+from pipeline.training import GRID_ROWS, check_finite, decode, image_grid, save_png, to_unit_float, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +89,9 @@ def generator_step(discriminator, optimizer, fake: torch.Tensor) -> dict[str, fl
     return {"g_loss": loss.item()}
 
 
-@torch.inference_mode()
-def generate(generator: Decoder, noise: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    generator.eval()
-    images = torch.cat([generator(noise[s : s + batch_size]) for s in range(0, len(noise), batch_size)])
-    generator.train()
-    return images
-
-
 def sample_measures(generator: Decoder, noise: torch.Tensor, scorer: Scorer) -> dict[str, float]:
     """FID-style score and class spread of the generator's samples from the fixed `noise`."""
-    images = generate(generator, noise)
+    images = decode(generator, noise)
     return {"fid": scorer.fid_only(images), **class_spread(scorer.labels(images), scorer.classifier.num_classes)}
 
 
@@ -155,7 +147,7 @@ def train_one(init: str, config: Config, vae: VAE, x_train: torch.Tensor, scorer
                **sample_measures(generator, noise, scorer)}
         result.history.append(row)
         if epoch + 1 in keep:
-            result.grids[epoch + 1] = image_grid(generate(generator, grid_noise)).cpu()
+            result.grids[epoch + 1] = image_grid(decode(generator, grid_noise)).cpu()
         log.info("%s epoch %d/%d  D(x) %.3f  D(G(z)) %.3f  FID-style %.2f  classes %d", init, epoch + 1, gan.epochs,
                  row["d_real"], row["d_fake"], row["fid"], row["classes"])
         if on_epoch is not None:
@@ -204,7 +196,7 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, device: str,
     scorer = Scorer(classifier.to(device), x_test, seed=config.seed)
     noise = torch.randn(config.gan.fid_samples, config.latent_dim,
                         generator=torch.Generator().manual_seed(config.seed)).to(device)
-    vae_prior_fid = scorer.fid_only(generate(vae.decoder, noise))
+    vae_prior_fid = scorer.fid_only(decode(vae.decoder, noise))
     runs = {init: train_one(init, config, vae, x_train, scorer, noise, on_epoch) for init in models_to_train(config.gan)}
     vae.cpu()
     classifier.cpu()
@@ -282,7 +274,7 @@ def main() -> None:
         for init, result in runs.items():
             for epoch, grid in result.grids.items():
                 mlflow.log_image(grid.permute(1, 2, 0).numpy(), artifact_file=f"gan/{init}/samples_epoch_{epoch:03d}.png")
-        write_history(paths.GAN_HISTORY, wide_history(runs, vae_prior_fid))
+        write_csv(paths.GAN_HISTORY, wide_history(runs, vae_prior_fid))
         write_json(paths.GAN_METRICS, metrics)
         mlflow.log_artifact(str(paths.GAN_HISTORY), artifact_path="gan")
         mlflow.log_artifacts(str(paths.GAN_GENERATORS), artifact_path="gan/generators")

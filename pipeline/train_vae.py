@@ -24,7 +24,7 @@ from pipeline.errors import CheckpointError
 from pipeline.io import load_checkpoint, save_checkpoint, write_json
 from pipeline.losses import kl_weight, vae_loss
 from pipeline.models import VAE, VAEArchitecture
-from pipeline.training import GRID_ROWS, check_finite, image_grid, save_png, to_unit_float, write_history
+from pipeline.training import GRID_ROWS, check_finite, image_grid, save_png, to_unit_float, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def main() -> None:
         save_checkpoint(paths.VAE_CHECKPOINT, kind=CHECKPOINT_KIND, state_dict=model.state_dict(),
                         config=checkpoint_config(config, model.arch, facts["content_hash"]),
                         epoch=config.vae.epochs, metrics=metrics)
-        write_history(paths.VAE_HISTORY, result.history)
+        write_csv(paths.VAE_HISTORY, result.history)
         write_json(paths.VAE_METRICS, metrics)
         test_images = to_unit_float(torch.from_numpy(splits.x_test[: 4 * GRID_ROWS]))
         save_png(paths.VAE_SAMPLES, sample_grid(model.decoder, config.latent_dim, GRID_ROWS * GRID_ROWS, config.seed))

@@ -28,12 +28,18 @@ def check_finite(terms: dict[str, float], epoch: int, phase: str, remedy: str = 
             )
 
 
-def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    """One CSV row per epoch (a DVC plot); None becomes an empty cell."""
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows with the same keys as a CSV file (histories and tables for DVC plots); None becomes an empty cell."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows(rows)
+
+
+@torch.inference_mode()
+def decode(decoder, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """A decoder or generator applied to the codes z (N, latent_dim) in batches: (N, C, H, W)."""
+    return torch.cat([decoder(z[s : s + batch_size]) for s in range(0, len(z), batch_size)])
 
 
 def image_grid(images: torch.Tensor, rows: int = GRID_ROWS) -> torch.Tensor:

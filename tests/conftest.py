@@ -104,6 +104,22 @@ def tiny_project(root: Path, stages: tuple[str, ...], overrides: dict | None = N
     return project
 
 
+def assert_refused(project: Project, stage: str, override: dict, message: str) -> None:
+    """Running `stage` with `override` in params.yaml exits 2 with `message`, and changes no output
+    of any stage and no MLflow run count; params.yaml is restored afterwards."""
+    outputs = project.root / "outputs"
+    before = {p: p.stat().st_mtime_ns for p in outputs.rglob("*")}
+    runs_before = len(project.runs())
+    project.write_params(override)
+    try:
+        result = project.stage(stage, check=False)
+    finally:
+        project.write_params()
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in outputs.rglob("*")} == before
+    assert len(project.runs()) == runs_before
+
+
 UP_TO_GAN = ("download", "train_vae", "train_classifier", "train_gan")
 
 
