@@ -129,6 +129,7 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, generators: dict, 
                  scores[name]["classes"])
 
     per_dim, variance = vae_numbers.pop("kl_per_dim"), vae_numbers.pop("latent_mean_variance")
+    means = vae_numbers.pop("latent_means")
     kl_rows = [{"dim": d, "kl": kl, "mean_variance": var, "active": int(var > 0.01)}
                for d, (kl, var) in enumerate(zip(per_dim, variance))]
     metrics = {"num_samples": n, "vae": vae_numbers, "scores": scores}
@@ -143,8 +144,7 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, generators: dict, 
     latent_means = None
     if config.latent_dim == 2:
         grids["latent_lattice"] = lattice_grid(vae.decoder, device)
-        with torch.inference_mode():
-            latent_means = torch.cat([vae.encoder(x_test[s : s + 500])[0] for s in range(0, len(x_test), 500)]).cpu()
+        latent_means = means.cpu()
     return Evaluation(metrics, kl_rows, {k: v.cpu() for k, v in grids.items()}, latent_means)
 
 

@@ -90,6 +90,7 @@ def vae_test_metrics(model, x: torch.Tensor, *, kind: str, iwae_samples: int, se
     recon_mse_per_pixel: squared error of the reconstruction decoded from the posterior mean.
     kl: KL(q(z|x) || p(z)) in nats. neg_elbo: single-sample negative ELBO. iwae_nll: negative
     importance-weighted bound with `iwae_samples` samples. kl_per_dim (list) and active_units.
+    latent_means is the (N, D) tensor of posterior means the last three are computed from.
     """
     model.eval()
     generator = torch.Generator(device=x.device).manual_seed(seed)
@@ -114,6 +115,7 @@ def vae_test_metrics(model, x: torch.Tensor, *, kind: str, iwae_samples: int, se
         "active_units": active_units(mu),
         "kl_per_dim": per_dim.tolist(),
         "latent_mean_variance": mu.var(dim=0).tolist(),
+        "latent_means": mu,
     }
 
 
