@@ -231,6 +231,25 @@ def resolve_device(name: str) -> str:
     raise ConfigError(f"params.yaml: device = {name!r} is not allowed; expected one of: auto, cpu, cuda, cuda:N")
 
 
+THREADS_VARIABLE = "PIPELINE_THREADS"
+
+
+def thread_limit(environ: dict[str, str]) -> int | None:
+    """The CPU threads a stage may use: `PIPELINE_THREADS` when set, None (all cores) otherwise.
+
+    An environment variable rather than a param: it changes how fast a stage runs, not what it
+    computes, so it must not make DVC rerun anything. `pipeline.sweep` sets it to the cores
+    divided by the queue workers.
+    """
+    value = environ.get(THREADS_VARIABLE, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{THREADS_VARIABLE} = {value!r} is not allowed; expected a whole number of threads >= 1, "
+                          "or unset for all cores")
+    return int(value)
+
+
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     """The config as flat dotted keys (`vae.epochs`), as MLflow params and DVC show them."""
     flat: dict[str, Any] = {}

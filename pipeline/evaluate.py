@@ -195,7 +195,7 @@ def main() -> None:
     classifier_accuracy = read_json(paths.CLASSIFIER_METRICS)["test_accuracy"]
 
     with tracking.stage_run("evaluate", config, experiment=config.experiment_name,
-                            run_name=tracking.run_name("vae-gan", config),
+                            run_name=tracking.run_name(config),
                             upstream_run_id=tracking.read_run_file(paths.GAN_RUN)) as active:
         started = time.perf_counter()
         result = run(config, splits, vae, classifier, generators, device, likelihood)

@@ -5,7 +5,10 @@ The store
     `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlartifacts/`, where <root> is
     `DVC_ROOT` when DVC sets it and the working directory otherwise. DVC runs queued and
     `--temp` experiments in a temporary copy of the project but sets DVC_ROOT to the real one,
-    so their runs land in the same store as `dvc repro`'s.
+    so their runs land in the same store as `dvc repro`'s. Queue workers write to that store at
+    the same time: a missing store is created under a file lock, and the one write MLflow does
+    as check-then-insert (a dataset input) is retried. A tracking server is checked once,
+    before a stage does any work, so an unreachable one stops the stage at once.
 
 One row per result
     The `download` stage records each dataset it prepares in the experiment `datasets`. Every
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,14 +61,64 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+# Seconds to wait for a tracking server to answer the reachability check.
+SERVER_TIMEOUT_S = 10
+
+
+def check_server() -> None:
+    """With a tracking server as the store, fail fast, with a TrackingError naming it, when it
+    does not answer: one request, no retries (MLflow's client retries a refused connection for
+    minutes). A local store needs no check."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "POST",
+                                max_retries=0, timeout=SERVER_TIMEOUT_S, json={"max_results": 1})
+    except Exception as error:  # MLflow wraps requests' errors: refused, timed out, unknown host
+        reason = re.search(r"\[Errno -?\d+\][^\"')]*|[Rr]ead timed out|timed out", str(error))
+        raise TrackingError(f"MLflow tracking server {uri} is unreachable "
+                            f"({reason.group(0) if reason else type(error).__name__}); start it, or unset "
+                            "MLFLOW_TRACKING_URI to record into the local store") from None
+    if response.status_code != 200:
+        raise TrackingError(f"MLflow tracking server {uri} answered HTTP {response.status_code}: {response.text[:200]}")
+
+
+def local_store(uri: str) -> Path | None:
+    """The database file of a SQLite store URI, None for other stores."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def _creation_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside a SQLite store while MLflow may create it. MLflow builds a new
+    store's schema by migrations that break when two processes (two queue workers, say) run
+    them at once; once the store exists, SQLite serialises concurrent writers itself."""
+    database = local_store(uri)
+    if database is None:
+        yield
+        return
+    import fcntl
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _connect():
-    """Point MLflow at the store and return (mlflow, client)."""
+    """Point MLflow at the store and return (mlflow, client); creates a missing local store."""
     # Usage telemetry would only try (and fail) to reach the network from here.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    return mlflow, mlflow.MlflowClient()
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with _creation_lock(uri):
+        return mlflow, mlflow.MlflowClient()  # the client's store creates and migrates the database
 
 
 def ensure_experiment(name: str) -> str:
@@ -100,21 +154,27 @@ def dvc_exp_name() -> str:
 
 
 def context_tags(stage: str) -> dict[str, str]:
-    """Tags that say where a record comes from: stage, git commit, DVC experiment."""
+    """Tags that say where a record comes from: stage, git commit, DVC experiment, CPU threads."""
+    import torch
+
     tags = {
         "pipeline.stage": stage,
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
-        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        # Whether the sources differ from that commit. params.yaml is recorded as params (and
+        # `dvc exp run -S` edits it), and DVC rewrites dvc.lock after every stage: neither counts.
+        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no", "--",
+                                   ".", ":!params.yaml", ":!dvc.lock"))).lower(),
         "dvc.exp_name": dvc_exp_name(),
+        "pipeline.threads": str(torch.get_num_threads()),
     }
     if os.environ.get("DVC_EXP_BASELINE_REV"):
         tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
     return tags
 
 
-def run_name(prefix: str, config: Config) -> str:
-    """A readable run name: `<prefix>-ld<latent_dim>-<DVC experiment name or 'workspace'>`."""
-    return f"{prefix}-ld{config.latent_dim}-{dvc_exp_name()}"
+def run_name(config: Config) -> str:
+    """A result row's name: `vae-gan-ld<latent_dim>-<DVC experiment name or 'workspace'>`."""
+    return f"vae-gan-ld{config.latent_dim}-{dvc_exp_name()}"
 
 
 def _recorded_stages(run) -> list[str]:
@@ -205,7 +265,16 @@ def log_dataset(splits, facts: dict) -> None:
 
     for context, x, y in (("train", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)):
         dataset = mlflow.data.from_numpy(x, targets=y, name=f"{splits.name}-{context}", digest=facts["content_hash"])
-        mlflow.log_input(dataset, context=context)
+        try:
+            mlflow.log_input(dataset, context=context)
+        except mlflow.exceptions.MlflowException as error:
+            # MLflow looks a dataset up, then inserts it if missing: two processes logging the same
+            # dataset at once (two queue workers) both insert, and the second hits the table's
+            # uniqueness. Once the first has committed, the lookup finds it: one retry is enough.
+            if "unique" not in str(error).lower():
+                raise
+            log.info("dataset %s was being recorded by another process; logging it again", dataset.name)
+            mlflow.log_input(dataset, context=context)
 
 
 def write_run_file(path: Path, run) -> None:

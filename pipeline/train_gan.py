@@ -251,7 +251,7 @@ def main() -> None:
                            step=row["epoch"])
 
     with tracking.stage_run("train_gan", config, experiment=config.experiment_name,
-                            run_name=tracking.run_name("vae-gan", config),
+                            run_name=tracking.run_name(config),
                             upstream_run_id=tracking.read_run_file(paths.VAE_RUN)) as active:
         runs, vae_prior_fid = run(config, splits, vae, classifier, device, on_epoch=log_epoch)
         metrics = summary(runs, vae_prior_fid)

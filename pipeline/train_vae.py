@@ -173,7 +173,7 @@ def main() -> None:
         mlflow.log_metrics({f"vae/{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
 
     with tracking.stage_run("train_vae", config, experiment=config.experiment_name,
-                            run_name=tracking.run_name("vae", config)) as active:
+                            run_name=tracking.run_name(config)) as active:
         tracking.log_dataset(splits, facts)
         result = run(config, splits, device, on_epoch=log_epoch)
         model = result.model

@@ -63,12 +63,13 @@ class Project:
         (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         return params
 
-    def stage(self, name: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    def stage(self, name: str, check: bool = True, env: dict | None = None,
+              timeout: float | None = None) -> subprocess.CompletedProcess:
         """Run `python -m pipeline.<name>` here as DVC would, in a fresh process."""
         clean = {k: v for k, v in os.environ.items() if k not in OUTSIDE_VARIABLES}
         result = subprocess.run(
             [sys.executable, "-m", f"pipeline.{name}"], cwd=self.root, capture_output=True, text=True,
-            env={**clean, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})},
+            env={**clean, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}, timeout=timeout,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"stage {name} failed:\n{result.stdout}\n{result.stderr}")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import merge, repo_params
-from pipeline.config import ConfigError, flatten, parse_config
+from pipeline.config import ConfigError, flatten, parse_config, thread_limit
 
 
 def test_repository_params_are_valid():
@@ -82,3 +82,20 @@ def test_stage_with_bad_params_exits_non_zero_and_writes_nothing(project, stage,
     assert "Traceback" not in result.stderr
     assert project.files() == []
     assert not project.store.exists()  # no MLflow run, not even an empty store
+
+
+def test_thread_limit_comes_from_the_environment():
+    assert thread_limit({}) is None and thread_limit({"PIPELINE_THREADS": ""}) is None  # all cores
+    assert thread_limit({"PIPELINE_THREADS": "3"}) == 3
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(ConfigError, match=f"PIPELINE_THREADS = '{bad}' is not allowed"):
+            thread_limit({"PIPELINE_THREADS": bad})
+
+
+def test_stage_applies_the_thread_limit_and_refuses_a_bad_one(project):
+    result = project.stage("download", check=False, env={"PIPELINE_THREADS": "zero"})
+    assert result.returncode == 2 and "PIPELINE_THREADS = 'zero' is not allowed" in result.stderr
+    assert project.files() == [] and not project.store.exists()
+    project.stage("download", env={"PIPELINE_THREADS": "1"})
+    (record,) = project.runs("datasets")
+    assert record.data.tags["pipeline.threads"] == "1"

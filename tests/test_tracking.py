@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from types import SimpleNamespace
+
 import mlflow
+import numpy as np
 import pytest
 
-from conftest import repo_params
+from conftest import REPO, mlflow_runs, repo_params
 from pipeline import tracking
 from pipeline.config import parse_config
+from pipeline.errors import TrackingError
 
 
 def test_store_defaults_to_the_project_root_and_follows_dvc_root(project, monkeypatch, tmp_path_factory):
@@ -97,3 +105,62 @@ def test_a_failure_while_copying_into_a_new_row_marks_it_failed(project, record,
         record("train_gan", 3.0, upstream=vae)
     statuses = sorted(run.info.status for run in rows(project).values())
     assert statuses == ["FAILED", "FINISHED"]  # the new row is not left RUNNING
+
+
+def test_processes_that_create_a_new_store_at_once_all_record(tmp_path):
+    """MLflow's schema migrations break when two processes create one SQLite store together
+    (queue workers starting at once); the creation lock makes them take turns."""
+    script = (
+        "import mlflow\n"
+        "from pipeline import tracking\n"
+        "experiment = tracking.ensure_experiment('rows')\n"
+        "tracking._connect()\n"
+        "for step in range(3):\n"
+        "    with mlflow.start_run(experiment_id=experiment):\n"
+        "        mlflow.log_metric('m', step)\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONPATH": str(REPO),
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    workers = [subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+               for _ in range(4)]
+    errors = [worker.communicate()[1] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0] * 4, "\n".join(errors)
+    assert len(mlflow_runs(tmp_path / "mlflow.db", "rows")) == 12
+
+
+def test_an_unreachable_tracking_server_is_reported_at_once(monkeypatch):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    with pytest.raises(TrackingError, match=rf"server http://127.0.0.1:{port} is unreachable \(\[Errno 111\]"):
+        tracking.check_server()
+
+
+def test_a_dataset_that_another_process_is_recording_is_logged_again(project, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.store}")
+    splits = SimpleNamespace(name="tiny", x_train=np.zeros((4, 1, 2, 2), np.uint8), y_train=np.arange(4),
+                             x_test=np.zeros((2, 1, 2, 2), np.uint8), y_test=np.arange(2))
+    real_log_input, calls = mlflow.log_input, []
+
+    def racing(dataset, context):  # the other process commits the dataset first, once
+        calls.append(context)
+        if len(calls) == 1:
+            raise mlflow.exceptions.MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                                    "datasets.experiment_id, datasets.name, datasets.digest")
+        real_log_input(dataset, context=context)
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment("rows")) as active:
+        tracking.log_dataset(splits, {"content_hash": "abc"})
+    inputs = mlflow.MlflowClient().get_run(active.info.run_id).inputs.dataset_inputs
+    assert calls == ["train", "train", "test"]
+    assert sorted(i.dataset.name for i in inputs) == ["tiny-test", "tiny-train"]
+
+    def broken(dataset, context):
+        raise mlflow.exceptions.MlflowException("store is read-only")
+
+    monkeypatch.setattr(mlflow, "log_input", broken)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="read-only"), mlflow.start_run(
+            experiment_id=tracking.ensure_experiment("rows")):
+        tracking.log_dataset(splits, {"content_hash": "abc"})

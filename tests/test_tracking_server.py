@@ -1,0 +1,100 @@
+"""A team's MLflow server: the pipeline records into a real `mlflow server` on 127.0.0.1 (SQLite
+backend, artifacts served by the server) and the run reads back over HTTP; an unreachable server
+stops a stage at once, with nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import UP_TO_GAN, tiny_project
+from pipeline import paths
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real `mlflow server` in the background; yields (url, its folder); stopped afterwards."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    url = f"http://127.0.0.1:{free_port()}"
+    log = (root / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'backend.db'}",
+         "--artifacts-destination", str(root / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its workers go with it
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"mlflow server exited with {process.returncode}:\n{(root / 'server.log').read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server did not answer in 120 s:\n{(root / 'server.log').read_text()}")
+                time.sleep(0.5)
+        yield url, root
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_pipeline_records_everything_into_a_tracking_server(server, tmp_path):
+    url, server_root = server
+    project = tiny_project(tmp_path, ())
+    for stage in (*UP_TO_GAN, "evaluate"):
+        project.stage(stage, env={"MLFLOW_TRACKING_URI": url})
+    assert not project.store.exists() and not (tmp_path / "mlartifacts").exists()  # nothing stayed local
+
+    client = mlflow.MlflowClient(tracking_uri=url)  # read back over HTTP
+    (row,) = client.search_runs([client.get_experiment_by_name("mnist5k").experiment_id])
+    assert row.info.status == "FINISHED" and row.data.params["latent_dim"] == "4"
+    assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+    evaluation = json.loads((tmp_path / paths.EVAL_METRICS).read_text())
+    assert row.data.metrics["eval/vae/kl"] == evaluation["vae"]["kl"]
+    assert row.data.metrics["eval/scores/gan_decoder/fid"] == evaluation["scores"]["gan_decoder"]["fid"]
+    assert len(client.search_runs([client.get_experiment_by_name("datasets").experiment_id])) == 1
+
+    # Artifacts went through the server into its artifact store, and come back byte for byte.
+    figure = Path(client.download_artifacts(row.info.run_id, "eval/reconstructions.png", str(tmp_path / "back")))
+    assert figure.read_bytes() == (tmp_path / paths.EVAL_FIGURES / "reconstructions.png").read_bytes()
+    stored = list((server_root / "artifacts").rglob("eval/reconstructions.png"))
+    assert [p.read_bytes() for p in stored] == [figure.read_bytes()]
+
+
+def test_an_unreachable_server_stops_a_stage_at_once_and_nothing_is_written(tmp_path):
+    project = tiny_project(tmp_path, ("download",))  # recorded in the local store
+    before = project.files()
+    unreachable = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    for stage in ("train_vae", "download"):
+        # MLflow's client alone would retry for minutes; the timeout turns a hang into a failure.
+        result = project.stage(stage, check=False, env=unreachable, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert f"MLflow tracking server {unreachable['MLFLOW_TRACKING_URI']} is unreachable" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert project.files() == before
+    assert len(project.runs()) == 1
