@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: repro test bench study ui clean
+.PHONY: repro test bench study sweep compare ui clean
 
 # The environment is built once; later runs reuse it (and need no network).
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -25,6 +25,15 @@ bench: $(VENV)/.installed  ## print training throughput and pipeline wall times
 
 study: $(VENV)/.installed  ## GAN from the decoder vs from scratch vs VAE samples, over seeds 0-2 (about 3 minutes)
 	python benchmarks/gan_from_decoder.py
+
+# `make sweep JOBS=2 LATENT_DIMS="2 8 32"`; see pipeline/sweep.py.
+JOBS ?= 1
+LATENT_DIMS ?= 2 4 8 16 32 64
+sweep: $(VENV)/.installed  ## queue one DVC experiment per latent_dim, run them with JOBS workers, wait, compare
+	python -m pipeline.sweep --latent-dims $(LATENT_DIMS) --jobs $(JOBS)
+
+compare: $(VENV)/.installed  ## print every recorded result as a table, write outputs/comparison.csv
+	python -m pipeline.compare
 
 ui: $(VENV)/.installed  ## open the MLflow UI on http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

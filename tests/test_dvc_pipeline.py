@@ -72,6 +72,12 @@ def dvc(root, *args) -> str:
     return result.stdout
 
 
+def run_module(root, module, *args) -> str:
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, f"{module} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
 def result_rows(root):
     return {run.data.params["latent_dim"]: run for run in mlflow_runs(root / "mlflow.db", "mnist5k")}
 
@@ -96,22 +102,100 @@ def test_repro_then_experiment_gives_one_row_per_result(repo):
     assert len(mlflow_runs(repo / "mlflow.db", "datasets")) == 1  # the data stage did not rerun
     assert len(mlflow_runs(repo / "mlflow.db", "classifiers")) == 1  # nor the classifier: no latent_dim in it
 
+    assert rows["8"].data.tags["git.dirty"] == "false"  # -S edits params.yaml, which is recorded as params
+    assert rows["8"].info.run_name == f"vae-gan-ld8-{rows['8'].data.tags['dvc.exp_name']}"
+
     table = list(csv.DictReader(io.StringIO(dvc(repo, "exp", "show", "--csv"))))
     by_latent = {row["latent_dim"]: row for row in table if row["typ"] != "baseline" or row["rev"] != "workspace"}
     assert set(by_latent) == {"4", "8"}
     assert float(by_latent["8"]["test_neg_elbo"]) == pytest.approx(rows["8"].data.metrics["vae/test_neg_elbo"])
 
+    # The same comparison from MLflow, without the UI: printed, and written as CSV.
+    shown = run_module(repo, "pipeline.compare")
+    assert "vae-gan-ld4-workspace" in shown and rows["8"].info.run_name in shown
+    compared = list(csv.DictReader((repo / "outputs" / "comparison.csv").open()))
+    assert [row["latent_dim"] for row in compared] == ["4", "8"]
+    for row in compared:
+        metrics = rows[row["latent_dim"]].data.metrics
+        assert float(row["recon_mse"]) == metrics["eval/vae/recon_mse_per_pixel"]
+        assert float(row["fid_gan_decoder"]) == metrics["eval/scores/gan_decoder/fid"]
 
-def test_changing_a_gan_param_reruns_only_the_gan_and_evaluation(repo):
-    dvc(repo, "repro")
+
+def repro_with(repo, section: str, key: str, value) -> set[str]:
+    """Change one param, `dvc repro`; the stages that ran."""
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["gan"]["epochs"] = 1
+    params[section][key] = value
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = dvc(repo, "repro")
-    ran = {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train_gan", "evaluate"}
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+
+
+def newest_rows(repo, count: int):
+    return sorted(mlflow_runs(repo / "mlflow.db", "mnist5k"), key=lambda r: r.info.start_time)[-count:]
+
+
+def test_changing_a_gan_or_evaluation_param_reruns_only_the_stages_after_it(repo):
+    dvc(repo, "repro")
+    assert repro_with(repo, "gan", "epochs", 1) == {"train_gan", "evaluate"}
     # The new result gets its own row, which still carries the VAE's numbers it started from.
-    (old, new) = sorted(mlflow_runs(repo / "mlflow.db", "mnist5k"), key=lambda r: r.info.start_time)
+    (old, new) = newest_rows(repo, 2)
     assert new.data.params["gan.epochs"] == "1" and old.data.params["gan.epochs"] == "2"
     assert new.data.metrics["vae/test_neg_elbo"] == old.data.metrics["vae/test_neg_elbo"]
     assert new.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+
+    assert repro_with(repo, "evaluate", "num_samples", 50) == {"evaluate"}  # nothing retrained
+    (old, new) = newest_rows(repo, 2)
+    assert new.data.params["evaluate.num_samples"] == "50" and new.data.metrics["eval/num_samples"] == 50
+    training = [key for key in old.data.metrics if key.startswith(("vae/", "gan/"))]
+    assert training and all(new.data.metrics[key] == old.data.metrics[key] for key in training)
+    assert new.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+
+
+def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
+    head = git(repo, "rev-parse", "HEAD").strip()
+    out = run_module(repo, "pipeline.sweep", "--latent-dims", "2", "3", "--jobs", "2")
+    assert "sweep of 2 values with 2 worker(s)" in out
+    rows = mlflow_runs(repo / "mlflow.db", "mnist5k")
+    assert sorted(run.data.params["latent_dim"] for run in rows) == ["2", "3"]  # none lost, none twice
+    threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    for run in rows:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+        assert run.data.tags["dvc.exp_name"].startswith("sweep-")
+        assert run.data.tags["dvc.exp_name"].endswith(f"-ld{run.data.params['latent_dim']}")
+        assert run.data.tags["dvc.baseline_rev"] == head
+        assert run.data.tags["pipeline.threads"] == threads
+    # The shared stages ran once, in the workspace, not once per experiment.
+    assert len(mlflow_runs(repo / "mlflow.db", "datasets")) == 1
+    assert len(mlflow_runs(repo / "mlflow.db", "classifiers")) == 1
+    table = list(csv.DictReader((repo / "outputs" / "sweep.csv").open()))
+    assert sorted(row["run_id"] for row in table) == sorted(run.info.run_id for run in rows)
+    assert "Success" in dvc(repo, "queue", "status")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--latent-dims", "0", "4"], "latent_dim = 0 is not allowed"),
+    (["--latent-dims", "4", "4"], "latent_dim values [4] are given more than once"),
+])
+def test_sweep_refuses_bad_values_before_queueing_anything(repo, args, message):
+    result = subprocess.run([sys.executable, "-m", "pipeline.sweep", *args], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (repo / "mlflow.db").exists() and not (repo / "outputs").exists()
+    assert "sweep-" not in dvc(repo, "queue", "status")
+
+
+def test_outputs_pushed_to_a_dvc_remote_restore_a_fresh_clone(repo, tmp_path):
+    dvc(repo, "repro")
+    dvc(repo, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "results and their remote")
+    dvc(repo, "push")
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    assert not (clone / "outputs").exists()
+    dvc(clone, "pull")
+    for path in (paths.VAE_CHECKPOINT, paths.GAN_METRICS, paths.EVAL_METRICS, paths.EVAL_FIGURES / "reconstructions.png"):
+        assert (clone / path).read_bytes() == (repo / path).read_bytes()
+    assert "Data and pipelines are up to date" in dvc(clone, "repro")
+    assert not (clone / "mlflow.db").exists()  # nothing ran, so nothing was recorded

@@ -1,0 +1,142 @@
+"""`python -m pipeline.sweep`: a sweep over `latent_dim` as queued DVC experiments, run by N queue
+workers; waits for them and checks that each value left exactly one complete MLflow row.
+
+1. Check the values against params.yaml's rule for `latent_dim`, that `dvc exp run` can work here
+   (a git repository with a commit and an identity), and that a tracking server, if set, answers.
+2. Run the stages every experiment shares (`download`, `train_classifier`) once in the workspace,
+   so the experiments restore them from DVC's cache rather than each training its own copy.
+3. Queue one experiment per value, named `sweep-<stamp>-ld<value>`.
+4. `dvc exp run --run-all -j N`: start N workers and follow them until the queue is empty, each
+   stage limited to its share of the cores (`PIPELINE_THREADS`, see pipeline.config).
+5. Find each experiment's row by its `dvc.exp_name` tag, print the sweep's comparison table and
+   write it as CSV; exit 2 naming any experiment that left no complete row, or more than one.
+
+`dvc exp run --run-all` also runs experiments that were already in the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from pipeline import compare, tracking
+from pipeline.config import PARAMS_FILE, THREADS_VARIABLE, ConfigError, parse_config
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VALUES = (2, 4, 8, 16, 32, 64)
+SHARED_STAGES = ("download", "train_classifier")
+DEFAULT_CSV = Path("outputs/sweep.csv")
+
+
+class SweepError(PipelineError):
+    """The sweep could not start, or an experiment of it left no complete result."""
+
+
+def experiment_names(stamp: str, values: list[int]) -> dict[int, str]:
+    """The DVC experiment name of each value: `sweep-<stamp>-ld<value>`."""
+    return {value: f"sweep-{stamp}-ld{value}" for value in values}
+
+
+def threads_per_worker(jobs: int, cores: int) -> int:
+    """Each worker's share of the cores (at least one thread)."""
+    return max(1, cores // jobs)
+
+
+def check_values(values: list[int]) -> None:
+    """Refuse values params.yaml would refuse, and repeats (one experiment per value)."""
+    raw = yaml.safe_load(PARAMS_FILE.read_text())
+    for value in values:
+        parse_config({**raw, "latent_dim": value})  # raises ConfigError naming the key and value
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ConfigError(f"latent_dim values {repeated} are given more than once; give each value once")
+
+
+def _run(*args: str, env: dict[str, str] | None = None, capture: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), env=env, text=True, capture_output=capture, check=False)
+
+
+def check_git() -> None:
+    if _run("git", "rev-parse", "--verify", "-q", "HEAD", capture=True).returncode != 0:
+        raise SweepError("dvc exp run needs a git repository with at least one commit: git init, then commit")
+    if _run("git", "var", "GIT_COMMITTER_IDENT", capture=True).returncode != 0:
+        raise SweepError("dvc exp run commits each experiment: set git config user.name and user.email")
+
+
+def dvc(*args: str, env: dict[str, str]) -> None:
+    result = _run(sys.executable, "-m", "dvc", *args, env=env)
+    if result.returncode != 0:
+        raise SweepError(f"`dvc {' '.join(args)}` failed (exit {result.returncode}); see its output above")
+
+
+def run(values: list[int], jobs: int, threads: int, env: dict[str, str]) -> dict[int, str]:
+    """Queue and run the sweep; returns each value's experiment name."""
+    names = experiment_names(time.strftime("%m%d-%H%M%S"), values)
+    dvc("repro", *SHARED_STAGES, env=env)
+    for value, name in names.items():
+        dvc("exp", "run", "--queue", "--quiet", "-n", name, "-S", f"latent_dim={value}", env=env)
+    log.info("running %d experiments with %d workers, %d threads each", len(names), jobs, threads)
+    dvc("exp", "run", "--run-all", "-j", str(jobs), env={**env, THREADS_VARIABLE: str(threads)})
+    return names
+
+
+def sweep_rows(names: dict[int, str], experiment: str):
+    """The sweep's complete rows, after checking there is exactly one per experiment."""
+    table = compare.comparison(compare.load_runs(experiment))
+    rows = table[table["dvc_exp"].isin(list(names.values()))]
+    counts = rows["dvc_exp"].value_counts()
+    missing = [name for name in names.values() if counts.get(name, 0) == 0]
+    repeated = [name for name in names.values() if counts.get(name, 0) > 1]
+    if missing or repeated:
+        raise SweepError(
+            (f"no complete MLflow row for {', '.join(missing)} (see `dvc queue logs <name>`); " if missing else "")
+            + (f"more than one row for {', '.join(repeated)}" if repeated else "")
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipeline.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--latent-dims", type=int, nargs="+", default=list(DEFAULT_VALUES), metavar="N",
+                        help="values of latent_dim (default: %(default)s)")
+    parser.add_argument("-j", "--jobs", type=int, default=1, help="queue workers at once (default 1)")
+    parser.add_argument("--threads", type=int, help="CPU threads per stage (default: the cores divided by --jobs)")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help=f"where to write the table (default {DEFAULT_CSV})")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--jobs and --threads must be at least 1")
+
+    config = load_config()
+    check_values(args.latent_dims)
+    check_git()
+    tracking.check_server()
+    threads = args.threads or threads_per_worker(args.jobs, len(os.sched_getaffinity(0)))
+    # Queue workers start `dvc` from PATH: it must be this environment's, as for the stages.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    start = time.perf_counter()
+    names = run(args.latent_dims, args.jobs, threads, env)
+    seconds = time.perf_counter() - start
+    rows = sweep_rows(names, config.experiment_name)
+    print(compare.format_table(rows))
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(args.csv, index=False)
+    print(f"sweep of {len(names)} values with {args.jobs} worker(s), {threads} thread(s) each: "
+          f"{seconds:.0f} s; table written to {args.csv}")
+
+
+if __name__ == "__main__":
+    from pipeline.cli import run_command
+
+    run_command("sweep", main)
