@@ -8,8 +8,10 @@ workers; waits for them and checks that each value left exactly one complete MLf
 3. Queue one experiment per value, named `sweep-<stamp>-ld<value>`.
 4. `dvc exp run --run-all -j N`: start N workers and follow them until the queue is empty, each
    stage limited to its share of the cores (`PIPELINE_THREADS`, see pipeline.config).
-5. Find each experiment's row by its `dvc.exp_name` tag, print the sweep's comparison table and
-   write it as CSV; exit 2 naming any experiment that left no complete row, or more than one.
+5. Find each experiment's row through the run id in its `outputs/eval/mlflow_run.json`, print
+   the sweep's comparison table and write it as CSV; exit 2 naming any experiment that left no
+   complete row, or more than one. A value computed before (by any experiment) is restored from
+   DVC's run cache and keeps its earlier row: nothing is recorded twice.
 
 `dvc exp run --run-all` also runs experiments that were already in the queue.
 """
@@ -17,6 +19,7 @@ workers; waits for them and checks that each value left exactly one complete MLf
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import subprocess
@@ -24,9 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
-from pipeline import compare, tracking
+from pipeline import compare, paths, tracking
 from pipeline.config import PARAMS_FILE, THREADS_VARIABLE, ConfigError, parse_config
 from pipeline.errors import PipelineError
 
@@ -89,19 +93,42 @@ def run(values: list[int], jobs: int, threads: int, env: dict[str, str]) -> dict
     return names
 
 
-def sweep_rows(names: dict[int, str], experiment: str):
-    """The sweep's complete rows, after checking there is exactly one per experiment."""
+def result_run_id(name: str) -> str | None:
+    """The MLflow row holding DVC experiment `name`'s result: the run id in its evaluation's
+    `mlflow_run.json`, read from the experiment's commit and DVC's cache. None when the
+    experiment left no result (it failed)."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    try:
+        return json.loads(dvc.api.read(str(paths.EVAL_RUN), rev=name))["run_id"]
+    except (DvcException, FileNotFoundError):
+        return None
+
+
+def sweep_rows(names: dict[int, str], experiment: str) -> pd.DataFrame:
+    """The comparison rows of the sweep's results, one per value, after checking them.
+
+    A value whose stages DVC restored from its run cache (computed before, by any experiment)
+    records no new row: its result is the earlier row, which its restored outputs point to.
+    """
     table = compare.comparison(compare.load_runs(experiment))
-    rows = table[table["dvc_exp"].isin(list(names.values()))]
-    counts = rows["dvc_exp"].value_counts()
-    missing = [name for name in names.values() if counts.get(name, 0) == 0]
-    repeated = [name for name in names.values() if counts.get(name, 0) > 1]
-    if missing or repeated:
-        raise SweepError(
-            (f"no complete MLflow row for {', '.join(missing)} (see `dvc queue logs <name>`); " if missing else "")
-            + (f"more than one row for {', '.join(repeated)}" if repeated else "")
-        )
-    return rows
+    problems, ids = [], []
+    for value, name in names.items():
+        run_id = result_run_id(name)
+        found = table[table["run_id"] == run_id]
+        if run_id is None or found.empty:
+            problems.append(f"{name} left no complete result (see `dvc queue logs {name}`)")
+            continue
+        if found["latent_dim"].iloc[0] != value:
+            problems.append(f"{name}'s row {run_id} has latent_dim {found['latent_dim'].iloc[0]}, not {value}")
+        extra = table[(table["dvc_exp"] == name) & (table["run_id"] != run_id)]
+        if not extra.empty:
+            problems.append(f"{name} recorded {len(extra)} complete row(s) besides its result: {', '.join(extra['run_id'])}")
+        ids.append(run_id)
+    if problems:
+        raise SweepError("; ".join(problems))
+    return table[table["run_id"].isin(ids)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - start
     rows = sweep_rows(names, config.experiment_name)
     print(compare.format_table(rows))
+    for row in rows[~rows["dvc_exp"].isin(list(names.values()))].itertuples():
+        print(f"latent_dim {row.latent_dim}: computed before; DVC restored it from its run cache, "
+              f"so its row is the earlier {row.run}")
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(args.csv, index=False)
     print(f"sweep of {len(names)} values with {args.jobs} worker(s), {threads} thread(s) each: "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -172,6 +173,14 @@ def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
     assert sorted(row["run_id"] for row in table) == sorted(run.info.run_id for run in rows)
     assert "Success" in dvc(repo, "queue", "status")
 
+    # The same values again: DVC restores every stage from its run cache, records nothing new,
+    # and the sweep reports the rows that already hold those results.
+    out = run_module(repo, "pipeline.sweep", "--latent-dims", "2", "3", "--jobs", "2")
+    assert out.count("computed before; DVC restored it from its run cache") == 2
+    assert len(mlflow_runs(repo / "mlflow.db", "mnist5k")) == 2
+    again = list(csv.DictReader((repo / "outputs" / "sweep.csv").open()))
+    assert sorted(row["run_id"] for row in again) == sorted(row["run_id"] for row in table)
+
 
 @pytest.mark.parametrize("args, message", [
     (["--latent-dims", "0", "4"], "latent_dim = 0 is not allowed"),
@@ -199,3 +208,14 @@ def test_outputs_pushed_to_a_dvc_remote_restore_a_fresh_clone(repo, tmp_path):
         assert (clone / path).read_bytes() == (repo / path).read_bytes()
     assert "Data and pipelines are up to date" in dvc(clone, "repro")
     assert not (clone / "mlflow.db").exists()  # nothing ran, so nothing was recorded
+
+
+def test_sweep_names_an_experiment_that_failed(repo):
+    # Valid by the params' rules, but more samples than the test split holds: evaluate refuses.
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), {"evaluate": {"num_samples": 61}})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "pipeline.sweep", "--latent-dims", "2"], cwd=repo,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.search(r"sweep: error: sweep-\S+-ld2 left no complete result \(see `dvc queue logs sweep-", result.stderr)
+    assert not (repo / "outputs" / "sweep.csv").exists()
