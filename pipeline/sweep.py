@@ -10,8 +10,8 @@ workers; waits for them and checks that each value left exactly one complete MLf
    stage limited to its share of the cores (`PIPELINE_THREADS`, see pipeline.config).
 5. Find each experiment's row through the run id in its `outputs/eval/mlflow_run.json`, print
    the sweep's comparison table and write it as CSV; exit 2 naming any experiment that left no
-   complete row, or more than one. A value computed before (by any experiment) is restored from
-   DVC's run cache and keeps its earlier row: nothing is recorded twice.
+   complete row, or more than one. A value computed before (by the baseline or any experiment)
+   is reused by DVC and keeps its earlier row: nothing is recorded twice.
 
 `dvc exp run --run-all` also runs experiments that were already in the queue.
 """
@@ -31,7 +31,7 @@ import pandas as pd
 import yaml
 
 from pipeline import compare, paths, tracking
-from pipeline.config import PARAMS_FILE, THREADS_VARIABLE, ConfigError, parse_config
+from pipeline.config import PARAMS_FILE, THREADS_VARIABLE, ConfigError, parse_config, thread_limit
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,9 @@ def result_run_id(name: str) -> str | None:
 def sweep_rows(names: dict[int, str], experiment: str) -> pd.DataFrame:
     """The comparison rows of the sweep's results, one per value, after checking them.
 
-    A value whose stages DVC restored from its run cache (computed before, by any experiment)
-    records no new row: its result is the earlier row, which its restored outputs point to.
+    A value computed before (the baseline's own value, or any earlier experiment's, which DVC
+    restores from its run cache) runs no stage and records no new row: its result is the
+    earlier row, which its outputs point to.
     """
     table = compare.comparison(compare.load_runs(experiment))
     problems, ids = [], []
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latent-dims", type=int, nargs="+", default=list(DEFAULT_VALUES), metavar="N",
                         help="values of latent_dim (default: %(default)s)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="queue workers at once (default 1)")
-    parser.add_argument("--threads", type=int, help="CPU threads per stage (default: the cores divided by --jobs)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads per stage (default: PIPELINE_THREADS, else the cores divided by --jobs)")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help=f"where to write the table (default {DEFAULT_CSV})")
     args = parser.parse_args(argv)
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     check_values(args.latent_dims)
     check_git()
     tracking.check_server()
-    threads = args.threads or threads_per_worker(args.jobs, len(os.sched_getaffinity(0)))
+    threads = (args.threads or thread_limit(dict(os.environ))
+               or threads_per_worker(args.jobs, len(os.sched_getaffinity(0))))
     # Queue workers start `dvc` from PATH: it must be this environment's, as for the stages.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = sweep_rows(names, config.experiment_name)
     print(compare.format_table(rows))
     for row in rows[~rows["dvc_exp"].isin(list(names.values()))].itertuples():
-        print(f"latent_dim {row.latent_dim}: computed before; DVC restored it from its run cache, "
+        print(f"latent_dim {row.latent_dim}: computed before (DVC reused those outputs and ran nothing), "
               f"so its row is the earlier {row.run}")
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(args.csv, index=False)

@@ -176,7 +176,7 @@ def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
     # The same values again: DVC restores every stage from its run cache, records nothing new,
     # and the sweep reports the rows that already hold those results.
     out = run_module(repo, "pipeline.sweep", "--latent-dims", "2", "3", "--jobs", "2")
-    assert out.count("computed before; DVC restored it from its run cache") == 2
+    assert out.count("computed before (DVC reused those outputs and ran nothing)") == 2
     assert len(mlflow_runs(repo / "mlflow.db", "mnist5k")) == 2
     again = list(csv.DictReader((repo / "outputs" / "sweep.csv").open()))
     assert sorted(row["run_id"] for row in again) == sorted(row["run_id"] for row in table)
