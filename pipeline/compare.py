@@ -62,7 +62,7 @@ def comparison(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.DataF
 
 def load_runs(experiment: str) -> pd.DataFrame:
     """All rows of `experiment` in the store (side effect: reads MLflow)."""
-    mlflow, client = tracking._connect()
+    mlflow, client = tracking.connect()
     if client.get_experiment_by_name(experiment) is None:
         raise TrackingError(f"the MLflow store {tracking.tracking_uri()} has no experiment {experiment!r}: "
                             "run the pipeline first, or name another with --experiment")

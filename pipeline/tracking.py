@@ -109,7 +109,7 @@ def _creation_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def _connect():
+def connect():
     """Point MLflow at the store and return (mlflow, client); creates a missing local store."""
     # Usage telemetry would only try (and fail) to reach the network from here.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -123,7 +123,7 @@ def _connect():
 
 def ensure_experiment(name: str) -> str:
     """The id of experiment `name`, created (with artifacts beside the local store) if missing."""
-    mlflow, client = _connect()
+    mlflow, client = connect()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -227,7 +227,7 @@ def stage_run(
     upstream records (see module docstring). `params` defaults to the full typed config. If the
     block raises, MLflow marks the run FAILED and the stage is not added to `pipeline.stages`.
     """
-    mlflow, client = _connect()
+    mlflow, client = connect()
     params = {key: str(value) for key, value in (params or flatten(config)).items()}
     try:
         experiment_id = ensure_experiment(experiment)
