@@ -61,7 +61,11 @@ def comparison(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.DataF
 
 
 def load_runs(experiment: str) -> pd.DataFrame:
-    """All rows of `experiment` in the store (side effect: reads MLflow)."""
+    """All rows of `experiment` in the store (side effect: reads MLflow). A missing local store is
+    an error here, not created empty."""
+    database = tracking.local_store(tracking.tracking_uri())
+    if database is not None and not database.exists():
+        raise TrackingError(f"there is no MLflow store at {database}: run the pipeline first (make repro)")
     mlflow, client = tracking.connect()
     if client.get_experiment_by_name(experiment) is None:
         raise TrackingError(f"the MLflow store {tracking.tracking_uri()} has no experiment {experiment!r}: "
@@ -91,9 +95,6 @@ def main(argv: list[str] | None = None) -> None:
 
     experiment = args.experiment or load_config().experiment_name
     tracking.check_server()
-    database = tracking.local_store(tracking.tracking_uri())
-    if database is not None and not database.exists():
-        raise TrackingError(f"there is no MLflow store at {database}: run the pipeline first (make repro)")
     table = comparison(load_runs(experiment), include_incomplete=args.all)
     if table.empty:
         raise TrackingError(f"experiment {experiment!r} holds no complete result yet (see --all)")

@@ -114,7 +114,6 @@ def test_processes_that_create_a_new_store_at_once_all_record(tmp_path):
         "import mlflow\n"
         "from pipeline import tracking\n"
         "experiment = tracking.ensure_experiment('rows')\n"
-        "tracking.connect()\n"
         "for step in range(3):\n"
         "    with mlflow.start_run(experiment_id=experiment):\n"
         "        mlflow.log_metric('m', step)\n"
