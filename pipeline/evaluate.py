@@ -10,7 +10,14 @@ the `train_classifier` CNN, of equally many images (`evaluate.num_samples`) from
   vae_reconstructions  the VAE's reconstructions of test images (from the posterior mean)
   vae_prior            the VAE decoder on z ~ N(0, I)
   gan_decoder / gan_scratch   the GAN generators on the same z
-each against the whole test split.
+each against the whole test split, with each set's sharpness (blur shows as a low value).
+
+What the networks learned, for the report:
+  reparameterisation   variance of the reparameterised and the score-function (REINFORCE)
+                       gradient estimators of the reconstruction term, on the same test images
+  probes               k-NN class accuracy on the test split read off raw pixels, the encoder's
+                       posterior means and each discriminator's last hidden layer
+  discriminators       each discriminator's mean D(x) on every image set above
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from pipeline import paths
 from pipeline.config import Config, ConfigError, load_config, resolve_device
 from pipeline.download import Splits, dataset_facts, load_splits
 from pipeline.io import atomic_dir, atomic_path, read_json, write_json
-from pipeline.metrics import Scorer, vae_test_metrics
+from pipeline.losses import reconstruction_loss
+from pipeline.metrics import Scorer, gradient_estimator_variance, knn_accuracy, vae_test_metrics
 from pipeline.models import VAE
-from pipeline.training import GRID_ROWS, decode, image_grid, save_png, to_unit_float, write_csv
+from pipeline.training import GRID_ROWS, image_grid, in_batches, save_png, to_unit_float, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,9 @@ TRAVERSED_DIMS = 5  # the most active latent dimensions shown in the traversal
 TRAVERSAL_STEPS = 9  # values from -3 to 3 per dimension
 INTERPOLATION_STEPS = 10
 LATTICE_SIDE = 15  # latent_dim 2: decode a 15 x 15 lattice over the plane
+GRADIENT_IMAGES = 64  # test images the gradient estimators are compared on
+GRADIENT_SAMPLES = 256  # draws of z per image for each estimator's variance
+PROBE_NEIGHBOURS = 5  # k of the k-NN class probes
 
 
 @dataclass
@@ -92,11 +103,37 @@ def lattice_grid(decoder, device: str) -> torch.Tensor:
     return image_grid(decoder(z), rows=LATTICE_SIDE)
 
 
-def run(config: Config, splits: Splits, vae: VAE, classifier, generators: dict, device: str,
+def gradient_variances(vae: VAE, x: torch.Tensor, likelihood: str, seed: int) -> dict[str, float]:
+    """The reparameterised vs score-function estimators of the reconstruction term's gradient
+    with respect to the posterior mean, on the images `x` (see metrics.gradient_estimator_variance)."""
+    with torch.inference_mode():
+        mu, logvar = vae.encoder(x)
+
+    def log_likelihood(z: torch.Tensor) -> torch.Tensor:  # (S, B, D) -> (S, B)
+        logits = vae.decoder.logits(z.flatten(0, 1))
+        return -reconstruction_loss(logits, x.repeat(len(z), 1, 1, 1), likelihood).view(len(z), -1)
+
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    return {**gradient_estimator_variance(log_likelihood, mu.clone(), logvar.clone(), GRADIENT_SAMPLES, generator),
+            "images": len(x), "samples": GRADIENT_SAMPLES}
+
+
+@torch.inference_mode()
+def class_probes(vae: VAE, discriminators: dict, x_train, y_train, x_test, y_test) -> dict[str, float]:
+    """k-NN class accuracy on `x_test` from pixels, the encoder's means and each discriminator's features."""
+    spaces = {"pixels": lambda x: x.flatten(1), "encoder": lambda x: vae.encoder(x)[0]}
+    spaces |= {f"discriminator_{init}": d.features for init, d in discriminators.items()}
+    return {name: knn_accuracy(in_batches(features, x_train), y_train, in_batches(features, x_test), y_test,
+                               k=PROBE_NEIGHBOURS)
+            for name, features in spaces.items()}
+
+
+def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device: str,
         likelihood: str) -> Evaluation:
     """Measure the VAE and every model's samples; all draws are seeded from `config.seed`.
 
-    `likelihood` is the reconstruction term the VAE was trained with (bce or mse), from its checkpoint.
+    `gans` maps each GAN's init to its (generator, discriminator). `likelihood` is the
+    reconstruction term the VAE was trained with (bce or mse), from its checkpoint.
     """
     check_sizes(config, splits)
     ev = config.evaluate
@@ -114,10 +151,12 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, generators: dict, 
     vae_numbers = vae_test_metrics(vae, x_test, kind=likelihood, iwae_samples=ev.iwae_samples,
                                    seed=config.seed)
     with torch.inference_mode():
-        reconstructions = decode(vae.decoder, vae.encoder(x_test[test_pick])[0])
+        reconstructions = in_batches(vae.decoder, vae.encoder(x_test[test_pick])[0])
     sets = {"real_train": x_train[train_pick], "noise": noise_images, "vae_reconstructions": reconstructions,
-            "vae_prior": decode(vae.decoder, z)}
-    sets |= {f"gan_{init}": decode(generator.to(device).eval(), z) for init, generator in generators.items()}
+            "vae_prior": in_batches(vae.decoder, z)}
+    generators = {init: generator.to(device).eval() for init, (generator, _) in gans.items()}
+    discriminators = {init: discriminator.to(device).eval() for init, (_, discriminator) in gans.items()}
+    sets |= {f"gan_{init}": in_batches(generator, z) for init, generator in generators.items()}
 
     scorer = Scorer(classifier, x_test, seed=config.seed, kid_subset_size=ev.kid_subset_size,
                     pr_neighbours=ev.pr_neighbours)
@@ -132,7 +171,15 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, generators: dict, 
     means = vae_numbers.pop("latent_means")
     kl_rows = [{"dim": d, "kl": kl, "mean_variance": var, "active": int(var > 0.01)}
                for d, (kl, var) in enumerate(zip(per_dim, variance))]
-    metrics = {"num_samples": n, "vae": vae_numbers, "scores": scores}
+    y_train = torch.from_numpy(splits.y_train).to(device)
+    y_test = torch.from_numpy(splits.y_test).to(device)
+    metrics = {"num_samples": n, "vae": vae_numbers, "scores": scores,
+               "reparameterisation": gradient_variances(vae, x_test[test_pick[:GRADIENT_IMAGES]], likelihood,
+                                                        config.seed),
+               "probes": class_probes(vae, discriminators, x_train, y_train, x_test[test_pick], y_test[test_pick]),
+               "discriminators": {init: {name: torch.sigmoid(in_batches(d, images)).mean().item()
+                                         for name, images in sets.items()}
+                                  for init, d in discriminators.items()}}
 
     grids = {"test_images": image_grid(x_test[test_pick[: GRID_ROWS * GRID_ROWS]]),
              "reconstructions": image_grid(reconstructions[: GRID_ROWS * GRID_ROWS])}
@@ -180,7 +227,7 @@ def main() -> None:
 
     from pipeline import tracking
     from pipeline.train_classifier import load_classifier
-    from pipeline.train_gan import load_generators
+    from pipeline.train_gan import load_gans
     from pipeline.train_vae import load_vae
 
     config = load_config()
@@ -191,14 +238,14 @@ def main() -> None:
     vae, vae_checkpoint = load_vae(paths.VAE_CHECKPOINT, config.latent_dim)
     likelihood = vae_checkpoint["config"]["vae"]["reconstruction"]
     classifier = load_classifier(paths.CLASSIFIER_CHECKPOINT, facts["content_hash"])
-    generators = load_generators(paths.GAN_GENERATORS, config.latent_dim)
+    gans = load_gans(paths.GAN_GENERATORS, config.latent_dim)
     classifier_accuracy = read_json(paths.CLASSIFIER_METRICS)["test_accuracy"]
 
     with tracking.stage_run("evaluate", config, experiment=config.experiment_name,
                             run_name=tracking.run_name(config),
                             upstream_run_id=tracking.read_run_file(paths.GAN_RUN)) as active:
         started = time.perf_counter()
-        result = run(config, splits, vae, classifier, generators, device, likelihood)
+        result = run(config, splits, vae, classifier, gans, device, likelihood)
         seconds = time.perf_counter() - started
         metrics = {"classifier_test_accuracy": classifier_accuracy, **result.metrics}
         mlflow.log_metrics(flat_metrics(metrics) | {"eval/seconds": seconds})

@@ -119,6 +119,61 @@ def vae_test_metrics(model, x: torch.Tensor, *, kind: str, iwae_samples: int, se
     }
 
 
+def gradient_estimator_variance(log_likelihood, mu: torch.Tensor, logvar: torch.Tensor, samples: int,
+                                generator: torch.Generator) -> dict[str, float]:
+    """How noisy two single-sample estimators of d/dmu E_q[log p(x|z)] are, q = N(mu, diag(sigma^2)).
+
+    reparameterised:  g = d/dmu f(mu + sigma * eps)           (the gradient flows through the sample)
+    score_function:   g = f(z) * d/dmu log q(z) = f(z) * eps / sigma      (REINFORCE, no path needed)
+    score_function_baseline: the same with f(z) - mean_s f(z_s), the usual variance reduction.
+    Both are unbiased for the same gradient. `log_likelihood(z)` maps codes (S, B, D) to log p(x|z)
+    per sample and image (S, B); mu, logvar: (B, D). Returns, per estimator, the variance over
+    `samples` draws averaged over images and dimensions, and the squared mean gradient on the same
+    scale (`signal`), so the variances read against the size of what they estimate.
+    """
+    mu, logvar = mu.detach(), logvar.detach()
+    sigma = torch.exp(0.5 * logvar)
+    eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+    z = (mu + sigma * eps).requires_grad_(True)  # (S, B, D)
+    with torch.enable_grad():
+        f = log_likelihood(z)  # (S, B)
+        (path,) = torch.autograd.grad(f.sum(), z)  # df/dz per sample = the reparameterised gradient (dz/dmu = 1)
+    f = f.detach()[..., None]  # (S, B, 1)
+    score = eps / sigma
+    estimates = {"reparameterised": path, "score_function": f * score,
+                 "score_function_baseline": (f - f.mean(dim=0, keepdim=True)) * score}
+    result = {name: g.var(dim=0).mean().item() for name, g in estimates.items()}
+    result["signal"] = path.mean(dim=0).pow(2).mean().item()
+    return result
+
+
+def knn_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
+                 k: int = 5, batch_size: int = 500) -> float:
+    """Share of `test` points (M, F) whose k nearest `train` points (N, F) mostly carry their label.
+
+    A probe of what a representation keeps: class information that a k-NN vote can read off.
+    Ties go to the smallest label, so the result is deterministic.
+    """
+    if len(train) < k:
+        raise ValueError(f"a {k}-NN probe needs at least {k} training points, got {len(train)}")
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    correct = 0
+    for start in range(0, len(test), batch_size):
+        nearest = torch.cdist(test[start : start + batch_size], train).topk(k, largest=False).indices  # (b, k)
+        votes = torch.nn.functional.one_hot(train_labels[nearest], num_classes).sum(dim=1)  # (b, classes)
+        correct += int((votes.argmax(dim=1) == test_labels[start : start + batch_size]).sum())
+    return correct / len(test)
+
+
+def sharpness(images: torch.Tensor) -> float:
+    """Mean over images of the variance of their Laplacian (N, C, H, W) in [0, 1]: the usual blur
+    measure. Blurred images have weak second derivatives, so a low value means blur."""
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=images.device)
+    channels = images.shape[1]
+    laplacian = torch.nn.functional.conv2d(images.float(), kernel.expand(channels, 1, 3, 3), groups=channels)
+    return laplacian.flatten(1).var(dim=1).mean().item()
+
+
 # ---------------------------------------------------------------------------------------------
 # Sets of images in a feature space
 
@@ -162,7 +217,7 @@ class Scorer:
 
     The reference's features are computed once; each `score` call extracts the features of one
     generated set and returns the FID-style score, KID (mean and std over subsets), precision,
-    recall and the class spread of the set.
+    recall, the class spread and the sharpness of the set.
     """
 
     def __init__(self, classifier, reference: torch.Tensor, *, seed: int, kid_subset_size: int | None = None,
@@ -234,4 +289,4 @@ class Scorer:
         precision, recall = precision_recall(self.reference_features, features, self.pr_neighbours)
         spread = class_spread(self.labels(images), self.classifier.num_classes)
         return {"fid": self.fid.compute().item(), "kid": kid_mean.item(), "kid_std": kid_std.item(),
-                "precision": precision, "recall": recall, **spread}
+                "precision": precision, "recall": recall, **spread, "sharpness": sharpness(images)}

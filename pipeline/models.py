@@ -147,6 +147,10 @@ class Discriminator(nn.Module):
                 nn.Linear(hidden_dim, 1),
             )
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer (B, hidden_dim): what the real/fake logit is read from."""
+        return self.net[:-1](x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
 

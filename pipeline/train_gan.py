@@ -33,7 +33,7 @@ from pipeline.io import atomic_dir, load_checkpoint, save_checkpoint, write_json
 from pipeline.losses import discriminator_loss, generator_loss
 from pipeline.metrics import Scorer, class_spread
 from pipeline.models import VAE, Decoder, Discriminator, VAEArchitecture
-from pipeline.training import GRID_ROWS, check_finite, decode, image_grid, save_png, to_unit_float, write_csv
+from pipeline.training import GRID_ROWS, check_finite, image_grid, in_batches, save_png, to_unit_float, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def generator_step(discriminator, optimizer, fake: torch.Tensor) -> dict[str, fl
 
 def sample_measures(generator: Decoder, noise: torch.Tensor, scorer: Scorer) -> dict[str, float]:
     """FID-style score and class spread of the generator's samples from the fixed `noise`."""
-    images = decode(generator, noise)
+    images = in_batches(generator, noise)
     return {"fid": scorer.fid_only(images), **class_spread(scorer.labels(images), scorer.classifier.num_classes)}
 
 
@@ -147,7 +147,7 @@ def train_one(init: str, config: Config, vae: VAE, x_train: torch.Tensor, scorer
                **sample_measures(generator, noise, scorer)}
         result.history.append(row)
         if epoch + 1 in keep:
-            result.grids[epoch + 1] = image_grid(decode(generator, grid_noise)).cpu()
+            result.grids[epoch + 1] = image_grid(in_batches(generator, grid_noise)).cpu()
         log.info("%s epoch %d/%d  D(x) %.3f  D(G(z)) %.3f  FID-style %.2f  classes %d", init, epoch + 1, gan.epochs,
                  row["d_real"], row["d_fake"], row["fid"], row["classes"])
         if on_epoch is not None:
@@ -196,7 +196,7 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, device: str,
     scorer = Scorer(classifier.to(device), x_test, seed=config.seed)
     noise = torch.randn(config.gan.fid_samples, config.latent_dim,
                         generator=torch.Generator().manual_seed(config.seed)).to(device)
-    vae_prior_fid = scorer.fid_only(decode(vae.decoder, noise))
+    vae_prior_fid = scorer.fid_only(in_batches(vae.decoder, noise))
     runs = {init: train_one(init, config, vae, x_train, scorer, noise, on_epoch) for init in models_to_train(config.gan)}
     vae.cpu()
     classifier.cpu()
@@ -212,8 +212,8 @@ def checkpoint_config(config: Config, arch: VAEArchitecture, init: str, data_has
             "seed": config.seed, "data_hash": data_hash}
 
 
-def load_generator(path: Path, latent_dim: int | None = None) -> tuple[Decoder, dict]:
-    """Rebuild a GAN generator from its checkpoint alone; check `latent_dim` if given."""
+def load_gan(path: Path, latent_dim: int | None = None) -> tuple[Decoder, Discriminator, dict]:
+    """Rebuild a GAN (generator and its discriminator) from its checkpoint alone; check `latent_dim` if given."""
     checkpoint = load_checkpoint(path, kind=CHECKPOINT_KIND, stage="train_gan")
     arch = VAEArchitecture.from_dict(checkpoint["config"]["architecture"])
     if latent_dim is not None and arch.latent_dim != latent_dim:
@@ -221,15 +221,18 @@ def load_generator(path: Path, latent_dim: int | None = None) -> tuple[Decoder, 
                               "rerun `dvc repro train_gan`")
     generator = Decoder(arch)
     generator.load_state_dict(checkpoint["state_dict"])
-    return generator.eval(), checkpoint
+    discriminator = Discriminator(arch, checkpoint["config"]["gan"]["discriminator_hidden"])
+    discriminator.load_state_dict(checkpoint["discriminator_state_dict"])
+    return generator.eval(), discriminator.eval(), checkpoint
 
 
-def load_generators(folder: Path = paths.GAN_GENERATORS, latent_dim: int | None = None) -> dict[str, Decoder]:
-    """Every generator the GAN stage saved, by init."""
+def load_gans(folder: Path = paths.GAN_GENERATORS,
+              latent_dim: int | None = None) -> dict[str, tuple[Decoder, Discriminator]]:
+    """Every GAN the GAN stage saved, by init: (generator, discriminator)."""
     found = {init: folder / f"{init}.pt" for init in ("decoder", "scratch") if (folder / f"{init}.pt").exists()}
     if not found:
         raise CheckpointError(f"{folder} holds no generator; run `dvc repro train_gan` first")
-    return {init: load_generator(path, latent_dim)[0] for init, path in found.items()}
+    return {init: load_gan(path, latent_dim)[:2] for init, path in found.items()}
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pipeline.training import GRID_ROWS, check_finite, image_grid, save_png, to_
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "vae"
+PROBE_IMAGES = 128  # training images the encoder's gradients are measured on after each epoch
 
 
 @dataclass
@@ -75,6 +77,25 @@ def evaluate(model, x, *, batch_size, kind, kl_scale, seed) -> dict[str, float]:
     return {name: total / len(x) for name, total in totals.items()}
 
 
+def encoder_gradient_norms(model: VAE, x: torch.Tensor, *, kind: str, seed: int) -> dict[str, float]:
+    """L2 norms of the gradients that the reconstruction term and the KL term of the loss on `x`
+    send to the encoder's weights (their batch means, noise drawn from `seed`); nothing is updated.
+
+    The reconstruction term reaches the encoder only through the sample z = mu + sigma * eps: that
+    path is the reparameterisation trick, and without it this gradient would be zero. The KL term
+    reaches it directly, through mu and logvar in closed form.
+    """
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    logits, mu, logvar = model(x, generator)
+    terms = vae_loss(logits, x, mu, logvar, kind=kind, kl_scale=1.0)
+    weights = list(model.encoder.parameters())
+    norms = {}
+    for name in ("reconstruction", "kl"):
+        grads = torch.autograd.grad(terms[name], weights, retain_graph=True, allow_unused=True)  # None: no path
+        norms[name] = math.sqrt(sum(g.pow(2).sum().item() for g in grads if g is not None))
+    return norms
+
+
 def run(
     config: Config,
     splits: Splits,
@@ -102,8 +123,10 @@ def run(
         test = evaluate(model, x_test, batch_size=vae.batch_size, kind=vae.reconstruction, kl_scale=scale,
                         seed=config.seed)
         check_finite(test, epoch, "test")
+        probe = encoder_gradient_norms(model, x_train[:PROBE_IMAGES], kind=vae.reconstruction, seed=config.seed)
         row = {"epoch": epoch + 1, "kl_weight": scale}
         row |= {f"train_{k}": v for k, v in train.items()} | {f"test_{k}": v for k, v in test.items()}
+        row |= {f"encoder_grad_{k}": v for k, v in probe.items()}
         history.append(row)
         bar.set_postfix(loss=f"{train['loss']:.2f}", test=f"{test['loss']:.2f}")
         if bar.disable:

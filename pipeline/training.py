@@ -37,9 +37,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 @torch.inference_mode()
-def decode(decoder, z: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """A decoder or generator applied to the codes z (N, latent_dim) in batches: (N, C, H, W)."""
-    return torch.cat([decoder(z[s : s + batch_size]) for s in range(0, len(z), batch_size)])
+def in_batches(network, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """`network` applied to x in batches, outputs concatenated: a decoder or generator to codes
+    (N, latent_dim) gives images (N, C, H, W); a discriminator or encoder to images gives its outputs."""
+    return torch.cat([network(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
 
 
 def image_grid(images: torch.Tensor, rows: int = GRID_ROWS) -> torch.Tensor:

@@ -35,6 +35,18 @@ def test_evaluation_measures_the_vae_and_every_set_with_its_scale(evaluated):
     classifier = json.loads((evaluated.root / "outputs/classifier/metrics.json").read_text())
     assert metrics["classifier_test_accuracy"] == classifier["test_accuracy"]
 
+    assert scores["real_train"]["sharpness"] > scores["vae_reconstructions"]["sharpness"]  # VAE blur
+
+    gradients = metrics["reparameterisation"]
+    assert gradients["images"] == 60 and gradients["samples"] == evaluate.GRADIENT_SAMPLES
+    assert 0 < gradients["reparameterised"] < gradients["score_function_baseline"] < gradients["score_function"]
+    probes = metrics["probes"]
+    assert set(probes) == {"pixels", "encoder", "discriminator_decoder", "discriminator_scratch"}
+    assert all(0.1 < accuracy <= 1 for accuracy in probes.values())  # ten classes: chance is 0.1
+    assert set(metrics["discriminators"]) == {"decoder", "scratch"}
+    for verdicts in metrics["discriminators"].values():
+        assert set(verdicts) == SETS and all(0 < v < 1 for v in verdicts.values())
+
     rows = list(csv.DictReader(open(evaluated.root / "outputs/eval/kl_per_dim.csv")))
     assert [int(r["dim"]) for r in rows] == [0, 1, 2, 3]
     assert sum(float(r["kl"]) for r in rows) == pytest.approx(vae["kl"], rel=1e-4)
@@ -53,6 +65,9 @@ def test_evaluation_lands_in_the_row_of_the_vae_and_gan(evaluated):
     metrics = json.loads((evaluated.root / "outputs/eval/metrics.json").read_text())
     assert row.data.metrics["eval/scores/gan_decoder/fid"] == pytest.approx(metrics["scores"]["gan_decoder"]["fid"])
     assert row.data.metrics["eval/vae/iwae_nll"] == pytest.approx(metrics["vae"]["iwae_nll"])
+    assert row.data.metrics["eval/probes/encoder"] == metrics["probes"]["encoder"]
+    assert row.data.metrics["eval/discriminators/decoder/real_train"] == pytest.approx(
+        metrics["discriminators"]["decoder"]["real_train"])
     assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/classifier_test_accuracy", "eval/seconds"} <= set(
         row.data.metrics)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{evaluated.store}")

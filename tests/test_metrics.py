@@ -42,7 +42,9 @@ def test_full_scores_rank_a_matching_set_above_noise(scorer):
     assert same_distribution["fid"] < noise["fid"]
     assert same_distribution["kid"] < noise["kid"]
     assert same_distribution["recall"] > noise["recall"]
-    assert set(same_distribution) == {"fid", "kid", "kid_std", "precision", "recall", "classes", "label_entropy"}
+    assert same_distribution["sharpness"] < noise["sharpness"]  # pixel noise is all edges
+    assert set(same_distribution) == {"fid", "kid", "kid_std", "precision", "recall", "classes", "label_entropy",
+                                     "sharpness"}
     assert scorer.score(images(400, seed=3)) == same_distribution  # KID's subsets are seeded
 
 
@@ -107,3 +109,36 @@ def test_active_units_counts_dimensions_whose_mean_moves_with_the_input():
     numbers = metrics.vae_test_metrics(model, images(200, seed=6), kind="bce", iwae_samples=2, seed=0)
     assert numbers["active_units"] == 4
     assert [v > 0.01 for v in numbers["latent_mean_variance"]] == [True, False, True, True, False, True]
+
+
+def test_both_gradient_estimators_agree_on_the_mean_and_the_reparameterised_one_is_far_less_noisy():
+    # f(z) = -|z - a|^2 / 2: the gradient of E_q[f] with respect to mu is a - mu exactly, and the
+    # reparameterised single-sample estimate a - mu - sigma * eps has variance sigma^2.
+    g = torch.Generator().manual_seed(0)
+    mu, a = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    logvar = torch.full((4, 3), math.log(0.25))  # sigma = 0.5
+    result = metrics.gradient_estimator_variance(lambda z: -0.5 * (z - a).pow(2).sum(-1), mu, logvar, 20_000,
+                                                 torch.Generator().manual_seed(1))
+    assert result["reparameterised"] == pytest.approx(0.25, rel=0.05)
+    assert result["signal"] == pytest.approx((a - mu).pow(2).mean().item(), rel=0.05)
+    assert result["score_function"] > 10 * result["reparameterised"]
+    assert result["reparameterised"] < result["score_function_baseline"] < result["score_function"]
+
+
+def test_knn_accuracy_reads_separable_classes_and_falls_to_chance_on_shuffled_labels():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 5, generator=g) * 10
+    labels = torch.arange(300) % 3
+    points = centres[labels] + torch.randn(300, 5, generator=g)
+    assert metrics.knn_accuracy(points[:200], labels[:200], points[200:], labels[200:], k=5) == 1.0
+    shuffled = labels[torch.randperm(300, generator=g)]
+    assert metrics.knn_accuracy(points[:200], shuffled[:200], points[200:], shuffled[200:], k=5) < 0.6
+    with pytest.raises(ValueError, match="at least 5 training points"):
+        metrics.knn_accuracy(points[:4], labels[:4], points, labels, k=5)
+
+
+def test_sharpness_is_zero_for_flat_images_and_drops_when_images_are_blurred():
+    sharp = (images(20, seed=4) > 0.5).float()
+    blurred = torch.nn.functional.avg_pool2d(sharp, 3, stride=1, padding=1)
+    assert metrics.sharpness(torch.full((3, 1, 28, 28), 0.7)) == 0.0
+    assert metrics.sharpness(sharp) > 2 * metrics.sharpness(blurred) > 0

@@ -132,22 +132,27 @@ def test_stage_writes_checkpoints_history_and_samples(stage_project):
         assert metrics[init]["classes"] >= 1 and 0 <= metrics[init]["label_entropy"] <= 2.31
 
 
-def test_checkpoint_round_trip_rebuilds_the_same_generator(stage_project):
+def test_checkpoint_round_trip_rebuilds_the_same_generator_and_discriminator(stage_project):
     path = stage_project.root / "outputs/gan/generators/decoder.pt"
-    generator, checkpoint = train_gan.load_generator(path, latent_dim=4)
+    generator, discriminator, checkpoint = train_gan.load_gan(path, latent_dim=4)
     assert checkpoint["config"]["init"] == "decoder" and checkpoint["epoch"] == 2
     assert checkpoint["config"]["architecture"]["latent_dim"] == 4
-    stored = torch.load(path, weights_only=True)["state_dict"]
-    assert all(torch.equal(generator.state_dict()[k], stored[k]) for k in stored)
+    stored = torch.load(path, weights_only=True)
+    assert all(torch.equal(generator.state_dict()[k], v) for k, v in stored["state_dict"].items())
+    assert all(torch.equal(discriminator.state_dict()[k], v) for k, v in stored["discriminator_state_dict"].items())
     z = torch.randn(5, 4)
-    again, _ = train_gan.load_generator(path)
-    assert torch.equal(generator(z), again(z))
+    again, again_d, _ = train_gan.load_gan(path)
+    assert torch.equal(generator(z), again(z)) and torch.equal(discriminator(again(z)), again_d(again(z)))
+    assert discriminator.features(generator(z)).shape == (5, checkpoint["config"]["gan"]["discriminator_hidden"])
+    assert set(train_gan.load_gans(path.parent, latent_dim=4)) == {"decoder", "scratch"}
     from pipeline.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="latent_dim 4 but params.yaml says 8"):
-        train_gan.load_generator(path, latent_dim=8)
+        train_gan.load_gan(path, latent_dim=8)
     with pytest.raises(CheckpointError, match="is not a gan_generator checkpoint"):
-        train_gan.load_generator(stage_project.root / "outputs/vae/checkpoint.pt")
+        train_gan.load_gan(stage_project.root / "outputs/vae/checkpoint.pt")
+    with pytest.raises(CheckpointError, match="holds no generator"):
+        train_gan.load_gans(stage_project.root / "outputs/vae")
 
 
 def test_stage_records_into_the_vae_row(stage_project):
