@@ -1,11 +1,13 @@
-"""`python -m pipeline.sweep`: a sweep over `latent_dim` as queued DVC experiments, run by N queue
-workers; waits for them and checks that each value left exactly one complete MLflow row.
+"""`python -m pipeline.sweep`: a sweep over `latent_dim` (and optionally `vae.beta`) as queued DVC
+experiments, run by N queue workers; waits for them and checks that each value left exactly one
+complete MLflow row.
 
 1. Check the values against params.yaml's rule for `latent_dim`, that `dvc exp run` can work here
    (a git repository with a commit and an identity), and that a tracking server, if set, answers.
 2. Run the stages every experiment shares (`download`, `train_classifier`) once in the workspace,
    so the experiments restore them from DVC's cache rather than each training its own copy.
-3. Queue one experiment per value, named `sweep-<stamp>-ld<value>`.
+3. Queue one experiment per value, named `sweep-<stamp>-ld<value>`; with `--betas`, one per pair
+   of values, named `sweep-<stamp>-ld<value>-beta<beta>`.
 4. `dvc exp run --run-all -j N`: start N workers and follow them until the queue is empty, each
    stage limited to its share of the cores (`PIPELINE_THREADS`, see pipeline.config).
 5. Find each experiment's row through the run id in its `outputs/eval/mlflow_run.json`, print
@@ -45,9 +47,14 @@ class SweepError(PipelineError):
     """The sweep could not start, or an experiment of it left no complete result."""
 
 
-def experiment_names(stamp: str, values: list[int]) -> dict[int, str]:
-    """The DVC experiment name of each value: `sweep-<stamp>-ld<value>`."""
-    return {value: f"sweep-{stamp}-ld{value}" for value in values}
+Point = tuple[int, float | None]  # (latent_dim, vae.beta or None for params.yaml's)
+
+
+def experiment_names(stamp: str, values: list[int], betas: list[float] | None = None) -> dict[Point, str]:
+    """The DVC experiment name of each point: `sweep-<stamp>-ld<value>[-beta<beta>]`."""
+    if not betas:
+        return {(value, None): f"sweep-{stamp}-ld{value}" for value in values}
+    return {(value, beta): f"sweep-{stamp}-ld{value}-beta{beta:g}" for value in values for beta in betas}
 
 
 def threads_per_worker(jobs: int, cores: int) -> int:
@@ -55,14 +62,17 @@ def threads_per_worker(jobs: int, cores: int) -> int:
     return max(1, cores // jobs)
 
 
-def check_values(values: list[int]) -> None:
+def check_values(values: list[int], betas: list[float] | None = None) -> None:
     """Refuse values params.yaml would refuse, and repeats (one experiment per value)."""
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     for value in values:
         parse_config({**raw, "latent_dim": value})  # raises ConfigError naming the key and value
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-        raise ConfigError(f"latent_dim values {repeated} are given more than once; give each value once")
+    for beta in betas or []:
+        parse_config({**raw, "vae": {**raw.get("vae", {}), "beta": beta}})
+    for name, given in (("latent_dim", values), ("vae.beta", betas or [])):
+        repeated = sorted({v for v in given if given.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"{name} values {repeated} are given more than once; give each value once")
 
 
 def _run(*args: str, env: dict[str, str] | None = None, capture: bool = False) -> subprocess.CompletedProcess:
@@ -82,12 +92,13 @@ def dvc(*args: str, env: dict[str, str]) -> None:
         raise SweepError(f"`dvc {' '.join(args)}` failed (exit {result.returncode}); see its output above")
 
 
-def run(values: list[int], jobs: int, threads: int, env: dict[str, str]) -> dict[int, str]:
-    """Queue and run the sweep; returns each value's experiment name."""
-    names = experiment_names(time.strftime("%m%d-%H%M%S"), values)
+def run(values: list[int], betas: list[float] | None, jobs: int, threads: int, env: dict[str, str]) -> dict[Point, str]:
+    """Queue and run the sweep; returns each point's experiment name."""
+    names = experiment_names(time.strftime("%m%d-%H%M%S"), values, betas)
     dvc("repro", *SHARED_STAGES, env=env)
-    for value, name in names.items():
-        dvc("exp", "run", "--queue", "--quiet", "-n", name, "-S", f"latent_dim={value}", env=env)
+    for (value, beta), name in names.items():
+        beta_set = ["-S", f"vae.beta={beta}"] if beta is not None else []
+        dvc("exp", "run", "--queue", "--quiet", "-n", name, "-S", f"latent_dim={value}", *beta_set, env=env)
     log.info("running %d experiments with %d workers, %d threads each", len(names), jobs, threads)
     dvc("exp", "run", "--run-all", "-j", str(jobs), env={**env, THREADS_VARIABLE: str(threads)})
     return names
@@ -106,8 +117,8 @@ def result_run_id(name: str) -> str | None:
         return None
 
 
-def sweep_rows(names: dict[int, str], experiment: str) -> pd.DataFrame:
-    """The comparison rows of the sweep's results, one per value, after checking them.
+def sweep_rows(names: dict[Point, str], experiment: str) -> pd.DataFrame:
+    """The comparison rows of the sweep's results, one per point, after checking them.
 
     A value computed before (the baseline's own value, or any earlier experiment's, which DVC
     restores from its run cache) runs no stage and records no new row: its result is the
@@ -115,7 +126,7 @@ def sweep_rows(names: dict[int, str], experiment: str) -> pd.DataFrame:
     """
     table = compare.comparison(compare.load_runs(experiment))
     problems, ids = [], []
-    for value, name in names.items():
+    for (value, beta), name in names.items():
         run_id = result_run_id(name)
         found = table[table["run_id"] == run_id]
         if run_id is None or found.empty:
@@ -123,6 +134,8 @@ def sweep_rows(names: dict[int, str], experiment: str) -> pd.DataFrame:
             continue
         if found["latent_dim"].iloc[0] != value:
             problems.append(f"{name}'s row {run_id} has latent_dim {found['latent_dim'].iloc[0]}, not {value}")
+        if beta is not None and found["beta"].iloc[0] != beta:
+            problems.append(f"{name}'s row {run_id} has vae.beta {found['beta'].iloc[0]}, not {beta}")
         extra = table[(table["dvc_exp"] == name) & (table["run_id"] != run_id)]
         if not extra.empty:
             problems.append(f"{name} recorded {len(extra)} complete row(s) besides its result: {', '.join(extra['run_id'])}")
@@ -138,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--latent-dims", type=int, nargs="+", default=list(DEFAULT_VALUES), metavar="N",
                         help="values of latent_dim (default: %(default)s)")
+    parser.add_argument("--betas", type=float, nargs="+", metavar="B",
+                        help="values of vae.beta, each run with every latent_dim (default: params.yaml's)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="queue workers at once (default 1)")
     parser.add_argument("--threads", type=int,
                         help="CPU threads per stage (default: PIPELINE_THREADS, else the cores divided by --jobs)")
@@ -147,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--jobs and --threads must be at least 1")
 
     config = load_config()
-    check_values(args.latent_dims)
+    check_values(args.latent_dims, args.betas)
     check_git()
     tracking.check_server()
     threads = (args.threads or thread_limit(dict(os.environ))
@@ -156,12 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     start = time.perf_counter()
-    names = run(args.latent_dims, args.jobs, threads, env)
+    names = run(args.latent_dims, args.betas, args.jobs, threads, env)
     seconds = time.perf_counter() - start
     rows = sweep_rows(names, config.experiment_name)
     print(compare.format_table(rows))
     for row in rows[~rows["dvc_exp"].isin(list(names.values()))].itertuples():
-        print(f"latent_dim {row.latent_dim}: computed before (DVC reused those outputs and ran nothing), "
+        print(f"latent_dim {row.latent_dim}, beta {row.beta:g}: computed before (DVC reused those outputs and ran nothing), "
               f"so its row is the earlier {row.run}")
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(args.csv, index=False)

@@ -182,9 +182,19 @@ def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
     assert sorted(row["run_id"] for row in again) == sorted(row["run_id"] for row in table)
 
 
+def test_sweep_over_beta_records_one_row_per_pair(repo):
+    out = run_module(repo, "pipeline.sweep", "--latent-dims", "2", "--betas", "0.5", "2", "--jobs", "2")
+    assert "sweep of 2 values with 2 worker(s)" in out
+    rows = mlflow_runs(repo / "mlflow.db", "mnist5k")
+    assert sorted((r.data.params["latent_dim"], r.data.params["vae.beta"]) for r in rows) == [("2", "0.5"), ("2", "2.0")]
+    assert sorted(r.data.tags["dvc.exp_name"].split("-", 3)[3] for r in rows) == ["ld2-beta0.5", "ld2-beta2"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--latent-dims", "0", "4"], "latent_dim = 0 is not allowed"),
     (["--latent-dims", "4", "4"], "latent_dim values [4] are given more than once"),
+    (["--latent-dims", "4", "--betas", "1", "-1"], "vae.beta = -1.0 is not allowed"),
+    (["--latent-dims", "4", "--betas", "2", "2"], "vae.beta values [2.0] are given more than once"),
 ])
 def test_sweep_refuses_bad_values_before_queueing_anything(repo, args, message):
     result = subprocess.run([sys.executable, "-m", "pipeline.sweep", *args], cwd=repo, capture_output=True, text=True)
