@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: repro test bench study sweep compare ui clean
+.PHONY: repro test bench study sweep compare report default-study ui clean
 
 # The environment is built once; later runs reuse it (and need no network).
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -34,6 +34,17 @@ sweep: $(VENV)/.installed  ## queue one DVC experiment per latent_dim, run them 
 
 compare: $(VENV)/.installed  ## print every recorded result as a table, write outputs/comparison.csv
 	python -m pipeline.compare
+
+report: $(VENV)/.installed  ## write reports/reflection.md (and .html, figures) from the recorded runs
+	python -m pipeline.report
+
+# The study behind the published report: the latent_dim sweep, then BETAS at BETA_LATENT_DIM, then the report.
+BETAS ?= 0.25 4
+BETA_LATENT_DIM ?= 16
+default-study: $(VENV)/.installed  ## run the default study and write its report into reports/
+	python -m pipeline.sweep --latent-dims $(LATENT_DIMS) --jobs $(JOBS)
+	python -m pipeline.sweep --latent-dims $(BETA_LATENT_DIM) --betas $(BETAS) --jobs $(JOBS)
+	python -m pipeline.report
 
 ui: $(VENV)/.installed  ## open the MLflow UI on http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

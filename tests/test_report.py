@@ -1,0 +1,163 @@
+"""The reflection report built from a few tiny runs: every number matches the run it cites, every
+figure it links exists, and it adapts to one run or many."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import mlflow
+import pytest
+
+from conftest import UP_TO_GAN, Project, tiny_project
+from pipeline import report
+
+RESULT_STAGES = ("train_vae", "train_gan", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory) -> Project:
+    """Three tiny runs (latent_dim 4, latent_dim 2, latent_dim 4 with beta 4) and the report from them,
+    built with params.yaml back at latent_dim 4, beta 1."""
+    project = tiny_project(tmp_path_factory.mktemp("report"), (*UP_TO_GAN, "evaluate"))
+    for overrides in ({"latent_dim": 2}, {"vae": {"beta": 4.0}}):
+        project.write_params(overrides)
+        for stage in RESULT_STAGES:
+            project.stage(stage)
+    project.write_params()
+    project.stage("report")
+    return project
+
+
+def client(project: Project) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{project.store}")
+
+
+def prose(markdown: str) -> str:
+    """The report's text without what is not a claim: code, figure links and headings."""
+    markdown = re.sub(r"```.*?```", " ", markdown, flags=re.S)
+    markdown = re.sub(r"`[^`]*`", " ", markdown)
+    markdown = re.sub(r"!\[[^\]]*\]\([^)]*\)", " ", markdown)
+    return "\n".join(line for line in markdown.splitlines() if not line.startswith("#"))
+
+
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?(?![\w])")
+
+
+def test_report_answers_each_question_and_every_figure_it_links_exists(reported):
+    out = reported.root / "reports"
+    text = (out / "reflection.md").read_text()
+    for heading in ("## The runs", "## 1. Why the reparameterisation trick", "## 2. How the KL term",
+                    "## 3. How latent_dim", "## 4. The VAE decoder as a GAN generator",
+                    "## 5. The VAE encoder and the GAN discriminator", "## 6. Strengths and weaknesses"):
+        assert heading in text
+    links = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", text)
+    assert len(links) >= 10 and all((out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for link in links)
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted({link.split("/")[1] for link in links})
+    html = (out / "reflection.html").read_text()
+    assert all(f'<img alt="' in html and f'src="{link}"' in html for link in links)
+    # Three runs, named with latent_dim and commit; the sweep and beta branches were taken.
+    runs = reported.runs("mnist5k")
+    assert len(runs) == 3 and all(f"`{r.data.tags['mlflow.runName']}`" in text for r in runs)
+    assert all(f"`{r.data.tags['git.commit'][:8]}`" in text for r in runs)
+    assert "figures/latent_scatter.png" in text and "figures/reconstructions.png" in text
+    assert "raising beta from 1.0 to 4.0" in text and "Only latent_dim" not in text
+
+
+def test_every_number_matches_the_run_it_cites(reported):
+    numbers = json.loads((reported.root / "reports/reflection.numbers.json").read_text())
+    store = client(reported)
+    runs = {r.info.run_id: r for r in reported.runs("mnist5k")}
+
+    def metric(run_id: str, key: str, step: int | None = None) -> float:
+        if step is None:
+            return runs[run_id].data.metrics[key]
+        (value,) = [p.value for p in store.get_metric_history(run_id, key) if p.step == step]
+        return value
+
+    kinds = set()
+    for entry in numbers:
+        kinds.add(entry["kind"])
+        if entry["kind"] == "metric":
+            expected = metric(entry["run_id"], entry["key"], entry["step"])
+        elif entry["kind"] == "param":
+            assert entry["text"] == entry["value"] == runs[entry["run_id"]].data.params[entry["key"]]
+            continue
+        elif entry["kind"] == "count":
+            expected = len(entry["run_ids"])
+            assert len(set(entry["run_ids"])) == expected
+        elif entry["kind"] == "ratio":
+            expected = metric(entry["run_id"], entry["key"]) / metric(entry["over_run_id"], entry["over_key"])
+        elif entry["kind"] == "rises":
+            values = [p.value for p in sorted(store.get_metric_history(entry["run_id"], entry["key"]),
+                                              key=lambda p: p.step)]
+            expected = sum(b > a for a, b in zip(values, values[1:]))
+        else:
+            raise AssertionError(f"unknown kind {entry['kind']}")
+        assert entry["value"] == pytest.approx(expected, rel=1e-12), entry
+        # The text shows that value, rounded to the digits it shows.
+        assert float(entry["text"]) == pytest.approx(expected, rel=5e-3, abs=5e-4), entry
+    assert kinds == {"metric", "param", "count", "ratio", "rises"}
+
+
+def test_every_number_in_the_text_is_one_the_report_cited(reported):
+    text = prose((reported.root / "reports/reflection.md").read_text())
+    cited = {entry["text"] for entry in json.loads((reported.root / "reports/reflection.numbers.json").read_text())}
+    uncited = [token for token in NUMBER.findall(text) if token not in cited]
+    assert uncited == []
+
+
+def test_one_run_report_says_what_a_sweep_would_add(reported, tmp_path):
+    store = client(reported)
+    usable, outdated = report.collect(store, "mnist5k")
+    assert len(usable) == 3 and outdated == []
+    reference = {k: v for k, v in usable[0].params.items()}
+    only = [r for r in usable if r.latent_dim == 4 and r.beta == 1.0]
+    study = report.select(only, {**reference, "latent_dim": "4", "vae.beta": "1.0"}, "mnist5k")
+    assert study.by_latent_dim == only == study.by_beta == [study.main]
+    (tmp_path / "figures").mkdir()
+    text, numbers = report.build(study, report.Source(store, tmp_path / "downloads"), tmp_path / "figures")
+    assert "Only latent_dim 4 has been run" in text and "make sweep" in text
+    assert "Every run here has beta 1.0" in text and "dvc exp run -S latent_dim=2" in text
+    assert not (tmp_path / "figures/latent_dim.png").exists()
+    assert {e["run_id"] for e in numbers if "run_id" in e} == {study.main.run_id}
+
+
+def test_selection_takes_the_newest_run_per_value_and_ignores_other_settings():
+    def record(run_id, start, **params):
+        base = {"latent_dim": "4", "vae.beta": "1.0", "seed": "0", "device": "auto"}
+        return report.RunRecord(run_id, run_id, {**base, **params}, {}, {}, start)
+
+    reference = {"latent_dim": "4", "vae.beta": "1.0", "seed": "0", "device": "cpu"}
+    runs = [record("old4", 1), record("new4", 2), record("ld8", 3, latent_dim="8"), record("seed1", 4, seed="1"),
+            record("beta4", 5, **{"vae.beta": "4.0"}), record("beta4ld8", 6, latent_dim="8", **{"vae.beta": "4.0"})]
+    study = report.select(runs, reference, "x")
+    assert study.main.run_id == "new4"
+    assert [r.run_id for r in study.by_latent_dim] == ["new4", "ld8"]
+    assert [r.run_id for r in study.by_beta] == ["new4", "beta4"]
+    with pytest.raises(report.ReportError, match="no complete run with params.yaml's settings"):
+        report.select(runs, {**reference, "seed": "7"}, "x")
+
+
+def test_rises_counts_setbacks_and_readable_drops_the_exponent():
+    assert report.rises([5, 4, 4.5, 3, 3.5, 3.6]) == 3 and report.rises([3, 2, 1]) == 0
+    assert report.readable(119729.3) == "119729" and report.readable(0.0187815) == "0.01878"
+    assert report.readable(0.9716, ".3f") == "0.972"
+
+
+def test_no_matching_run_is_refused_and_writes_nothing(reported):
+    before = {p: p.stat().st_mtime_ns for p in (reported.root / "reports").rglob("*")}
+    reported.write_params({"gan": {"epochs": 3}})
+    try:
+        result = reported.stage("report", check=False)
+    finally:
+        reported.write_params()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no complete run with params.yaml's settings" in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in (reported.root / "reports").rglob("*")} == before
+
+
+def test_no_store_is_refused_without_creating_one(project):
+    result = project.stage("report", check=False)
+    assert result.returncode == 2 and "there is no MLflow store" in result.stderr
+    assert not project.store.exists() and not (project.root / "reports").exists()
