@@ -260,8 +260,9 @@ def _pyplot():
     return plt
 
 
-def _save(figure, path: Path) -> None:
-    figure.tight_layout()
+def _save(figure, path: Path, tight: bool = True) -> None:
+    if tight:
+        figure.tight_layout()
     figure.savefig(path, format="png", dpi=100, metadata={"Software": None})
     _pyplot().close(figure)
 
@@ -312,7 +313,9 @@ def figure_latent_dim(runs: list[RunRecord], path: Path) -> None:
     for axes, label, series in plots:
         for name, key in series.items():
             axes.plot(dims, [r.metrics[key] for r in runs], marker="o", label=name)
-        axes.set(xlabel="latent_dim", ylabel=label, xscale="log")
+        axes.set(xlabel="latent_dim", ylabel=label)
+        axes.set_xscale("log", base=2)
+        axes.minorticks_off()
         axes.set_xticks(dims, [str(d) for d in dims])
         axes.legend(fontsize=7)
     _save(figure, path)
@@ -332,10 +335,10 @@ def figure_reconstructions(source: Source, runs: list[RunRecord], path: Path) ->
     figure, axes = plt.subplots(len(rows), 1, figsize=(6, 0.8 * len(rows) + 0.3), squeeze=False)
     for ax, (label, image) in zip(axes[:, 0], rows):
         ax.imshow(image)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    _save(figure, path)
+        ax.axis("off")
+        ax.text(-0.02, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=8)
+    figure.subplots_adjust(left=0.2, right=0.98, top=0.98, bottom=0.02, hspace=0.1)
+    _save(figure, path, tight=False)
 
 
 def figure_gan_curves(source: Source, run: RunRecord, path: Path) -> None:
@@ -470,13 +473,17 @@ def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str
                                                               key=lambda p: p[1])[0])]
                 for r in study.by_latent_dim]
         widest = study.by_latent_dim[-1]
+        widest_kl = source.history(widest, "eval/vae/kl_per_dim")
         all_active = all(r.metrics["eval/vae/active_units"] == r.latent_dim for r in study.by_latent_dim)
+        spread = (f"At latent_dim {n.param(widest, 'latent_dim')} the weakest dimension carries "
+                  f"{n.metric(widest, 'eval/vae/kl_per_dim', step=min(widest_kl, key=lambda p: p[1])[0])} nats and "
+                  f"the strongest {n.metric(widest, 'eval/vae/kl_per_dim', step=max(widest_kl, key=lambda p: p[1])[0])}"
+                  f", for a total of {n.metric(widest, 'eval/vae/kl')} nats.")
         text += [_table(["latent_dim", "KL (nats)", "active units", "weakest dimension's KL (nats)"], rows),
-                 ("Every dimension passes the active-unit threshold in every run, up to latent_dim "
-                  f"{n.param(widest, 'latent_dim')}: the count alone does not show collapse here. The KL per "
-                  "dimension does: the added dimensions each carry a small share, far below the strongest ones."
-                  if all_active else
-                  "Past some size, added dimensions stay inactive: the KL term has pushed them back to the prior.")]
+                 ("Every dimension passes the active-unit threshold in every run: the count alone shows no "
+                  "collapse here. " if all_active else
+                  "In the wider runs some dimensions are inactive: the KL term has pushed them back to the prior. ")
+                 + spread]
     text.append(fig("kl_per_dim.png", "KL per latent dimension, largest first"))
     two = [r for r in study.by_latent_dim if r.latent_dim == 2]
     if two:
@@ -484,8 +491,9 @@ def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str
         shutil.copy(source.artifact(two[0], "eval/latent_lattice.png"), figures / "latent_lattice.png")
         text += [f"With latent_dim {n.param(two[0], 'latent_dim')} (`{two[0].name}`) the latent space can be seen "
                  "whole: the test images' posterior means, coloured by class, and the decoder's images of a lattice "
-                 "over the prior's central region. The classes form regions packed around the origin, as the KL "
-                 "term asks, with the digits that look alike next to each other.",
+                 "over the prior's central region. The KL term keeps the cloud within a few units of the origin; "
+                 "which classes stand apart and which overlap shows how much of a digit's identity two "
+                 "dimensions can hold, and the lattice shows what the decoder draws between them.",
                  fig("latent_scatter.png", "Test set in the latent plane") + " "
                  + fig("latent_lattice.png", "Decoded lattice over the plane")]
     else:
@@ -507,13 +515,22 @@ def section_beta(study: Study, n: Numbers) -> str:
     low, high = runs[0], runs[-1]
     mse_up = high.metrics["eval/vae/recon_mse_per_pixel"] > low.metrics["eval/vae/recon_mse_per_pixel"]
     fid_key = "eval/scores/vae_prior/fid"
+    best = _argmin(runs, fid_key)
+    kl_low_units = high.metrics["eval/vae/active_units"] == high.latent_dim
     return "\n\n".join([
         f"**Beta.** At latent_dim {n.param(study.main, 'latent_dim')}, raising beta from {n.param(low, 'vae.beta')} "
         f"to {n.param(high, 'vae.beta')} took the KL from {n.metric(low, 'eval/vae/kl')} to "
         f"{n.metric(high, 'eval/vae/kl')} nats and the reconstruction MSE from "
         f"{n.metric(low, 'eval/vae/recon_mse_per_pixel')} to {n.metric(high, 'eval/vae/recon_mse_per_pixel')}"
         + (", the expected trade" if mse_up else ", against the expected trade")
-        + f"; the prior samples' FID-style score went from {n.metric(low, fid_key)} to {n.metric(high, fid_key)}.",
+        + f"; the prior samples' FID-style score went from {n.metric(low, fid_key)} to {n.metric(high, fid_key)}, "
+        f"and was best at beta {n.param(best, 'vae.beta')} ({n.metric(best, fid_key)})"
+        + (", between the ends. That is the textbook's trade-off: weak KL pressure leaves gaps between the "
+           "posteriors where prior samples land, strong pressure blurs what the decoder draws (see the sharpness "
+           "column)." if best not in (low, high) else ".")
+        + (f" At beta {n.param(high, 'vae.beta')} every dimension still counts as active, with only "
+           f"{n.metric(high, 'eval/vae/kl')} nats of KL between them: the active-unit threshold does not register "
+           "this squeeze." if kl_low_units else ""),
         _table(["beta", "recon MSE/pixel", "KL (nats)", "active units", "FID-style, VAE samples",
                 "sharpness, VAE samples"], rows),
     ])
@@ -542,8 +559,10 @@ def section_latent_dim(study: Study, n: Numbers, fig: Callable[[str, str], str])
             "The samples improved up to the largest latent_dim run, so the turn lies beyond this sweep.")
     return "\n\n".join([
         head,
-        f"**Claim.** More latent dimensions let the VAE reconstruct better, but samples from the prior stop "
-        f"improving well before reconstructions do. Reconstruction MSE falls from "
+        "**Claim.** More latent dimensions let the VAE reconstruct better, but samples from the prior stop "
+        "improving " + ("before reconstructions do. " if best_prior.latent_dim < best_mse.latent_dim else
+                        "only where reconstructions stop too (in these runs they turn together). ")
+        + f"Reconstruction MSE falls from "
         f"{n.metric(smallest, keys[0])} at latent_dim {n.param(smallest, 'latent_dim')} to its lowest, "
         f"{n.metric(best_mse, keys[0])}, at latent_dim {n.param(best_mse, 'latent_dim')}; the negative ELBO is lowest "
         f"({n.metric(best_elbo, 'eval/vae/neg_elbo')} nats) at latent_dim {n.param(best_elbo, 'latent_dim')}; the "
@@ -585,8 +604,10 @@ def section_gan(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str
         wins = [r for r in runs if r.metrics["eval/scores/gan_decoder/fid"] < r.metrics["eval/scores/gan_scratch/fid"]]
         rows = [[n.param(r, "latent_dim"), n.metric(r, "eval/scores/vae_prior/fid"),
                  n.metric(r, "eval/scores/gan_decoder/fid"), n.metric(r, "eval/scores/gan_scratch/fid")] for r in runs]
+        improves = [r for r in runs
+                    if r.metrics["eval/scores/gan_decoder/fid"] < r.metrics["eval/scores/vae_prior/fid"]]
         text += [f"Across the sweep, the GAN from the decoder beats the GAN from scratch at {n.count(wins)} of "
-                 f"{n.count(runs)} latent_dims:",
+                 f"{n.count(runs)} latent_dims, and improves on the VAE's own samples at {n.count(improves)}:",
                  _table(["latent_dim", "FID-style, VAE samples", "GAN from decoder", "GAN from scratch"], rows)]
     return "\n\n".join(text)
 
@@ -596,6 +617,7 @@ def section_encoder_discriminator(study: Study, n: Numbers, fig: Callable[[str, 
     p = "eval/probes"
     encoder, pixels = m.metrics[f"{p}/encoder"], m.metrics[f"{p}/pixels"]
     best_d = max(m.metrics[f"{p}/discriminator_decoder"], m.metrics[f"{p}/discriminator_scratch"])
+    least_sharp = min((s for s in SOURCES if s != "noise"), key=lambda s: m.metrics[f"eval/scores/{s}/sharpness"])
     verdict = {name: [n.metric(m, f"eval/discriminators/{init}/{name}", ".3g") for init in ("decoder", "scratch")]
                for name in SOURCES}
     return "\n\n".join([
@@ -621,7 +643,9 @@ def section_encoder_discriminator(study: Study, n: Numbers, fig: Callable[[str, 
         f"The discriminator trained against the decoder-started generator gives real images "
         f"{n.metric(m, 'eval/discriminators/decoder/real_train', '.3f')} and the VAE's samples "
         f"{n.metric(m, 'eval/discriminators/decoder/vae_prior', '.3f')}: it has learned to spot what the VAE "
-        "gets wrong, the blur, which no term of the VAE's loss measures. What the encoder's code stands for shows "
+        + ("gets wrong (its samples are the least sharp, see the last section), which no term of the VAE's loss "
+           "measures. " if least_sharp == "vae_prior" else "gets wrong. ")
+        + "What the encoder's code stands for shows "
         "when its most active dimensions are swept one at a time (one row each, from `-3` to `3` around one test "
         "image's code): what changes along a row, the digit's identity, slant or thickness, is what that dimension "
         "encodes.",
@@ -659,13 +683,13 @@ def section_strengths(study: Study, n: Numbers) -> str:
         f"{score('vae_prior', 'classes', '.0f')}, {score('gan_decoder', 'classes', '.0f')} and "
         f"{score('gan_scratch', 'classes', '.0f')} classes. "
         + ("The VAE covers more of the data, as the textbook says." if vae_covers_more else
-           "Against the textbook, a GAN covers more of the data than the VAE's samples do: the VAE's prior samples "
-           "land between the modes, where the decoder draws blurred mixtures."),
+           "Against the textbook, a GAN covers more of the data than the VAE's samples do here; the VAE's samples "
+           f"also have the lower precision ({score('vae_prior', 'precision')}): many fall between the data's "
+           "modes rather than on them."),
         f"**Stability.** Over the {n.param(m, 'vae.epochs')} epochs of the VAE's training the test negative "
         f"ELBO went up from one epoch to the next {n.rises(m, 'vae/test_neg_elbo')} times; over the GANs' "
         f"{n.param(m, 'gan.epochs')} epochs the FID-style score went up {n.rises(m, 'gan/decoder/fid')} times (from "
-        f"the decoder) and {n.rises(m, 'gan/scratch/fid')} times (from scratch), and the discriminator outputs in "
-        "the section on the decoder as a generator swing with them. The VAE's loss is a bound that each step "
+        f"the decoder) and {n.rises(m, 'gan/scratch/fid')} times (from scratch). The VAE's loss is a bound that each step "
         "lowers on average; the GAN's two players chase each other, and a better discriminator can make the samples "
         "worse for a while.",
     ])
