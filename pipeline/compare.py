@@ -60,17 +60,26 @@ def comparison(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.DataF
     return table.sort_values("latent_dim", kind="stable").reset_index(drop=True)
 
 
-def load_runs(experiment: str) -> pd.DataFrame:
-    """All rows of `experiment` in the store (side effect: reads MLflow). A missing local store is
-    an error here, not created empty."""
+def open_experiment(experiment: str):
+    """(client, experiment id) of `experiment` in the store (side effect: connects to MLflow). A
+    missing local store or experiment is an error here, not created empty."""
     database = tracking.local_store(tracking.tracking_uri())
     if database is not None and not database.exists():
         raise TrackingError(f"there is no MLflow store at {database}: run the pipeline first (make repro)")
-    mlflow, client = tracking.connect()
-    if client.get_experiment_by_name(experiment) is None:
+    _, client = tracking.connect()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
         raise TrackingError(f"the MLflow store {tracking.tracking_uri()} has no experiment {experiment!r}: "
                             "run the pipeline first, or name another with --experiment")
-    return mlflow.search_runs(experiment_names=[experiment], max_results=50_000)
+    return client, found.experiment_id
+
+
+def load_runs(experiment: str) -> pd.DataFrame:
+    """All rows of `experiment` in the store, as `mlflow.search_runs`' frame (see open_experiment)."""
+    import mlflow
+
+    _, experiment_id = open_experiment(experiment)
+    return mlflow.search_runs(experiment_ids=[experiment_id], max_results=50_000)
 
 
 # What the printed table shows; the CSV has every column.

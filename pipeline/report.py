@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import tracking
-from pipeline.compare import COMPLETE
+from pipeline.compare import COMPLETE, open_experiment
 from pipeline.config import flatten
-from pipeline.errors import PipelineError, TrackingError
+from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir, atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -97,14 +97,9 @@ class RunRecord:
         return self.tags.get("git.commit", "unknown")[:8]
 
 
-def collect(client, experiment: str) -> tuple[list[RunRecord], list[RunRecord]]:
+def collect(client, experiment_id: str) -> tuple[list[RunRecord], list[RunRecord]]:
     """The experiment's complete rows: (those holding every REQUIRED metric, the older rest)."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise TrackingError(f"the MLflow store {tracking.tracking_uri()} has no experiment {experiment!r}: "
-                            "run the pipeline first (make repro), or name another with --experiment")
-    runs = client.search_runs([found.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                              max_results=50_000)
+    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=50_000)
     complete = [RunRecord.from_mlflow(r) for r in runs if r.data.tags.get(tracking.STAGES_TAG) == COMPLETE]
     usable = [r for r in complete if all(key in r.metrics for key in REQUIRED)]
     return usable, [r for r in complete if r not in usable]
@@ -755,11 +750,8 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config()
     experiment = args.experiment or config.experiment_name
     tracking.check_server()
-    database = tracking.local_store(tracking.tracking_uri())
-    if database is not None and not database.exists():
-        raise TrackingError(f"there is no MLflow store at {database}: run the pipeline first (make repro)")
-    _, client = tracking.connect()
-    usable, outdated = collect(client, experiment)
+    client, experiment_id = open_experiment(experiment)
+    usable, outdated = collect(client, experiment_id)
     reference = {key: str(value) for key, value in flatten(config).items()}
     study = select(usable, reference, experiment, outdated)
     with tempfile.TemporaryDirectory() as downloads, atomic_dir(args.output / FIGURES) as figures:

@@ -109,7 +109,7 @@ def test_every_number_in_the_text_is_one_the_report_cited(reported):
 
 def test_one_run_report_says_what_a_sweep_would_add(reported, tmp_path):
     store = client(reported)
-    usable, outdated = report.collect(store, "mnist5k")
+    usable, outdated = report.collect(store, store.get_experiment_by_name("mnist5k").experiment_id)
     assert len(usable) == 3 and outdated == []
     reference = {k: v for k, v in usable[0].params.items()}
     only = [r for r in usable if r.latent_dim == 4 and r.beta == 1.0]
