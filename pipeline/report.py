@@ -238,7 +238,7 @@ class Numbers:
         return self._add(str(value), value, kind="rises", run_id=run.run_id, key=key)
 
     def steps(self, run: RunRecord, key: str) -> int:
-        """The last step of a metric's history (an epoch count), recorded as a metric at that step."""
+        """The last step of a metric's history (an epoch count), to look values up at; not cited itself."""
         return self.source.history(run, key)[-1][0]
 
 
