@@ -446,7 +446,12 @@ def section_reparameterisation(study: Study, n: Numbers, fig: Callable[[str], st
     ])
 
 
-def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str], str], figures: Path) -> str:
+def latent_plane_run(study: Study) -> RunRecord | None:
+    """The run with latent_dim 2, whose latent plane the report shows, if there is one."""
+    return next((r for r in study.by_latent_dim if r.latent_dim == 2), None)
+
+
+def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str], str]) -> str:
     m = study.main
     kl = source.history(m, "eval/vae/kl_per_dim")
     strongest, weakest = max(kl, key=lambda p: p[1]), min(kl, key=lambda p: p[1])
@@ -480,11 +485,9 @@ def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str
                   "In the wider runs some dimensions are inactive: the KL term has pushed them back to the prior. ")
                  + spread]
     text.append(fig("kl_per_dim.png", "KL per latent dimension, largest first"))
-    two = [r for r in study.by_latent_dim if r.latent_dim == 2]
-    if two:
-        shutil.copy(source.artifact(two[0], "eval/latent_scatter.png"), figures / "latent_scatter.png")
-        shutil.copy(source.artifact(two[0], "eval/latent_lattice.png"), figures / "latent_lattice.png")
-        text += [f"With latent_dim {n.param(two[0], 'latent_dim')} (`{two[0].name}`) the latent space can be seen "
+    two = latent_plane_run(study)
+    if two is not None:
+        text += [f"With latent_dim {n.param(two, 'latent_dim')} (`{two.name}`) the latent space can be seen "
                  "whole: the test images' posterior means, coloured by class, and the decoder's images of a lattice "
                  "over the prior's central region. The KL term keeps the cloud within a few units of the origin; "
                  "which classes stand apart and which overlap shows how much of a digit's identity two "
@@ -706,6 +709,10 @@ def build(study: Study, source: Source, figures: Path) -> tuple[str, list[dict]]
     figure_panels(source, m, {"vae_prior": "VAE samples", "gan_decoder": "GAN from the decoder",
                               "gan_scratch": "GAN from scratch"}, figures / "samples.png")
     shutil.copy(source.artifact(m, "eval/traversal.png"), figures / "traversal.png")
+    two = latent_plane_run(study)
+    if two is not None:
+        for name in ("latent_scatter.png", "latent_lattice.png"):
+            shutil.copy(source.artifact(two, f"eval/{name}"), figures / name)
     if len(study.by_latent_dim) > 1:
         figure_latent_dim(study.by_latent_dim, figures / "latent_dim.png")
         figure_reconstructions(source, study.by_latent_dim, figures / "reconstructions.png")
@@ -719,7 +726,7 @@ def build(study: Study, source: Source, figures: Path) -> tuple[str, list[dict]]
         "these runs, not with published FIDs. Lower is better.",
         section_runs(study, n),
         section_reparameterisation(study, n, fig),
-        section_kl(study, n, source, fig, figures),
+        section_kl(study, n, source, fig),
         section_latent_dim(study, n, fig),
         section_gan(study, n, fig),
         section_encoder_discriminator(study, n, fig),
