@@ -33,7 +33,7 @@ from pipeline.config import Config, ConfigError, load_config, resolve_device
 from pipeline.download import Splits, dataset_facts, load_splits
 from pipeline.io import atomic_dir, atomic_path, read_json, write_json
 from pipeline.losses import reconstruction_loss
-from pipeline.metrics import Scorer, gradient_estimator_variance, knn_accuracy, vae_test_metrics
+from pipeline.metrics import ACTIVE_UNIT_THRESHOLD, Scorer, gradient_estimator_variance, knn_accuracy, vae_test_metrics
 from pipeline.models import VAE
 from pipeline.training import GRID_ROWS, image_grid, in_batches, save_png, to_unit_float, write_csv
 
@@ -169,7 +169,7 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device
 
     per_dim, variance = vae_numbers.pop("kl_per_dim"), vae_numbers.pop("latent_mean_variance")
     means = vae_numbers.pop("latent_means")
-    kl_rows = [{"dim": d, "kl": kl, "mean_variance": var, "active": int(var > 0.01)}
+    kl_rows = [{"dim": d, "kl": kl, "mean_variance": var, "active": int(var > ACTIVE_UNIT_THRESHOLD)}
                for d, (kl, var) in enumerate(zip(per_dim, variance))]
     y_train = torch.from_numpy(splits.y_train).to(device)
     y_test = torch.from_numpy(splits.y_test).to(device)
