@@ -35,7 +35,7 @@ from pipeline import tracking
 from pipeline.compare import COMPLETE, open_experiment
 from pipeline.config import flatten
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_dir, atomic_path, write_json
+from pipeline.io import atomic_dir, atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ def test_report_answers_each_question_and_every_figure_it_links_exists(reported)
     assert len(links) >= 10 and all((out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for link in links)
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted({link.split("/")[1] for link in links})
     html = (out / "reflection.html").read_text()
-    assert all(f'<img alt="' in html and f'src="{link}"' in html for link in links)
+    assert all('<img alt="' in html and f'src="{link}"' in html for link in links)
     # Three runs, named with latent_dim and commit; the sweep and beta branches were taken.
     runs = reported.runs("mnist5k")
     assert len(runs) == 3 and all(f"`{r.data.tags['mlflow.runName']}`" in text for r in runs)
