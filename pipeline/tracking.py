@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 DATA_EXPERIMENT = "datasets"
 STAGES_TAG = "pipeline.stages"
+SOURCE_TAG = "pipeline.source_run."  # + stage: the row that holds that stage's artifacts
 STAGE_METRIC_PREFIX = {"download": "data", "train_vae": "vae", "train_gan": "gan", "evaluate": "eval"}
 
 
@@ -206,8 +207,8 @@ def _copy_upstream(client, source, target_id: str, stage: str) -> list[str]:
     ]
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit
         client.log_batch(target_id, metrics=metrics[start : start + 1000])
-    client.log_batch(target_id, tags=[RunTag(f"pipeline.source_run.{s}", source.data.tags.get(
-        f"pipeline.source_run.{s}", source.info.run_id)) for s in kept])
+    client.log_batch(target_id, tags=[RunTag(f"{SOURCE_TAG}{s}", source.data.tags.get(
+        f"{SOURCE_TAG}{s}", source.info.run_id)) for s in kept])
     return kept
 
 
@@ -255,7 +256,7 @@ def stage_run(
         mlflow.log_params({k: v for k, v in params.items() if k not in active.data.params})
         yield active
         mlflow.set_tag(STAGES_TAG, ",".join([*stages, stage]))
-        mlflow.set_tag(f"pipeline.source_run.{stage}", active.info.run_id)
+        mlflow.set_tag(f"{SOURCE_TAG}{stage}", active.info.run_id)
 
 
 def log_dataset(splits, facts: dict) -> None:

@@ -133,3 +133,26 @@ def copy_repo(destination: Path) -> Path:
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, destination / name)
     return destination
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A committed git repository with the project's sources and tiny params."""
+    root = copy_repo(tmp_path / "repo")
+    (root / "dvc.lock").unlink(missing_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(repo_params(), TINY), sort_keys=False))
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "PIPELINE_DATA_MIRROR"):
+        monkeypatch.delenv(name, raising=False)
+    # dvc.yaml's `python` must be this environment's, as `make` arranges for users.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for key, value in {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+                       "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}.items():
+        monkeypatch.setenv(key, value)
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "project")
+    return root
+
+
+def git(root, *args):
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout

@@ -9,12 +9,11 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, TINY, copy_repo, merge, mlflow_runs, repo_params
+from conftest import REPO, git, merge, mlflow_runs, repo_params
 from pipeline import paths
 
 
@@ -42,29 +41,6 @@ def test_dvc_yaml_declares_every_path_the_stages_write_and_only_known_params():
     for stage in dvc.values():
         for name in stage.get("params", []):
             assert name in params, f"dvc.yaml names param {name!r} that params.yaml lacks"
-
-
-@pytest.fixture
-def repo(tmp_path, monkeypatch):
-    """A committed git repository with the project's sources and tiny params."""
-    root = copy_repo(tmp_path / "repo")
-    (root / "dvc.lock").unlink(missing_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(merge(repo_params(), TINY), sort_keys=False))
-    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "PIPELINE_DATA_MIRROR"):
-        monkeypatch.delenv(name, raising=False)
-    # dvc.yaml's `python` must be this environment's, as `make` arranges for users.
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    for key, value in {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-                       "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}.items():
-        monkeypatch.setenv(key, value)
-    git(root, "init", "-q")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "project")
-    return root
-
-
-def git(root, *args):
-    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 
 
 def dvc(root, *args) -> str:
