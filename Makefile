@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: repro test bench study sweep compare report default-study ui clean
+.PHONY: repro test bench study sweep compare report default-study ui app clean
 
 # The environment is built once; later runs reuse it (and need no network).
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -48,6 +48,12 @@ default-study: $(VENV)/.installed  ## run the default study and write its report
 
 ui: $(VENV)/.installed  ## open the MLflow UI on http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# The explorer binds to this machine only; see the README before exposing it.
+APP_PORT ?= 8501
+app: $(VENV)/.installed  ## open the explorer app on http://127.0.0.1:8501 (pipeline/app.py)
+	python -m streamlit run pipeline/app.py --server.address 127.0.0.1 --server.port $(APP_PORT) \
+		--server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
 
 clean:  ## remove pipeline outputs and the local MLflow store (not the environment)
 	rm -rf outputs mlflow.db mlartifacts

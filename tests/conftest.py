@@ -5,8 +5,12 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -119,6 +123,30 @@ def assert_refused(project: Project, stage: str, override: dict, message: str) -
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert {p: p.stat().st_mtime_ns for p in outputs.rglob("*")} == before
     assert len(project.runs()) == runs_before
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_healthy(process: subprocess.Popen, url: str, output: Callable[[], str], seconds: float = 120) -> None:
+    """Wait until GET `url` answers 200; fail with the server's `output()` if it exits first or
+    does not answer within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}:\n{output()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not answer {url} within {seconds} s:\n{output()}")
+            time.sleep(0.5)
 
 
 UP_TO_GAN = ("download", "train_vae", "train_classifier", "train_gan")

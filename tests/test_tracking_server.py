@@ -7,24 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import UP_TO_GAN, tiny_project
+from conftest import UP_TO_GAN, free_port, tiny_project, wait_until_healthy
 from pipeline import paths
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +32,7 @@ def server(tmp_path_factory):
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow server exited with {process.returncode}:\n{(root / 'server.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not answer in 120 s:\n{(root / 'server.log').read_text()}")
-                time.sleep(0.5)
+        wait_until_healthy(process, f"{url}/health", lambda: (root / "server.log").read_text())
         yield url, root
     finally:
         os.killpg(process.pid, signal.SIGTERM)

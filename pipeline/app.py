@@ -1,0 +1,259 @@
+"""The explorer: a local web page over the recorded runs. `make app` serves it on
+http://127.0.0.1:8501 (`python -m streamlit run pipeline/app.py` from the project root).
+
+Pages (sidebar, or `?page=<name>` in the address): Runs, Generate, Reconstruct, Latent space,
+Train. The logic lives in `pipeline.explorer`; this file only draws it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+# `streamlit run pipeline/app.py` puts this file's folder on the path, not the project root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import explorer, tracking
+from pipeline.config import load_config, resolve_device
+from pipeline.errors import PipelineError
+from pipeline.training import image_grid
+
+PAGES = ("Runs", "Generate", "Reconstruct", "Latent space", "Train")
+SHOWN = ["run", "dataset", "latent_dim", "beta", "recon_mse", "kl", "neg_elbo", "fid_vae_prior", "fid_gan_decoder",
+         "fid_gan_scratch", "dvc_exp", "started", "run_id"]
+IMAGE_WIDTH = 84  # pixels per single image on the page
+SLIDER_RANGE = 4.0  # latent sliders run over [-4, 4]: the prior's mass is within about 3
+
+
+@st.cache_resource(show_spinner="Loading the run's models from MLflow ...", max_entries=4)
+def loaded(uri: str, run_id: str, device: str) -> explorer.LoadedRun:  # uri: the cache key's store
+    return explorer.load_run(run_id, device)
+
+
+def no_runs(experiment: str) -> None:
+    st.info(f"No complete run is recorded in experiment **{experiment}** yet. Make one with `make repro` "
+            "(about a minute on 2 CPU cores) or on the **Train** page, then come back.")
+
+
+def choose_run(table: pd.DataFrame) -> str:
+    """The sidebar's run picker; a run that just finished training is preselected."""
+    labels = {row.run_id: f"{row.run} · latent_dim {row.latent_dim} · beta {row.beta:g} · {row.run_id[:8]}"
+              for row in table.itertuples()}
+    if st.session_state.get("run_id") not in labels:
+        st.session_state["run_id"] = table["run_id"].iloc[0]
+    return st.sidebar.selectbox("Run", list(labels), format_func=labels.get, key="run_id")
+
+
+def runs_page(table: pd.DataFrame, experiment: str) -> None:
+    st.header("Recorded runs")
+    st.caption(f"Complete rows of experiment {experiment} in {tracking.tracking_uri()}, newest first. "
+               "`make ui` opens the same rows in the MLflow UI; `make compare` prints them.")
+    st.dataframe(table[SHOWN], hide_index=True)
+
+
+def generate_page(run: explorer.LoadedRun) -> None:
+    st.header("Generate")
+    st.caption("Every decoder of the run decodes the same draws of z ~ N(0, I).")
+    seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed")
+    count = st.slider("Samples", min_value=8, max_value=64, value=32, step=8, key="count")
+    samples = explorer.generate(run, count, int(seed))
+    for column, (name, images) in zip(st.columns(len(samples)), samples.items(), strict=True):
+        show(image_grid(images), caption=name, width="stretch", where=column)
+
+
+def reconstruct_page(run: explorer.LoadedRun) -> None:
+    st.header("Reconstruct")
+    st.caption("Test images beside their reconstructions from the posterior mean, with each image's "
+               "mean squared error per pixel (the evaluation's `recon_mse_per_pixel`).")
+    classes = ["any", *sorted({int(c) for c in run.y_test})]
+    left, middle, right = st.columns(3)
+    wanted = left.selectbox("Class", classes, key="class")
+    pool = [i for i, c in enumerate(run.y_test) if wanted == "any" or c == wanted]
+    start = int(middle.number_input(f"From the n-th of these {len(pool)} test images", min_value=0,
+                                    max_value=len(pool) - 1, value=0, step=1, key=f"start-{wanted}"))
+    count = right.slider("How many", min_value=1, max_value=32, value=8, key="how_many")
+    picked = pool[start : start + count]
+    reconstructed, mse = explorer.reconstruct(run.vae, run.x_test[picked])
+    st.write(f"Mean squared error per pixel over these {len(picked)} images: **{mse.mean():.4f}**")
+    show(run.x_test[picked].cpu(), caption=[f"#{i} (class {run.y_test[i]})" for i in picked])
+    show(reconstructed, caption=[f"MSE {m:.4f}" for m in mse.tolist()])
+
+
+def show(images, caption=None, width: int = IMAGE_WIDTH, where=st) -> None:
+    """Images (N, C, H, W) as a row, or one (C, H, W) image or grid, losslessly (PNG)."""
+    picture = explorer.as_picture(images)
+    if images.dim() == 4:
+        picture = list(picture)
+    where.image(picture, caption=caption, width=width, output_format="PNG")
+
+
+def test_image_input(label: str, run: explorer.LoadedRun, default: int, key: str) -> int:
+    return int(st.number_input(label, min_value=0, max_value=len(run.y_test) - 1, value=default, step=1, key=key))
+
+
+def latent_page(run: explorer.LoadedRun) -> None:
+    st.header("Latent space")
+    st.subheader("Interpolate between two test images")
+    left, right, steps_column = st.columns(3)
+    with left:
+        a = test_image_input("From test image", run, 0, "from")
+    with right:
+        b = test_image_input("To test image", run, 1, "to")
+    with steps_column:
+        steps = st.slider("Steps", min_value=3, max_value=20, value=10, key="steps")
+    path = explorer.interpolate(run.vae, run.x_test[a], run.x_test[b], steps)
+    show(path, caption=[f"t = {i / (steps - 1):.2f}" for i in range(steps)])
+
+    st.subheader("Move along the most active dimensions")
+    base = test_image_input("Start from test image", run, 0, "base")
+    mean = explorer.latent_means(run.vae, run.x_test[base : base + 1])[0]
+    z = mean.clone()
+    dims = run.most_active(min(5, run.latent_dim))
+    columns = st.columns([3, 1])
+    with columns[0]:
+        for dim in dims:
+            z[dim] = st.slider(f"z[{dim}] (KL {run.kl_per_dim[dim]:.2f} nats)", -SLIDER_RANGE, SLIDER_RANGE,
+                               float(mean[dim].clamp(-SLIDER_RANGE, SLIDER_RANGE)), step=0.05,
+                               key=f"dim-{run.run_id}-{base}-{dim}")
+    with columns[1]:
+        show(run.x_test[base].cpu(), caption=f"test image #{base}")
+        show(explorer.decode(run.vae.decoder, z)[0], caption="decoded")
+
+    if run.latent_dim == 2:
+        plane_section(run)
+    else:
+        st.caption(f"The latent plane with a live decoder is shown for runs with latent_dim 2; this one has "
+                   f"{run.latent_dim}. `dvc exp run -S latent_dim=2` (or the Train page) makes one.")
+
+
+def plane_section(run: explorer.LoadedRun) -> None:
+    """latent_dim 2: the test images' means by class; a click or the sliders pick the decoded point."""
+    import altair as alt
+
+    st.subheader("The latent plane")
+    means = explorer.latent_means(run.vae, run.x_test)
+    points = pd.DataFrame({"z1": means[:, 0].numpy(), "z2": means[:, 1].numpy(),
+                           "class": [str(c) for c in run.y_test]})
+    keys = (f"z1-{run.run_id}", f"z2-{run.run_id}")
+    for key in keys:
+        st.session_state.setdefault(key, 0.0)
+    picked = alt.selection_point(name="picked", fields=["z1", "z2"], on="click", nearest=True)
+    scatter = alt.Chart(points).mark_circle(size=25).encode(x="z1", y="z2", color="class:N",
+                                                            tooltip=["class", "z1", "z2"]).add_params(picked)
+    here = pd.DataFrame({"z1": [st.session_state[keys[0]]], "z2": [st.session_state[keys[1]]]})
+    marker = alt.Chart(here).mark_point(shape="cross", size=300, color="black", strokeWidth=3).encode(x="z1", y="z2")
+    left, right = st.columns([3, 1])
+    with left:
+        event = st.altair_chart(scatter + marker, on_select="rerun", key=f"plane-{run.run_id}")
+    clicked = (event.selection.get("picked") or [None])[0] if event else None
+    if clicked and clicked != st.session_state.get("clicked"):
+        # A new click moves the sliders to the clicked point (before they are drawn).
+        st.session_state["clicked"] = clicked
+        for key, axis in zip(keys, ("z1", "z2"), strict=True):
+            st.session_state[key] = max(-SLIDER_RANGE, min(SLIDER_RANGE, float(clicked[axis])))
+    with right:
+        z1 = st.slider("z1", -SLIDER_RANGE, SLIDER_RANGE, step=0.05, key=keys[0])
+        z2 = st.slider("z2", -SLIDER_RANGE, SLIDER_RANGE, step=0.05, key=keys[1])
+        show(explorer.decode(run.vae.decoder, [z1, z2])[0], caption=f"decoded at ({z1:.2f}, {z2:.2f})",
+             width=2 * IMAGE_WIDTH)
+
+
+def train_page() -> None:
+    st.header("Train")
+    st.caption("Runs the whole pipeline as a DVC experiment (`dvc exp run --temp`) with these params and "
+               "params.yaml's others; the stages record into the same MLflow store. One training at a time.")
+    config = load_config()
+    defaults = {"latent_dim": config.latent_dim, "seed": config.seed, "vae.epochs": config.vae.epochs,
+                "vae.beta": config.vae.beta, "gan.epochs": config.gan.epochs}
+    with st.form("train"):
+        settings = {name: st.number_input(name, min_value=0.0 if isinstance(value, float) else 0, value=value,
+                                          step=0.25 if isinstance(value, float) else 1, key=f"train-{name}")
+                    for name, value in defaults.items()}
+        submitted = st.form_submit_button("Start training")
+    if submitted:
+        try:
+            name = explorer.start_training({k: v for k, v in settings.items() if v != defaults[k] or k == "latent_dim"})
+            st.success(f"Started DVC experiment {name}.")
+        except explorer.TrainingBusy as error:
+            st.warning(f"Not started: {error}.")
+        except PipelineError as error:
+            st.error(f"Not started: {error}")
+    status = explorer.training_status()
+    st.fragment(run_every=2 if status.state == "running" else None)(training_progress)()
+
+
+def training_progress() -> None:
+    status = explorer.training_status()
+    if status.state == "idle":
+        st.caption("No training started from here yet.")
+        return
+    st.subheader(f"{status.name}: {status.state}")
+    st.progress(status.progress, text=f"{status.activity} · {status.seconds:.0f} s")
+    with st.expander("Log", expanded=status.state in ("failed", "interrupted")):
+        st.code(status.log_tail or "(no output yet)", language=None)
+    if status.state == "running":
+        return
+    if st.session_state.get("seen_job") != status.name:
+        # The job ended since this page last looked: refresh the whole page (the run list included).
+        st.session_state["seen_job"] = status.name
+        if status.state == "finished":
+            st.session_state["job_result"] = explorer.training_result(status.name)
+            st.session_state["preselect"] = st.session_state["job_result"][0]
+        st.rerun(scope="app")
+    if status.state == "finished":
+        run_id, reused = st.session_state.get("job_result", (None, False))
+        if run_id is None:
+            st.warning("Finished, but no result row was found for it (see the log).")
+        elif reused:
+            st.success(f"Finished: these params were computed before, so DVC restored their outputs and "
+                       f"recorded nothing new; their run is the earlier {run_id} "
+                       "(selected in the sidebar of the other pages).")
+        else:
+            st.success(f"Finished: its run {run_id} is in the list, and selected in the sidebar of the other pages.")
+    elif status.state == "failed":
+        st.error(f"The training failed (exit {status.returncode}); the log above says why.")
+    else:
+        st.error("The training ended without an exit code (it was killed); start it again.")
+
+
+def main() -> None:
+    st.set_page_config(page_title="VAE and GAN explorer", layout="wide")
+    try:
+        config = load_config()
+        device = resolve_device(config.device)
+    except PipelineError as error:
+        st.error(str(error))
+        st.stop()
+    names = sorted({config.experiment_name, *explorer.experiments()})
+    experiment = st.sidebar.selectbox("Experiment", names, index=names.index(config.experiment_name))
+    asked = st.query_params.get("page", PAGES[0])
+    page = st.sidebar.radio("Page", PAGES, index=PAGES.index(asked) if asked in PAGES else 0, key="page")
+    st.sidebar.caption(f"Store: {tracking.tracking_uri()}")
+    if page == "Train":
+        train_page()
+        return
+    try:
+        table = explorer.list_runs(experiment)
+    except PipelineError:  # no store or no such experiment yet
+        table = pd.DataFrame()
+    if table.empty:
+        no_runs(experiment)
+        return
+    if st.session_state.get("preselect") in set(table["run_id"]):
+        st.session_state["run_id"] = st.session_state.pop("preselect")
+    run_id = choose_run(table)
+    if page == "Runs":
+        runs_page(table, experiment)
+        return
+    try:
+        run = loaded(tracking.tracking_uri(), run_id, device)
+    except PipelineError as error:
+        st.error(str(error))
+        return
+    {"Generate": generate_page, "Reconstruct": reconstruct_page, "Latent space": latent_page}[page](run)
+
+
+main()
