@@ -76,7 +76,6 @@ class LoadedRun:
     """One recorded run's models and the test images of its data, on `device`."""
 
     run_id: str
-    name: str
     vae: VAE
     generators: dict[str, Decoder]  # GAN generators by init: decoder, scratch
     x_test: torch.Tensor  # (N, C, H, W) in [0, 1]
@@ -149,7 +148,7 @@ def load_run(run_id: str, device: str = "cpu") -> LoadedRun:
     x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)
     with torch.inference_mode():
         mu, logvar = in_batches(lambda x: torch.cat(vae.encoder(x), dim=1), x_test).chunk(2, dim=1)
-    return LoadedRun(run_id=run_id, name=run.info.run_name, vae=vae,
+    return LoadedRun(run_id=run_id, vae=vae,
                      generators={init: g.to(device) for init, (g, _) in gans.items()},
                      x_test=x_test, y_test=splits.y_test, kl_per_dim=kl_per_dimension(mu, logvar).cpu())
 
