@@ -215,62 +215,68 @@ def class_spread(labels: torch.Tensor, num_classes: int) -> dict[str, float]:
 class Scorer:
     """Scores image sets against one real reference set in a classifier's feature space.
 
-    The reference's features are computed once; each `score` call extracts the features of one
-    generated set and returns the FID-style score, KID (mean and std over subsets), precision,
-    recall, the class spread and the sharpness of the set.
+    Each image goes through the classifier once: its features feed the FID and KID states (which
+    torchmetrics is given as precomputed, through an identity extractor) and the precision/recall,
+    and the classifier's head reads its label off the same features. The reference's features are
+    computed once; each `score` call returns the FID-style score, KID (mean and std over subsets),
+    precision, recall, the class spread and the sharpness of one generated set.
     """
 
     def __init__(self, classifier, reference: torch.Tensor, *, seed: int, kid_subset_size: int | None = None,
                  pr_neighbours: int | None = None, batch_size: int = 500):
-        """Without `kid_subset_size` and `pr_neighbours` only `fid_only` and `labels` are available."""
+        """Without `kid_subset_size` and `pr_neighbours` only `fid_and_labels` is available."""
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
-        from pipeline.models import FeatureExtractor
+        from pipeline.models import Precomputed
 
         self.classifier = classifier.eval()
         self.batch_size = batch_size
         self.pr_neighbours = pr_neighbours
         self.kid_subset_size = kid_subset_size
         self.seed = seed
-        extractor = FeatureExtractor(classifier)
-        self.fid = FrechetInceptionDistance(feature=extractor, reset_real_features=False)
+        features = Precomputed(classifier.num_features)
+        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False)
         self.kid = None
         if kid_subset_size:
             with warnings.catch_warnings():  # that it keeps every feature: a few thousand small vectors here
                 warnings.filterwarnings("ignore", message=".*will save all extracted features")
-                self.kid = KernelInceptionDistance(feature=extractor, subset_size=kid_subset_size,
+                self.kid = KernelInceptionDistance(feature=features, subset_size=kid_subset_size,
                                                    reset_real_features=False)
         self.fid.to(reference.device)
         if self.kid is not None:
             self.kid.to(reference.device)
         self.reference_size = len(reference)
-        self.reference_features = self._update(reference, real=True)
+        self.reference_features, _ = self._features(reference)
+        self._update(self.reference_features, real=True)
 
     @torch.no_grad()
-    def _update(self, images: torch.Tensor, real: bool) -> torch.Tensor:
-        """Feed `images` to the metrics in batches; return their features (N, F)."""
-        features = []
+    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier's features (N, F) and predicted labels (N,) of `images`, in batches."""
+        features, labels = [], []
         for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size]
+            batch_features = self.classifier.features(images[start : start + self.batch_size])
+            features.append(batch_features)
+            labels.append(self.classifier.head(batch_features).argmax(dim=1))
+        return torch.cat(features), torch.cat(labels)
+
+    def _update(self, features: torch.Tensor, real: bool) -> None:
+        """Feed features to the FID (and KID) states, in the same batches as before."""
+        for start in range(0, len(features), self.batch_size):
+            batch = features[start : start + self.batch_size]
             self.fid.update(batch, real=real)
             if self.kid is not None:
                 self.kid.update(batch, real=real)
-            features.append(self.classifier.features(batch))
-        return torch.cat(features)
 
     @torch.no_grad()
-    def fid_only(self, images: torch.Tensor) -> float:
-        """Just the FID-style score of `images` (N, C, H, W) in [0, 1] (cheap: for training curves)."""
+    def fid_and_labels(self, images: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """The FID-style score of `images` (N, C, H, W) in [0, 1] and their predicted labels (for
+        training curves: no KID or precision/recall)."""
+        features, labels = self._features(images)
         self.fid.reset()
-        for start in range(0, len(images), self.batch_size):
-            self.fid.update(images[start : start + self.batch_size], real=False)
-        return self.fid.compute().item()
-
-    @torch.no_grad()
-    def labels(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.classifier(images[s : s + self.batch_size]).argmax(dim=1)
-                          for s in range(0, len(images), self.batch_size)])
+        for start in range(0, len(features), self.batch_size):
+            self.fid.update(features[start : start + self.batch_size], real=False)
+        return self.fid.compute().item(), labels
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> dict[str, float]:
@@ -282,11 +288,12 @@ class Scorer:
                              f"got {len(images)}")
         self.fid.reset()
         self.kid.reset()
-        features = self._update(images, real=False)
+        features, labels = self._features(images)
+        self._update(features, real=False)
         with torch.random.fork_rng(devices=[]):  # KID draws its subsets from the global RNG
             torch.manual_seed(self.seed)
             kid_mean, kid_std = self.kid.compute()
         precision, recall = precision_recall(self.reference_features, features, self.pr_neighbours)
-        spread = class_spread(self.labels(images), self.classifier.num_classes)
+        spread = class_spread(labels, self.classifier.num_classes)
         return {"fid": self.fid.compute().item(), "kid": kid_mean.item(), "kid_std": kid_std.item(),
                 "precision": precision, "recall": recall, **spread, "sharpness": sharpness(images)}

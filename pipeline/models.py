@@ -159,8 +159,8 @@ class Classifier(nn.Module):
     """A small CNN: image (B, C, H, W) in [0, 1] -> class logits (B, num_classes).
 
     `features(x)` is the penultimate layer (B, feature_dim): the feature space in which the
-    evaluation compares sets of images, as FID uses Inception's pool layer. `num_features` is the
-    attribute torchmetrics reads from a custom feature extractor.
+    evaluation compares sets of images, as FID uses Inception's pool layer; `num_features` is its
+    size.
     """
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int, feature_dim: int):
@@ -183,13 +183,14 @@ class Classifier(nn.Module):
         return self.head(self.body(x))
 
 
-class FeatureExtractor(nn.Module):
-    """The classifier's penultimate layer as a module, the form torchmetrics' FID and KID take."""
+class Precomputed(nn.Module):
+    """An identity "feature extractor" for torchmetrics' FID and KID, which are then given features
+    (B, num_features) already computed (the Scorer computes each image's features once).
+    `num_features` is the attribute torchmetrics reads from a custom extractor."""
 
-    def __init__(self, classifier: Classifier):
+    def __init__(self, num_features: int):
         super().__init__()
-        self.classifier = classifier
-        self.num_features = classifier.num_features
+        self.num_features = num_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.features(x)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features

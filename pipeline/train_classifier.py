@@ -23,7 +23,7 @@ from pipeline.download import Splits, dataset_facts, load_splits
 from pipeline.errors import CheckpointError
 from pipeline.io import load_checkpoint, save_checkpoint, write_json
 from pipeline.models import Classifier
-from pipeline.training import check_finite, to_unit_float, write_csv
+from pipeline.training import adam, check_finite, to_unit_float, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def run(config: Config, splits: Splits, device: str) -> ClassifierResult:
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     model = Classifier(splits.image_shape, splits.num_classes, cfg.feature_dim).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    optimizer = adam(model.parameters(), lr=cfg.learning_rate)
     x_train = to_unit_float(torch.from_numpy(splits.x_train)).to(device)
     y_train = torch.from_numpy(splits.y_train).to(device)
     x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)

@@ -33,7 +33,8 @@ from pipeline.io import atomic_dir, load_checkpoint, save_checkpoint, write_json
 from pipeline.losses import discriminator_loss, generator_loss
 from pipeline.metrics import Scorer, class_spread
 from pipeline.models import VAE, Decoder, Discriminator, VAEArchitecture
-from pipeline.training import GRID_ROWS, check_finite, image_grid, in_batches, save_png, to_unit_float, write_csv
+from pipeline.training import (GRID_ROWS, adam, check_finite, image_grid, in_batches, save_png, to_unit_float,
+                               write_csv)
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,30 @@ def generator_step(discriminator, optimizer, fake: torch.Tensor) -> dict[str, fl
     return {"g_loss": loss.item()}
 
 
+def train_epoch(generator: Decoder, discriminator: Discriminator, optimizer_g, optimizer_d, x: torch.Tensor, *,
+                latent_dim: int, batch_size: int, batches: torch.Generator, epoch: int,
+                name: str = "GAN") -> dict[str, float]:
+    """One pass over `x` in shuffled batches, a discriminator step then a generator step on each,
+    with noise and order drawn from `batches`; returns the per-image mean of each step measure."""
+    totals = dict.fromkeys(MEASURES[:4], 0.0)
+    order = torch.randperm(len(x), generator=batches, device=x.device)
+    for start in range(0, len(x), batch_size):
+        real = x[order[start : start + batch_size]]
+        z = torch.randn(len(real), latent_dim, generator=batches, device=x.device)
+        fake = generator(z)
+        step = discriminator_step(discriminator, optimizer_d, real, fake.detach())
+        step |= generator_step(discriminator, optimizer_g, fake)
+        check_finite(step, epoch, name, "lower gan.learning_rate")
+        for key, value in step.items():
+            totals[key] += value * len(real)
+    return {key: total / len(x) for key, total in totals.items()}
+
+
 def sample_measures(generator: Decoder, noise: torch.Tensor, scorer: Scorer) -> dict[str, float]:
     """FID-style score and class spread of the generator's samples from the fixed `noise`."""
     images = in_batches(generator, noise)
-    return {"fid": scorer.fid_only(images), **class_spread(scorer.labels(images), scorer.classifier.num_classes)}
+    fid, labels = scorer.fid_and_labels(images)
+    return {"fid": fid, **class_spread(labels, scorer.classifier.num_classes)}
 
 
 @dataclass
@@ -119,9 +140,9 @@ def train_one(init: str, config: Config, vae: VAE, x_train: torch.Tensor, scorer
     torch.manual_seed(config.seed)
     generator = make_generator(vae, init).to(device)
     discriminator = Discriminator(vae.arch, gan.discriminator_hidden).to(device)
-    adam = {"lr": gan.learning_rate, "betas": (gan.adam_beta1, ADAM_BETA2)}
-    optimizer_g = torch.optim.Adam(generator.parameters(), **adam)
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), **adam)
+    options = {"lr": gan.learning_rate, "betas": (gan.adam_beta1, ADAM_BETA2)}
+    optimizer_g = adam(generator.parameters(), **options)
+    optimizer_d = adam(discriminator.parameters(), **options)
     batches = torch.Generator(device=device).manual_seed(config.seed)
     grid_noise = noise[: GRID_ROWS * GRID_ROWS]
     keep = set(snapshot_epochs(gan.epochs, gan.snapshots)) | {gan.epochs}
@@ -132,19 +153,9 @@ def train_one(init: str, config: Config, vae: VAE, x_train: torch.Tensor, scorer
         on_epoch(init, result.history[0])
     started = time.perf_counter()
     for epoch in tqdm(range(gan.epochs), desc=f"train_gan ({init})", unit="epoch", disable=None):
-        totals = dict.fromkeys(MEASURES[:4], 0.0)
-        order = torch.randperm(len(x_train), generator=batches, device=device)
-        for start in range(0, len(x_train), gan.batch_size):
-            real = x_train[order[start : start + gan.batch_size]]
-            z = torch.randn(len(real), vae.arch.latent_dim, generator=batches, device=device)
-            fake = generator(z)
-            step = discriminator_step(discriminator, optimizer_d, real, fake.detach())
-            step |= generator_step(discriminator, optimizer_g, fake)
-            check_finite(step, epoch, f"GAN ({init})", "lower gan.learning_rate")
-            for name, value in step.items():
-                totals[name] += value * len(real)
-        row = {"epoch": epoch + 1, **{name: total / len(x_train) for name, total in totals.items()},
-               **sample_measures(generator, noise, scorer)}
+        means = train_epoch(generator, discriminator, optimizer_g, optimizer_d, x_train, latent_dim=vae.arch.latent_dim,
+                            batch_size=gan.batch_size, batches=batches, epoch=epoch, name=f"GAN ({init})")
+        row = {"epoch": epoch + 1, **means, **sample_measures(generator, noise, scorer)}
         result.history.append(row)
         if epoch + 1 in keep:
             result.grids[epoch + 1] = image_grid(in_batches(generator, grid_noise)).cpu()
@@ -196,7 +207,7 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, device: str,
     scorer = Scorer(classifier.to(device), x_test, seed=config.seed)
     noise = torch.randn(config.gan.fid_samples, config.latent_dim,
                         generator=torch.Generator().manual_seed(config.seed)).to(device)
-    vae_prior_fid = scorer.fid_only(in_batches(vae.decoder, noise))
+    vae_prior_fid, _ = scorer.fid_and_labels(in_batches(vae.decoder, noise))
     runs = {init: train_one(init, config, vae, x_train, scorer, noise, on_epoch) for init in models_to_train(config.gan)}
     vae.cpu()
     classifier.cpu()

@@ -25,7 +25,7 @@ from pipeline.errors import CheckpointError
 from pipeline.io import load_checkpoint, save_checkpoint, write_json
 from pipeline.losses import kl_weight, vae_loss
 from pipeline.models import VAE, VAEArchitecture
-from pipeline.training import GRID_ROWS, check_finite, image_grid, save_png, to_unit_float, write_csv
+from pipeline.training import GRID_ROWS, adam, check_finite, image_grid, save_png, to_unit_float, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def run(
     torch.use_deterministic_algorithms(True, warn_only=True)
     arch = VAEArchitecture(vae.architecture, splits.image_shape, config.latent_dim, vae.hidden_dim)
     model = VAE(arch).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=vae.learning_rate)
+    optimizer = adam(model.parameters(), lr=vae.learning_rate)
     x_train = to_unit_float(torch.from_numpy(splits.x_train)).to(device)  # (N, C, H, W)
     x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed)

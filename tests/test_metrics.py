@@ -30,9 +30,9 @@ def scorer():
 
 def test_frechet_distance_of_a_set_with_itself_is_zero_and_grows_with_noise(scorer):
     reference = images(400, seed=1)
-    assert scorer.fid_only(reference) == pytest.approx(0.0, abs=1e-6)
+    assert scorer.fid_and_labels(reference)[0] == pytest.approx(0.0, abs=1e-6)
     noise = torch.randn(reference.shape, generator=torch.Generator().manual_seed(2))
-    scores = [scorer.fid_only((reference + level * noise).clamp(0, 1)) for level in (0.05, 0.2, 0.5)]
+    scores = [scorer.fid_and_labels((reference + level * noise).clamp(0, 1))[0] for level in (0.05, 0.2, 0.5)]
     assert 0 < scores[0] < scores[1] < scores[2]
 
 
