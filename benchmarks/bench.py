@@ -1,10 +1,21 @@
-"""Print the VAE's training throughput and the wall time of the default `dvc repro`.
+"""`make bench`: the pipeline's speed on this machine, one line per figure.
 
-    python benchmarks/bench_vae.py [--epochs N] [--skip-repro]
+    python benchmarks/bench.py [--epochs N] [--device auto|cpu|cuda] [--skip-repro] [--skip-scaling]
 
-Throughput: the default params.yaml (architecture, batch size, data), timed over whole epochs
-of `train_epoch` after one warm-up epoch. Repro: a copy of the project's sources in a temporary
-git repository, `dvc repro` from a clean state, then a no-op `dvc repro`. One line per figure.
+1. VAE training throughput (images/s) of the pipeline's loop (`train_vae.train_epoch`) and of a
+   reference loop written as the PyTorch VAE example writes it (a Dataset that turns one image at a
+   time into a tensor through PIL and ToTensor, a DataLoader, the example's summed loss), with the
+   same architecture, batch size, optimiser settings, data and start (the reference with torch's
+   default Adam, as the example; the pipeline's is fused); the two take turns epoch by epoch and
+   each figure is the median epoch; then both models' test negative ELBO by the same function.
+2. The same for the GAN step (`train_gan.train_epoch` against the DCGAN example's loop).
+3. The machine's float32 matrix-multiply peak and the fraction of it the VAE loop reaches, from
+   the training FLOPs per image that torch's FlopCounterMode counts.
+4. `dvc repro` of the default params from a clean copy of the project, a no-op `dvc repro`, the
+   evaluate stage alone, and each stage's peak resident memory.
+5. How the evaluation's scoring time grows with the number of images scored.
+
+Params and data are params.yaml's (the embedded digits by default).
 """
 
 from __future__ import annotations
@@ -13,50 +24,208 @@ import argparse
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import download, train_vae  # noqa: E402
-from pipeline.config import load_config, resolve_device  # noqa: E402
-from pipeline.models import VAE, VAEArchitecture  # noqa: E402
+from pipeline import download, train_gan, train_vae  # noqa: E402
+from pipeline.config import Config, load_config, resolve_device  # noqa: E402
+from pipeline.models import VAE, Decoder, Discriminator, VAEArchitecture  # noqa: E402
+from pipeline.training import adam  # noqa: E402
+
+STAGES = ("download", "train_vae", "train_classifier", "train_gan", "evaluate")
 
 
-def throughput(epochs: int) -> tuple[float, str, int]:
-    config = load_config(ROOT / "params.yaml")
-    device = resolve_device(config.device)
-    with tempfile.TemporaryDirectory() as workdir:
-        splits = download.run(config.data, config.seed, Path(workdir))
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved_epochs(loops: dict[str, object], epochs: int, device: str) -> dict[str, float]:
+    """Median seconds per epoch of each loop (a callable taking the epoch index), after one untimed
+    warm-up epoch each. The loops take turns epoch by epoch, so both meet the same machine load."""
+    for run_epoch in loops.values():
+        run_epoch(0)
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    for index in range(1, epochs + 1):
+        for name, run_epoch in loops.items():
+            synchronize(device)
+            started = time.perf_counter()
+            run_epoch(index)
+            synchronize(device)
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference loops, as the PyTorch examples write them
+
+
+class OneImageAtATime(torch.utils.data.Dataset):
+    """As torchvision's MNIST: each item is made on request, uint8 array -> PIL image -> ToTensor."""
+
+    def __init__(self, images: np.ndarray):
+        from torchvision import transforms
+
+        self.images = images[:, 0]  # (N, H, W) uint8
+        self.transform = transforms.ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index], mode="L"))
+
+
+def reference_loader(images: np.ndarray, batch_size: int, device: str) -> torch.utils.data.DataLoader:
+    cuda = {"num_workers": 1, "pin_memory": True} if device.startswith("cuda") else {}  # as the example
+    return torch.utils.data.DataLoader(OneImageAtATime(images), batch_size=batch_size, shuffle=True, **cuda)
+
+
+def reference_vae_epoch(model: VAE, optimizer, loader, device: str) -> float:
+    """pytorch/examples vae/main.py `train()`: sigmoid outputs, summed BCE + KLD per batch."""
+    model.train()
+    train_loss = 0
+    for data in loader:
+        data = data.to(device)
+        optimizer.zero_grad()
+        logits, mu, logvar = model(data)
+        bce = F.binary_cross_entropy(torch.sigmoid(logits), data, reduction="sum")
+        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        loss = bce + kld
+        loss.backward()
+        train_loss += loss.item()
+        optimizer.step()
+    return train_loss / len(loader.dataset)
+
+
+def reference_gan_epoch(generator, discriminator, optimizer_g, optimizer_d, loader, latent_dim: int,
+                        device: str) -> None:
+    """pytorch/examples dcgan/main.py's step: D on real, D on fake (detached), then G; BCE with labels."""
+    criterion = torch.nn.BCEWithLogitsLoss()
+    for real in loader:
+        real = real.to(device)
+        discriminator.zero_grad()
+        label = torch.full((len(real),), 1.0, device=device)
+        error_real = criterion(discriminator(real), label)
+        error_real.backward()
+        fake = generator(torch.randn(len(real), latent_dim, device=device))
+        label.fill_(0.0)
+        error_fake = criterion(discriminator(fake.detach()), label)
+        error_fake.backward()
+        optimizer_d.step()
+        generator.zero_grad()
+        label.fill_(1.0)
+        criterion(discriminator(fake), label).backward()
+        optimizer_g.step()
+
+
+# ---------------------------------------------------------------------------------------------
+# 1-3: training loops
+
+
+def new_vae(config: Config, splits, device: str, optimizer=adam) -> tuple[VAE, torch.optim.Optimizer]:
+    """The default VAE from the seed, with `optimizer`: the pipeline's fused Adam, or (for the
+    reference loop, as the example) torch's default Adam."""
     torch.manual_seed(config.seed)
     arch = VAEArchitecture(config.vae.architecture, splits.image_shape, config.latent_dim, config.vae.hidden_dim)
     model = VAE(arch).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.vae.learning_rate)
+    return model, optimizer(model.parameters(), lr=config.vae.learning_rate)
+
+
+def vae_figures(config: Config, splits, epochs: int, device: str) -> dict[str, float]:
+    vae = config.vae
     x = train_vae.to_unit_float(torch.from_numpy(splits.x_train)).to(device)
+    x_test = train_vae.to_unit_float(torch.from_numpy(splits.x_test)).to(device)
+    model, optimizer = new_vae(config, splits, device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-
-    def epoch(index: int) -> None:
-        train_vae.train_epoch(model, optimizer, x, batch_size=config.vae.batch_size, kind=config.vae.reconstruction,
-                              kl_scale=1.0, generator=generator, epoch=index)
-
-    epoch(0)  # warm-up: allocator, kernels
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for index in range(epochs):
-        epoch(index + 1)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return epochs * len(x) / (time.perf_counter() - started), device, config.vae.batch_size
+    reference, reference_optimizer = new_vae(config, splits, device, torch.optim.Adam)  # the same start
+    loader = reference_loader(splits.x_train, vae.batch_size, device)
+    seconds = interleaved_epochs({
+        "pipeline": lambda i: train_vae.train_epoch(model, optimizer, x, batch_size=vae.batch_size,
+                                                    kind=vae.reconstruction, kl_scale=1.0, generator=generator,
+                                                    epoch=i),
+        "reference": lambda i: reference_vae_epoch(reference, reference_optimizer, loader, device),
+    }, epochs, device)
+    return {"pipeline": len(x) / seconds["pipeline"], "reference": len(x) / seconds["reference"],
+            "pipeline_elbo": test_neg_elbo(model, x_test, config),
+            "reference_elbo": test_neg_elbo(reference, x_test, config),
+            "flops_per_image": training_flops(model, x[: vae.batch_size], vae.reconstruction) / vae.batch_size}
 
 
-def timed(command: list[str], cwd: Path) -> float:
+def test_neg_elbo(model: VAE, x_test: torch.Tensor, config: Config) -> float:
+    return train_vae.evaluate(model, x_test, batch_size=500, kind=config.vae.reconstruction, kl_scale=1.0,
+                              seed=config.seed)["neg_elbo"]
+
+
+def training_flops(model: VAE, batch: torch.Tensor, kind: str) -> float:
+    """FLOPs of one training step's forward and backward passes on `batch`, as FlopCounterMode counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.losses import vae_loss
+
+    with FlopCounterMode(display=False) as counter:
+        logits, mu, logvar = model(batch)
+        vae_loss(logits, batch, mu, logvar, kind=kind, kl_scale=1.0)["loss"].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def gan_figures(config: Config, splits, epochs: int, device: str) -> dict[str, float]:
+    gan = config.gan
+    arch = VAEArchitecture(config.vae.architecture, splits.image_shape, config.latent_dim, config.vae.hidden_dim)
+    x = train_vae.to_unit_float(torch.from_numpy(splits.x_train)).to(device)
+    steps_per_epoch = -(-len(x) // gan.batch_size)
+
+    def networks(optimizer):
+        torch.manual_seed(config.seed)
+        generator, discriminator = Decoder(arch).to(device), Discriminator(arch, gan.discriminator_hidden).to(device)
+        options = {"lr": gan.learning_rate, "betas": (gan.adam_beta1, train_gan.ADAM_BETA2)}
+        return (generator, discriminator, optimizer(generator.parameters(), **options),
+                optimizer(discriminator.parameters(), **options))
+
+    ours, theirs = networks(adam), networks(torch.optim.Adam)  # the reference's Adam as the example's
+    batches = torch.Generator(device=device).manual_seed(config.seed)
+    loader = reference_loader(splits.x_train, gan.batch_size, device)
+    seconds = interleaved_epochs({
+        "pipeline": lambda i: train_gan.train_epoch(*ours, x, latent_dim=config.latent_dim, batch_size=gan.batch_size,
+                                                    batches=batches, epoch=i),
+        "reference": lambda i: reference_gan_epoch(*theirs, loader, config.latent_dim, device),
+    }, epochs, device)
+    return {name: steps_per_epoch / epoch_seconds for name, epoch_seconds in seconds.items()}
+
+
+def matmul_peak(device: str, size: int = 2048, repeats: int = 10) -> float:
+    """Best float32 FLOP/s of a size x size matrix product over `repeats` tries."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+# ---------------------------------------------------------------------------------------------
+# 4: the pipeline under DVC
+
+
+def run_checked(command: list[str], cwd: Path) -> float:
     started = time.perf_counter()
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -64,35 +233,116 @@ def timed(command: list[str], cwd: Path) -> float:
     return time.perf_counter() - started
 
 
-def repro_times() -> tuple[float, float]:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    env_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    os.environ["PATH"] = env_path  # dvc.yaml's `python` is this one
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    with tempfile.TemporaryDirectory() as tmp:
+def peak_memory_mib(command: list[str], cwd: Path) -> float:
+    """Peak resident memory of `command` and its children, run from a fresh wrapper process."""
+    wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    result = subprocess.run([sys.executable, "-c", wrapper, *command], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+    return int(result.stdout.split()[-1]) / 1024  # Linux reports KiB
+
+
+def pipeline_figures(device: str) -> dict[str, float]:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # dvc.yaml's `python`
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
+        os.environ.pop(name, None)
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         root = Path(tmp)
         for name in files:
             if name != "dvc.lock" and (ROOT / name).is_file():
                 (root / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / name, root / name)
+        params = root / "params.yaml"
+        params.write_text(params.read_text().replace("device: auto", f"device: {device}"))
         subprocess.run(["git", "init", "-q"], cwd=root, check=True)
         dvc = [sys.executable, "-m", "dvc"]
-        return timed([*dvc, "repro"], root), timed([*dvc, "repro"], root)
+        figures["repro_clean"] = run_checked([*dvc, "repro"], root)
+        figures["repro_noop"] = run_checked([*dvc, "repro"], root)
+        figures["evaluate_alone"] = run_checked([*dvc, "repro", "--force", "--single-item", "evaluate"], root)
+        for stage in STAGES:
+            figures[f"memory_{stage}"] = peak_memory_mib([sys.executable, "-m", f"pipeline.{stage}"], root)
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------
+# 5: evaluation scaling
+
+
+def scaling_figures(config: Config, splits, device: str, sizes=(250, 500, 1000, 2000, 4000)) -> list[tuple]:
+    """Seconds to score n images (all scores, and precision/recall alone) for each n in `sizes`.
+    A freshly initialised classifier and random images: timing depends on the sizes, not the weights."""
+    from pipeline.metrics import Scorer, precision_recall
+    from pipeline.models import Classifier
+
+    classifier = Classifier(splits.image_shape, splits.num_classes, config.classifier.feature_dim).to(device).eval()
+    reference = train_vae.to_unit_float(torch.from_numpy(splits.x_test)).to(device)
+    scorer = Scorer(classifier, reference, seed=config.seed, kid_subset_size=config.evaluate.kid_subset_size,
+                    pr_neighbours=config.evaluate.pr_neighbours)
+    rows = []
+    for n in sizes:
+        images = torch.rand(n, *splits.image_shape, generator=torch.Generator().manual_seed(n)).to(device)
+        started = time.perf_counter()
+        scorer.score(images)
+        synchronize(device)
+        total = time.perf_counter() - started
+        features = torch.randn(n, config.classifier.feature_dim, device=device)
+        started = time.perf_counter()
+        precision_recall(scorer.reference_features, features, config.evaluate.pr_neighbours)
+        synchronize(device)
+        rows.append((n, total, time.perf_counter() - started))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs for the throughput")
-    parser.add_argument("--skip-repro", action="store_true", help="only measure throughput")
+    parser.add_argument("--epochs", type=int, default=15, help="timed epochs of each training loop (default 15)")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: params.yaml's)")
+    parser.add_argument("--skip-repro", action="store_true", help="leave out the dvc repro figures")
+    parser.add_argument("--skip-scaling", action="store_true", help="leave out the evaluation scaling")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    images_per_s, device, batch_size = throughput(args.epochs)
-    print(f"vae_train_throughput: {images_per_s:,.0f} images/s (device {device}, batch {batch_size}, {args.epochs} epochs)")
+
+    config = load_config(ROOT / "params.yaml")
+    device = resolve_device(args.device or config.device)
+    with tempfile.TemporaryDirectory() as workdir:
+        splits = download.run(config.data, config.seed, Path(workdir))
+    cpu = platform.processor() or platform.machine()
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""
+    print(f"machine: {cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"device {device}")
+
+    vae = vae_figures(config, splits, args.epochs, device)
+    print(f"vae_images_per_s: {vae['pipeline']:,.0f} (pipeline loop, batch {config.vae.batch_size}, "
+          f"{config.vae.architecture} hidden {config.vae.hidden_dim}; median of {args.epochs} epochs)")
+    print(f"vae_reference_images_per_s: {vae['reference']:,.0f} (PyTorch VAE example's loop, same model and batch)")
+    print(f"vae_speedup: {vae['pipeline'] / vae['reference']:.2f}x")
+    print(f"vae_test_neg_elbo: pipeline {vae['pipeline_elbo']:.2f}, reference {vae['reference_elbo']:.2f} "
+          f"(nats per image after {args.epochs + 1} epochs each)")
+    gan = gan_figures(config, splits, args.epochs, device)
+    print(f"gan_steps_per_s: {gan['pipeline']:,.1f} (pipeline loop, batch {config.gan.batch_size})")
+    print(f"gan_reference_steps_per_s: {gan['reference']:,.1f} (PyTorch DCGAN example's loop, same networks)")
+    print(f"gan_speedup: {gan['pipeline'] / gan['reference']:.2f}x")
+    peak = matmul_peak(device)
+    achieved = vae["pipeline"] * vae["flops_per_image"]
+    print(f"matmul_peak_gflops: {peak / 1e9:,.1f} (float32, 2048 x 2048)")
+    print(f"vae_training_flops_per_image: {vae['flops_per_image'] / 1e6:.2f} M (forward + backward)")
+    print(f"vae_fraction_of_peak: {achieved / peak:.1%} ({achieved / 1e9:,.1f} GFLOP/s)")
+
     if not args.skip_repro:
-        clean, noop = repro_times()
-        print(f"dvc_repro_clean_s: {clean:.1f} (download + train_vae + MLflow record, default params.yaml)")
-        print(f"dvc_repro_noop_s: {noop:.2f}")
+        figures = pipeline_figures(device)
+        print(f"dvc_repro_clean_s: {figures['repro_clean']:.1f} (all five stages and the MLflow record, "
+              "default params)")
+        print(f"dvc_repro_noop_s: {figures['repro_noop']:.2f}")
+        print(f"evaluate_alone_s: {figures['evaluate_alone']:.1f} (dvc repro --force --single-item evaluate)")
+        for stage in STAGES:
+            print(f"peak_memory_{stage}_mib: {figures[f'memory_{stage}']:,.0f}")
+    if not args.skip_scaling:
+        for n, total, pr in scaling_figures(config, splits, device):
+            print(f"evaluate_scoring_s[n={n}]: {total:.2f} (per 1000 images {1000 * total / n:.2f}; "
+                  f"precision/recall alone {pr:.3f})")
 
 
 if __name__ == "__main__":
