@@ -21,7 +21,7 @@ test: $(VENV)/.installed  ## run the test suite
 	python -m pytest
 
 bench: $(VENV)/.installed  ## print training throughput and pipeline wall times
-	python benchmarks/bench_vae.py
+	python benchmarks/bench.py
 
 study: $(VENV)/.installed  ## GAN from the decoder vs from scratch vs VAE samples, over seeds 0-2 (about 3 minutes)
 	python benchmarks/gan_from_decoder.py
