@@ -1,6 +1,6 @@
 """`make bench`: the pipeline's speed on this machine, one line per figure.
 
-    python benchmarks/bench.py [--epochs N] [--device auto|cpu|cuda] [--skip-repro] [--skip-scaling]
+    python benchmarks/bench.py [--epochs N] [--device auto|cpu|cuda] [--params FILE] [--skip-repro] [--skip-scaling]
 
 1. VAE training throughput (images/s) of the pipeline's loop (`train_vae.train_epoch`) and of a
    reference loop written as the PyTorch VAE example writes it (a Dataset that turns one image at a
@@ -15,7 +15,7 @@
    evaluate stage alone, and each stage's peak resident memory.
 5. How the evaluation's scoring time grows with the number of images scored.
 
-Params and data are params.yaml's (the embedded digits by default).
+Params and data are params.yaml's (the embedded digits by default), or those of `--params`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -243,7 +244,7 @@ def peak_memory_mib(command: list[str], cwd: Path) -> float:
     return int(result.stdout.split()[-1]) / 1024  # Linux reports KiB
 
 
-def pipeline_figures(device: str) -> dict[str, float]:
+def pipeline_figures(device: str, params_file: Path) -> dict[str, float]:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # dvc.yaml's `python`
@@ -256,8 +257,8 @@ def pipeline_figures(device: str) -> dict[str, float]:
             if name != "dvc.lock" and (ROOT / name).is_file():
                 (root / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / name, root / name)
-        params = root / "params.yaml"
-        params.write_text(params.read_text().replace("device: auto", f"device: {device}"))
+        params = yaml.safe_load(params_file.read_text())
+        (root / "params.yaml").write_text(yaml.safe_dump({**params, "device": device}, sort_keys=False))
         subprocess.run(["git", "init", "-q"], cwd=root, check=True)
         dvc = [sys.executable, "-m", "dvc"]
         figures["repro_clean"] = run_checked([*dvc, "repro"], root)
@@ -301,11 +302,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=15, help="timed epochs of each training loop (default 15)")
     parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: params.yaml's)")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--skip-repro", action="store_true", help="leave out the dvc repro figures")
     parser.add_argument("--skip-scaling", action="store_true", help="leave out the evaluation scaling")
     args = parser.parse_args()
 
-    config = load_config(ROOT / "params.yaml")
+    config = load_config(args.params)
     device = resolve_device(args.device or config.device)
     with tempfile.TemporaryDirectory() as workdir:
         splits = download.run(config.data, config.seed, Path(workdir))
@@ -332,7 +334,7 @@ def main() -> None:
     print(f"vae_fraction_of_peak: {achieved / peak:.1%} ({achieved / 1e9:,.1f} GFLOP/s)")
 
     if not args.skip_repro:
-        figures = pipeline_figures(device)
+        figures = pipeline_figures(device, args.params)
         print(f"dvc_repro_clean_s: {figures['repro_clean']:.1f} (all five stages and the MLflow record, "
               "default params)")
         print(f"dvc_repro_noop_s: {figures['repro_noop']:.2f}")

@@ -1,6 +1,6 @@
 """Does the GAN started from the VAE decoder beat the VAE's prior samples, sooner than from scratch?
 
-    python benchmarks/gan_from_decoder.py [--seeds 0 1 2]      (make study)
+    python benchmarks/gan_from_decoder.py [--seeds 0 1 2] [--params FILE]      (make study)
 
 For each seed, the whole chain with the default params.yaml except the seed, in process (no MLflow,
 no files): split, VAE, classifier, both GANs, evaluation. One line per seed: the FID-style scores
@@ -24,8 +24,8 @@ from pipeline import download, evaluate, train_classifier, train_gan, train_vae 
 from pipeline.config import load_config, resolve_device  # noqa: E402
 
 
-def one_seed(seed: int) -> dict:
-    config = dataclasses.replace(load_config(ROOT / "params.yaml"), seed=seed)
+def one_seed(seed: int, params: Path) -> dict:
+    config = dataclasses.replace(load_config(params), seed=seed)
     device = resolve_device(config.device)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
@@ -34,8 +34,8 @@ def one_seed(seed: int) -> dict:
     classifier = train_classifier.run(config, splits, device)
     runs, vae_prior_fid = train_gan.run(config, splits, vae, classifier.model, device)
     gan = train_gan.summary(runs, vae_prior_fid)
-    generators = {init: result.generator for init, result in runs.items()}
-    scores = evaluate.run(config, splits, vae, classifier.model, generators, device,
+    gans = {init: (result.generator, result.discriminator) for init, result in runs.items()}
+    scores = evaluate.run(config, splits, vae, classifier.model, gans, device,
                           config.vae.reconstruction).metrics["scores"]
     return {"seed": seed, "accuracy": classifier.final["test_accuracy"],
             **{f"fid_{name}": scores[name]["fid"] for name in ("real_train", "vae_prior", "gan_decoder", "gan_scratch")},
@@ -47,14 +47,15 @@ def one_seed(seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args()
-    config = load_config(ROOT / "params.yaml")
+    config = load_config(args.params)
     print(f"default params ({config.data.name}, latent_dim {config.latent_dim}, vae.epochs {config.vae.epochs}, "
           f"gan.epochs {config.gan.epochs}), FID-style scores from `evaluate` (lower is better)")
     print("seed  classifier_acc  fid_real_train  fid_vae_prior  fid_gan_decoder  fid_gan_scratch  "
           "epochs_to_beat_vae(decoder)  epochs_to_beat_vae(scratch)  seconds")
     for seed in args.seeds:
-        r = one_seed(seed)
+        r = one_seed(seed, args.params)
         never = "never"
         print(f"{r['seed']:>4}  {r['accuracy']:>14.4f}  {r['fid_real_train']:>14.2f}  {r['fid_vae_prior']:>13.2f}  "
               f"{r['fid_gan_decoder']:>15.2f}  {r['fid_gan_scratch']:>15.2f}  "
