@@ -260,12 +260,12 @@ class Scorer:
             labels.append(self.classifier.head(batch_features).argmax(dim=1))
         return torch.cat(features), torch.cat(labels)
 
-    def _update(self, features: torch.Tensor, real: bool) -> None:
-        """Feed features to the FID (and KID) states, in the same batches as before."""
+    def _update(self, features: torch.Tensor, real: bool, kid: bool = True) -> None:
+        """Feed features to the FID state (and the KID state, if any and `kid`), in batches."""
         for start in range(0, len(features), self.batch_size):
             batch = features[start : start + self.batch_size]
             self.fid.update(batch, real=real)
-            if self.kid is not None:
+            if kid and self.kid is not None:
                 self.kid.update(batch, real=real)
 
     @torch.no_grad()
@@ -274,8 +274,7 @@ class Scorer:
         training curves: no KID or precision/recall)."""
         features, labels = self._features(images)
         self.fid.reset()
-        for start in range(0, len(features), self.batch_size):
-            self.fid.update(features[start : start + self.batch_size], real=False)
+        self._update(features, real=False, kid=False)
         return self.fid.compute().item(), labels
 
     @torch.no_grad()
