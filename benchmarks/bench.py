@@ -39,12 +39,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import download, train_gan, train_vae  # noqa: E402
+from pipeline import download, paths, train_gan, train_vae  # noqa: E402
 from pipeline.config import Config, load_config, resolve_device  # noqa: E402
-from pipeline.models import VAE, Decoder, Discriminator, VAEArchitecture  # noqa: E402
+from pipeline.models import VAE, Decoder, Discriminator  # noqa: E402
 from pipeline.training import adam  # noqa: E402
-
-STAGES = ("download", "train_vae", "train_classifier", "train_gan", "evaluate")
 
 
 def synchronize(device: str) -> None:
@@ -141,8 +139,7 @@ def new_vae(config: Config, splits, device: str, optimizer=adam) -> tuple[VAE, t
     """The default VAE from the seed, with `optimizer`: the pipeline's fused Adam, or (for the
     reference loop, as the example) torch's default Adam."""
     torch.manual_seed(config.seed)
-    arch = VAEArchitecture(config.vae.architecture, splits.image_shape, config.latent_dim, config.vae.hidden_dim)
-    model = VAE(arch).to(device)
+    model = VAE(train_vae.architecture(config, splits.image_shape)).to(device)
     return model, optimizer(model.parameters(), lr=config.vae.learning_rate)
 
 
@@ -186,7 +183,7 @@ def training_flops(model: VAE, batch: torch.Tensor, kind: str) -> float:
 
 def gan_figures(config: Config, splits, epochs: int, device: str) -> dict[str, float]:
     gan = config.gan
-    arch = VAEArchitecture(config.vae.architecture, splits.image_shape, config.latent_dim, config.vae.hidden_dim)
+    arch = train_vae.architecture(config, splits.image_shape)
     x = train_vae.to_unit_float(torch.from_numpy(splits.x_train)).to(device)
     steps_per_epoch = -(-len(x) // gan.batch_size)
 
@@ -264,7 +261,7 @@ def pipeline_figures(device: str, params_file: Path) -> dict[str, float]:
         figures["repro_clean"] = run_checked([*dvc, "repro"], root)
         figures["repro_noop"] = run_checked([*dvc, "repro"], root)
         figures["evaluate_alone"] = run_checked([*dvc, "repro", "--force", "--single-item", "evaluate"], root)
-        for stage in STAGES:
+        for stage in paths.STAGES:
             figures[f"memory_{stage}"] = peak_memory_mib([sys.executable, "-m", f"pipeline.{stage}"], root)
     return figures
 
@@ -339,7 +336,7 @@ def main() -> None:
               "default params)")
         print(f"dvc_repro_noop_s: {figures['repro_noop']:.2f}")
         print(f"evaluate_alone_s: {figures['evaluate_alone']:.1f} (dvc repro --force --single-item evaluate)")
-        for stage in STAGES:
+        for stage in paths.STAGES:
             print(f"peak_memory_{stage}_mib: {figures[f'memory_{stage}']:,.0f}")
     if not args.skip_scaling:
         for n, total, pr in scaling_figures(config, splits, device):

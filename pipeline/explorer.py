@@ -210,7 +210,6 @@ def as_picture(images: torch.Tensor) -> np.ndarray:
 # Training: one DVC experiment at a time
 
 JOB_DIR = Path(".dvc/tmp/explorer")
-STAGES = ("download", "train_vae", "train_classifier", "train_gan", "evaluate")  # dvc.yaml's order
 # The params the Train page offers; other params come from params.yaml.
 TRAINABLE = ("latent_dim", "seed", "vae.epochs", "vae.beta", "gan.epochs")
 
@@ -329,9 +328,9 @@ def progress(log: str, gan_inits: int = 2) -> tuple[float, str]:
     if not events:
         return 0.0, "starting"
     _, stage, running = events[-1]
-    done = STAGES.index(stage) + (0 if running else 1) if stage in STAGES else 0
+    done = paths.STAGES.index(stage) + (0 if running else 1) if stage in paths.STAGES else 0
     if not running:
-        return done / len(STAGES), f"{stage} up to date"
+        return done / len(paths.STAGES), f"{stage} up to date"
     inside = 0.0
     epochs = [m for m in EPOCH_LINE.finditer(log, events[-1][0]) if m.group(1) == stage]
     activity = stage
@@ -342,7 +341,7 @@ def progress(log: str, gan_inits: int = 2) -> tuple[float, str]:
         part = (len(inits_seen) - 1 + step / total) / gan_inits if stage == "train_gan" else step / total
         inside = min(part, 1.0)
         activity = f"{stage}{' (' + last.group(2) + ')' if last.group(2) else ''}: epoch {step}/{total}"
-    return (done + inside) / len(STAGES), activity
+    return (done + inside) / len(paths.STAGES), activity
 
 
 def training_status() -> TrainingStatus:

@@ -106,8 +106,7 @@ def run(
     vae = config.vae
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    arch = VAEArchitecture(vae.architecture, splits.image_shape, config.latent_dim, vae.hidden_dim)
-    model = VAE(arch).to(device)
+    model = VAE(architecture(config, splits.image_shape)).to(device)
     optimizer = adam(model.parameters(), lr=vae.learning_rate)
     x_train = to_unit_float(torch.from_numpy(splits.x_train)).to(device)  # (N, C, H, W)
     x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)
@@ -159,6 +158,11 @@ def reconstruction_grid(model: VAE, images: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoint
+
+
+def architecture(config: Config, image_shape: tuple[int, int, int]) -> VAEArchitecture:
+    """The VAE's architecture for `config` and images of `image_shape`."""
+    return VAEArchitecture(config.vae.architecture, image_shape, config.latent_dim, config.vae.hidden_dim)
 
 
 def checkpoint_config(config: Config, arch: VAEArchitecture, data_hash: str) -> dict:

@@ -24,6 +24,7 @@ def test_dvc_yaml_declares_every_path_the_stages_write_and_only_known_params():
         entries = dvc[stage].get("outs", []) + dvc[stage].get("metrics", []) + dvc[stage].get("plots", [])
         return {next(iter(e)) if isinstance(e, dict) else e for e in entries}
 
+    assert tuple(dvc) == paths.STAGES
     assert declared("download") == {str(paths.SPLITS), str(paths.FACTS)}
     assert declared("train_vae") == {str(p) for p in (paths.VAE_CHECKPOINT, paths.VAE_RUN, paths.VAE_METRICS,
                                                        paths.VAE_HISTORY, paths.VAE_SAMPLES, paths.VAE_RECONSTRUCTIONS)}
