@@ -5,20 +5,34 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, Terminated
 
 
 def run_command(name: str, main: Callable[[], None]) -> None:
-    """Run `main`; report a PipelineError without a traceback and exit 2."""
+    """Run `main`; report a PipelineError without a traceback and exit 2. Ctrl-C (exit 130) and
+    SIGTERM (exit 143) unwind the stack, so the `with` blocks on the way out remove temporary
+    files and end the MLflow row as KILLED, and are reported in one line."""
     logging.basicConfig(level=logging.INFO, format=f"{name}: %(message)s")
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         main()
     except PipelineError as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except Terminated:
+        print(f"{name}: terminated", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:

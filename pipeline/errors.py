@@ -19,3 +19,8 @@ class TrainingDiverged(PipelineError):
 
 class TrackingError(PipelineError):
     """The MLflow tracking store could not be used."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread (see pipeline.cli) so a stage unwinds as on Ctrl-C.
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it."""

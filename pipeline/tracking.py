@@ -21,6 +21,12 @@ One row per result
     upstream stages' metrics and tags, so each row always shows a complete result. A `dvc repro`
     that changes nothing runs no stage and so creates no row.
 
+    Interrupted stages: Ctrl-C (SIGINT) or SIGTERM ends the stage's row as KILLED (see
+    `pipeline.cli`). A process killed outright (SIGKILL, a power cut) cannot: its row stays
+    RUNNING, with the tags `pipeline.host` and `pipeline.pid` of the process that held it. The
+    next stage that records into the same experiment from the same machine marks such rows
+    KILLED once that process is gone (`close_abandoned`).
+
     The tag `pipeline.stages` lists the stages recorded in a row, in order. Each stage's metrics
     are named `<prefix>/<name>` (prefixes in STAGE_METRIC_PREFIX), which is how a new row knows
     which metrics to copy.
@@ -32,13 +38,14 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, flatten
-from pipeline.errors import TrackingError
+from pipeline.errors import Terminated, TrackingError
 from pipeline.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -167,6 +174,8 @@ def context_tags(stage: str) -> dict[str, str]:
                                    ".", ":!params.yaml", ":!dvc.lock"))).lower(),
         "dvc.exp_name": dvc_exp_name(),
         "pipeline.threads": str(torch.get_num_threads()),
+        "pipeline.host": socket.gethostname(),
+        "pipeline.pid": str(os.getpid()),
     }
     if os.environ.get("DVC_EXP_BASELINE_REV"):
         tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
@@ -176,6 +185,32 @@ def context_tags(stage: str) -> dict[str, str]:
 def run_name(config: Config) -> str:
     """A result row's name: `vae-gan-ld<latent_dim>-<DVC experiment name or 'workspace'>`."""
     return f"vae-gan-ld{config.latent_dim}-{dvc_exp_name()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def close_abandoned(client, experiment_id: str) -> list[str]:
+    """Mark KILLED the experiment's RUNNING rows that a process on this machine held and that
+    process is gone (killed without a chance to end its row); returns their ids. Rows of other
+    machines, and of live processes (a queue worker running now), are left alone."""
+    host = socket.gethostname()
+    closed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        pid = run.data.tags.get("pipeline.pid", "")
+        if run.data.tags.get("pipeline.host") == host and pid.isdigit() and not _process_alive(int(pid)):
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("MLflow row %s was left RUNNING by process %s, which is gone: marked KILLED",
+                        run.info.run_id, pid)
+            closed.append(run.info.run_id)
+    return closed
 
 
 def _recorded_stages(run) -> list[str]:
@@ -232,6 +267,7 @@ def stage_run(
     params = {key: str(value) for key, value in (params or flatten(config)).items()}
     try:
         experiment_id = ensure_experiment(experiment)
+        close_abandoned(client, experiment_id)
         upstream = client.get_run(upstream_run_id) if upstream_run_id else None
     except mlflow.exceptions.MlflowException as error:
         if upstream_run_id and "not found" in str(error).lower():
@@ -254,7 +290,11 @@ def stage_run(
             mlflow.set_tag("pipeline.forked_from", upstream.info.run_id)
         mlflow.set_tags(context_tags(stage))
         mlflow.log_params({k: v for k, v in params.items() if k not in active.data.params})
-        yield active
+        try:
+            yield active
+        except (KeyboardInterrupt, Terminated):  # Ctrl-C, or SIGTERM (see pipeline.cli)
+            mlflow.end_run("KILLED")
+            raise
         mlflow.set_tag(STAGES_TAG, ",".join([*stages, stage]))
         mlflow.set_tag(f"{SOURCE_TAG}{stage}", active.info.run_id)
 
