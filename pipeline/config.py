@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,11 @@ def _parse(cls: type, raw: Any, prefix: str) -> Any:
 def parse_config(raw: Any) -> Config:
     """Validate a params mapping (as read from params.yaml) into a Config, or raise ConfigError."""
     config = _parse(Config, raw, "")
+    if "@" in urllib.parse.urlsplit(config.data.mirror).netloc:
+        # Params are recorded in MLflow, DVC and git: a password there would be published with them.
+        raise ConfigError("params.yaml: data.mirror holds a user name or password, and params are recorded in "
+                          f"MLflow and git; put the credentials in ~/.netrc, or the URL in {MIRROR_VARIABLE} "
+                          "(not recorded)")
     resolve_device(config.device)
     return config
 
@@ -232,6 +238,7 @@ def resolve_device(name: str) -> str:
 
 
 THREADS_VARIABLE = "PIPELINE_THREADS"
+MIRROR_VARIABLE = "PIPELINE_DATA_MIRROR"  # a data mirror's URL, used when data.mirror is empty; not recorded
 
 
 def thread_limit(environ: dict[str, str]) -> int | None:

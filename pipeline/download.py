@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import paths
-from pipeline.config import Config, DataConfig, flatten, load_config
-from pipeline.errors import DataError
+from pipeline.config import MIRROR_VARIABLE, Config, DataConfig, flatten, load_config
+from pipeline.errors import DataError, without_credentials
 from pipeline.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
 EMBEDDED = "mnist5k"
-MIRROR_ENV = "PIPELINE_DATA_MIRROR"
 DOWNLOAD_TIMEOUT_S = 30  # per connection attempt; an unreachable mirror should fail, not hang
 
 
@@ -151,13 +150,13 @@ def download_torchvision(name: str, mirror: str, root: Path) -> tuple[np.ndarray
         train = dataset_class(str(root), train=True, download=True)
         test = dataset_class(str(root), train=False, download=False)
     except (RuntimeError, urllib.error.URLError, OSError) as error:
-        raise DataError(
+        raise DataError(without_credentials(
             f"could not download {name!r} from {' or '.join(mirrors)} (files checked against "
             f"torchvision's MD5 checksums).\n{str(error).strip()}\n"
             f"Without network access use the embedded digits: `dvc exp run -S data.name={EMBEDDED}` "
             f"(or set data.name: {EMBEDDED} in params.yaml). With a local copy or a proxy, set "
-            f"data.mirror (or {MIRROR_ENV}) to the URL of the folder holding the files."
-        ) from None
+            f"data.mirror (or {MIRROR_VARIABLE}) to the URL of the folder holding the files."
+        )) from None
     finally:
         socket.setdefaulttimeout(previous_timeout)
     def as_images(data) -> np.ndarray:  # (N, H, W) tensor -> (N, 1, H, W) uint8
@@ -188,7 +187,7 @@ def run(cfg: DataConfig, seed: int, workdir: Path) -> Splits:
         x_train, y_train, x_test, y_test = images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
     else:
         # These datasets come with an official split; data.test_fraction does not apply.
-        mirror = cfg.mirror or os.environ.get(MIRROR_ENV, "")
+        mirror = cfg.mirror or os.environ.get(MIRROR_VARIABLE, "")
         x_train, y_train, x_test, y_test = download_torchvision(cfg.name, mirror, workdir)
         train_idx = limit_per_class(y_train, cfg.max_per_class, seed)
         test_idx = limit_per_class(y_test, cfg.max_per_class, seed)

@@ -1,5 +1,15 @@
 """Errors a user can act on. Stages report them as one clear message and exit non-zero."""
 
+import re
+
+# The user-information part of a URL: `scheme://user:password@host` -> `scheme://***@host`.
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def without_credentials(text: str) -> str:
+    """`text` with any URL's user name and password replaced by ***, for messages and logs."""
+    return _CREDENTIALS.sub("***@", text)
+
 
 class PipelineError(Exception):
     """Base class: the message says what went wrong and what to do about it."""

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, flatten
-from pipeline.errors import Terminated, TrackingError
+from pipeline.errors import Terminated, TrackingError, without_credentials
 from pipeline.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,12 @@ def check_server() -> None:
                                 max_retries=0, timeout=SERVER_TIMEOUT_S, json={"max_results": 1})
     except Exception as error:  # MLflow wraps requests' errors: refused, timed out, unknown host
         reason = re.search(r"\[Errno -?\d+\][^\"')]*|[Rr]ead timed out|timed out", str(error))
-        raise TrackingError(f"MLflow tracking server {uri} is unreachable "
+        raise TrackingError(f"MLflow tracking server {without_credentials(uri)} is unreachable "
                             f"({reason.group(0) if reason else type(error).__name__}); start it, or unset "
                             "MLFLOW_TRACKING_URI to record into the local store") from None
     if response.status_code != 200:
-        raise TrackingError(f"MLflow tracking server {uri} answered HTTP {response.status_code}: {response.text[:200]}")
+        raise TrackingError(f"MLflow tracking server {without_credentials(uri)} answered HTTP {response.status_code}: "
+                            f"{without_credentials(response.text[:200])}")
 
 
 def local_store(uri: str) -> Path | None:
@@ -247,6 +248,27 @@ def _copy_upstream(client, source, target_id: str, stage: str) -> list[str]:
     return kept
 
 
+def unusable_store(error: Exception) -> TrackingError:
+    """The error for a store that refused a read or write, with the database's own reason
+    (`attempt to write a readonly database`, say) rather than MLflow's whole SQL dump."""
+    text = without_credentials(str(error))
+    reason = re.search(r"\((?:sqlite3|psycopg2|pymysql)\.\w+\) ([^\n]+)", text)
+    return TrackingError(f"MLflow store {without_credentials(tracking_uri())} could not be used: "
+                         f"{reason.group(1) if reason else text.splitlines()[0][:300]}")
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Silence one logger for the block (MLflow logs a database error's traceback before raising
+    it; the stage reports it once, as a TrackingError)."""
+    previous = logging.getLogger(logger).level
+    logging.getLogger(logger).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.getLogger(logger).setLevel(previous)
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -274,13 +296,17 @@ def stage_run(
             log.warning("upstream MLflow run %s is not in %s; starting a new row", upstream_run_id, tracking_uri())
             upstream = None
         else:
-            raise TrackingError(f"MLflow store {tracking_uri()} could not be used: {error}") from None
+            raise unusable_store(error) from None
 
     adding = upstream is not None and _can_add_to(upstream, stage, params)
-    if adding:
-        active = mlflow.start_run(run_id=upstream.info.run_id)
-    else:
-        active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+    try:
+        with _quiet("mlflow.store.db.utils"):
+            if adding:
+                active = mlflow.start_run(run_id=upstream.info.run_id)
+            else:
+                active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+    except mlflow.exceptions.MlflowException as error:  # a read-only store, say: nothing was recorded
+        raise unusable_store(error) from None
     # Everything from here on is inside the run's block, so a failure marks the run FAILED
     # rather than leaving it RUNNING and half-copied.
     with active:

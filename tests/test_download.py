@@ -142,7 +142,7 @@ def test_download_stage_uses_the_mirror_from_the_environment(served_mnist, proje
     url, _, arrays = served_mnist
     project.write_params({"data": {"name": "mnist", "max_per_class": 0}})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.store}")
-    monkeypatch.setenv(download.MIRROR_ENV, url)
+    monkeypatch.setenv(download.MIRROR_VARIABLE, url)
     download.main()
     splits = load_splits(project.root / "outputs/data/splits.npz")
     assert np.array_equal(splits.x_train[:, 0], arrays["train"][0])

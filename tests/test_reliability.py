@@ -1,20 +1,179 @@
-"""Interrupted stages (issue 9, faults): Ctrl-C, SIGTERM and SIGKILL in the middle of a stage
-leave no output of it, its MLflow row ends KILLED (at once, or at the next stage's start when the
-process could not end it itself), and the next run succeeds."""
+"""Bad input and faults: every refusal says what is wrong, exits non-zero and writes nothing.
+
+Bad input: each case below runs one stage, as DVC would, on a tiny project whose earlier stages
+have run, and checks the exit code (2), the message, that no output changed and that no MLflow
+row was added. Cases: params (wrong type, out of range, a typo with its nearest key, unknown
+dataset and architecture, CUDA without CUDA, credentials in data.mirror), data (missing,
+truncated, checksum mismatch, wrong shape, wrong dtype/range, a class missing from a split),
+checkpoints (missing, truncated, foreign, a pickle that would run code, another latent_dim),
+MLflow (unreachable server, with its password kept out of the message; read-only store).
+
+Faults: Ctrl-C, SIGTERM and SIGKILL in the middle of a stage leave no output of it, its MLflow
+row ends KILLED (at once, or at the next stage's start when the process could not end it
+itself), and the next run succeeds. (Divergence: test_train_vae and test_train_gan; concurrent
+queue workers: test_dvc_pipeline; bit-identical reruns: test_evaluate and the case below.)
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from conftest import OUTSIDE_VARIABLES, REPO, mlflow_runs
+from conftest import OUTSIDE_VARIABLES, REPO, UP_TO_GAN, Project, free_port, mlflow_runs, tiny_project
+from pipeline import paths
 
 LONG = {"vae": {"epochs": 100_000}}  # a training still running when the signal comes
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory) -> Project:
+    """A tiny project whose stages up to the GAN have run (no MLflow server variables)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in OUTSIDE_VARIABLES:
+            patch.delenv(name, raising=False)
+        return tiny_project(tmp_path_factory.mktemp("upstream"), UP_TO_GAN)
+
+
+def state(project: Project) -> tuple[dict, int]:
+    files = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in (project.root / "outputs").rglob("*")}
+    return files, len(project.runs())
+
+
+@contextlib.contextmanager
+def replaced(path: Path, damage):
+    """`damage(path)` for the block; the file's bytes are put back afterwards."""
+    original = path.read_bytes()
+    try:
+        damage(path)
+        yield
+    finally:
+        path.write_bytes(original)
+
+
+def rewrite_splits(change):
+    def damage(path: Path) -> None:
+        with np.load(path) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+        change(arrays)
+        with open(path, "wb") as handle:
+            np.savez(handle, **arrays)
+    return damage
+
+
+def drop_class_9(arrays: dict) -> None:
+    keep = arrays["y_test"] != 9
+    arrays["x_test"], arrays["y_test"] = arrays["x_test"][keep], arrays["y_test"][keep]
+
+
+class RunsCode:
+    """Unpickling this would create the file `marker`: what weights_only loading must refuse."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+SPLITS, VAE = paths.SPLITS, paths.VAE_CHECKPOINT
+BAD_INPUT = {
+    # case: (stage, params override, damaged file and damage, message)
+    "params: wrong type": ("train_vae", {"vae": {"epochs": "many"}}, None,
+                           "vae.epochs = 'many' is not allowed; expected an integer >= 1"),
+    "params: out of range": ("train_vae", {"latent_dim": 0}, None, "latent_dim = 0 is not allowed"),
+    "params: typo": ("train_vae", {"latent_dm": 8}, None, "unknown key 'latent_dm'; did you mean 'latent_dim'?"),
+    "params: unknown dataset": ("download", {"data": {"name": "cifar10"}}, None,
+                                "data.name = 'cifar10' is not allowed; expected one of: mnist5k"),
+    "params: unknown architecture": ("train_vae", {"vae": {"architecture": "transformer"}}, None,
+                                     "vae.architecture = 'transformer' is not allowed; expected one of: mlp, conv"),
+    "params: cuda without CUDA": ("train_vae", {"device": "cuda"}, None, "this machine has no CUDA device"),
+    "params: password in data.mirror": ("download", {"data": {"name": "mnist", "mirror": "https://me:s3cret@host/"}},
+                                        None, "data.mirror holds a user name or password"),
+    "data: missing": ("train_vae", None, (SPLITS, Path.unlink), "does not exist; run `dvc repro download` first"),
+    "data: truncated": ("train_vae", None, (SPLITS, lambda p: p.write_bytes(p.read_bytes()[:1000])),
+                        "could not be read"),
+    "data: wrong shape": ("train_vae", None, (SPLITS, rewrite_splits(lambda a: a.update(x_train=a["x_train"][:, 0]))),
+                          "expected uint8 images of shape (N, C, H, W)"),
+    "data: wrong value range": ("train_vae", None,
+                                (SPLITS, rewrite_splits(lambda a: a.update(x_train=a["x_train"] / 255.0))),
+                                "expected uint8 images"),
+    "data: a class missing from a split": ("train_vae", None, (SPLITS, rewrite_splits(drop_class_9)),
+                                           "test split has no images of class(es) [9]"),
+    "checkpoint: missing": ("train_gan", None, (VAE, Path.unlink), "does not exist; run `dvc repro train_vae` first"),
+    "checkpoint: truncated": ("train_gan", None, (VAE, lambda p: p.write_bytes(p.read_bytes()[:500])),
+                              "could not be read as a checkpoint"),
+    "checkpoint: foreign": ("train_gan", None, (VAE, lambda p: p.write_bytes(paths.CLASSIFIER_CHECKPOINT.read_bytes())),
+                            "is not a vae checkpoint; rerun `dvc repro -f train_vae`"),
+    "checkpoint: runs code when unpickled": ("train_gan", None, (VAE, lambda p: torch.save(RunsCode("pwned"), p)),
+                                             "could not be read as a checkpoint"),
+    "checkpoint: another latent_dim": ("train_gan", {"latent_dim": 8}, None,
+                                       "has latent_dim 4 but params.yaml says 8; rerun `dvc repro train_vae`"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_refused_with_its_message_and_nothing_written(upstream, monkeypatch, case):
+    stage, override, damaged, message = BAD_INPUT[case]
+    if "CUDA" in case and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(upstream.root)
+    upstream.write_params(override)
+    damage = replaced(upstream.root / damaged[0], damaged[1]) if damaged else contextlib.nullcontext()
+    try:
+        with damage:
+            before = state(upstream)
+            result = upstream.stage(stage, check=False)
+            assert state(upstream) == before  # no output written, no MLflow row added
+    finally:
+        upstream.write_params()
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    assert not (upstream.root / "pwned").exists()
+
+
+def test_an_unreachable_server_is_named_without_its_password(upstream):
+    before = state(upstream)
+    uri = f"http://alice:s3cret@127.0.0.1:{free_port()}"
+    result = upstream.stage("train_vae", check=False, env={"MLFLOW_TRACKING_URI": uri})
+    assert result.returncode == 2 and "http://***@127.0.0.1" in result.stderr and "is unreachable" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert state(upstream) == before
+
+
+def test_a_read_only_store_is_refused_before_any_work(upstream):
+    before = state(upstream)
+    uri = f"sqlite:///file:{upstream.store}?mode=ro&uri=true"  # the store, opened read-only
+    result = upstream.stage("train_vae", check=False, env={"MLFLOW_TRACKING_URI": uri})
+    assert result.returncode == 2, result.stderr
+    assert "could not be used: attempt to write a readonly database" in result.stderr
+    assert "Traceback" not in result.stderr and state(upstream) == before
+
+
+def test_the_same_params_and_seed_give_the_same_bytes(upstream):
+    """Two runs of a training stage on CPU: identical checkpoint and metrics, bit for bit."""
+    outputs = [paths.VAE_CHECKPOINT, paths.VAE_METRICS, paths.VAE_HISTORY]
+    upstream.stage("train_vae")
+    first = {p: (upstream.root / p).read_bytes() for p in outputs}
+    upstream.stage("train_vae")
+    assert {p: (upstream.root / p).read_bytes() for p in outputs} == first
+
+
+# ---------------------------------------------------------------------------------------------
+# Interruptions
 
 
 def start_stage(project, name: str) -> tuple[subprocess.Popen, object]:
