@@ -149,19 +149,6 @@ def test_download_stage_uses_the_mirror_from_the_environment(served_mnist, proje
     assert json.loads((project.root / "outputs/data/facts.json").read_text())["name"] == "mnist"
 
 
-def test_checksum_mismatch_fails_clearly_and_leaves_nothing(served_mnist, project, monkeypatch):
-    url, folder, _ = served_mnist
-    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"tampered"))
-    project.write_params({"data": {"name": "mnist", "mirror": url}})
-    with pytest.raises(download.DataError) as error:
-        with_store(project, monkeypatch)
-    message = str(error.value)
-    assert f"could not download 'mnist' from {url}" in message
-    assert "File not found or corrupted" in message  # torchvision's checksum failure
-    assert "data.name=mnist5k" in message
-    assert project.files() == [] and project.runs() == []
-
-
 def test_unreachable_mirror_fails_clearly_and_leaves_nothing(project, monkeypatch):
     import socket
 

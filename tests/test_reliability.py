@@ -17,6 +17,7 @@ queue workers: test_dvc_pipeline; bit-identical reruns: test_evaluate and the ca
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ import torch
 
 from conftest import OUTSIDE_VARIABLES, REPO, UP_TO_GAN, Project, free_port, mlflow_runs, tiny_project
 from pipeline import paths
+from test_download import served_mnist  # noqa: F401  (a fixture: MNIST files served on 127.0.0.1)
 
 LONG = {"vae": {"epochs": 100_000}}  # a training still running when the signal comes
 
@@ -143,6 +145,23 @@ def test_bad_input_is_refused_with_its_message_and_nothing_written(upstream, mon
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert "s3cret" not in result.stdout + result.stderr
     assert not (upstream.root / "pwned").exists()
+
+
+def test_a_download_whose_checksum_does_not_match_is_refused(served_mnist, project, monkeypatch):  # noqa: F811
+    """data: checksum mismatch (the files served on 127.0.0.1, one of them tampered with)."""
+    from pipeline import download
+    from test_download import with_store
+
+    url, folder, _ = served_mnist
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"tampered"))
+    project.write_params({"data": {"name": "mnist", "mirror": url}})
+    with pytest.raises(download.DataError) as error:
+        with_store(project, monkeypatch)
+    message = str(error.value)
+    assert f"could not download 'mnist' from {url}" in message
+    assert "File not found or corrupted" in message  # torchvision's checksum failure
+    assert "data.name=mnist5k" in message
+    assert project.files() == [] and project.runs() == []
 
 
 def test_an_unreachable_server_is_named_without_its_password(upstream):
