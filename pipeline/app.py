@@ -49,7 +49,7 @@ def choose_run(table: pd.DataFrame) -> str:
 
 def runs_page(table: pd.DataFrame, experiment: str) -> None:
     st.header("Recorded runs")
-    st.caption(f"Complete rows of experiment {experiment} in {tracking.tracking_uri()}, newest first. "
+    st.caption(f"Complete rows of experiment {experiment} in {tracking.shown_uri()}, newest first. "
                "`make ui` opens the same rows in the MLflow UI; `make compare` prints them.")
     st.dataframe(table[SHOWN], hide_index=True)
 
@@ -231,7 +231,7 @@ def main() -> None:
     experiment = st.sidebar.selectbox("Experiment", names, index=names.index(config.experiment_name))
     asked = st.query_params.get("page", PAGES[0])
     page = st.sidebar.radio("Page", PAGES, index=PAGES.index(asked) if asked in PAGES else 0, key="page")
-    st.sidebar.caption(f"Store: {tracking.tracking_uri()}")
+    st.sidebar.caption(f"Store: {tracking.shown_uri()}")
     if page == "Train":
         train_page()
         return

@@ -69,7 +69,7 @@ def open_experiment(experiment: str):
     _, client = tracking.connect()
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise TrackingError(f"the MLflow store {tracking.tracking_uri()} has no experiment {experiment!r}: "
+        raise TrackingError(f"the MLflow store {tracking.shown_uri()} has no experiment {experiment!r}: "
                             "run the pipeline first, or name another with --experiment")
     return client, found.experiment_id
 

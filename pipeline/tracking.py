@@ -69,6 +69,11 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+def shown_uri() -> str:
+    """The store's URI as messages and pages show it: without a user name or password."""
+    return without_credentials(tracking_uri())
+
+
 # Seconds to wait for a tracking server to answer the reachability check.
 SERVER_TIMEOUT_S = 10
 
@@ -253,7 +258,7 @@ def unusable_store(error: Exception) -> TrackingError:
     (`attempt to write a readonly database`, say) rather than MLflow's whole SQL dump."""
     text = without_credentials(str(error))
     reason = re.search(r"\((?:sqlite3|psycopg2|pymysql)\.\w+\) ([^\n]+)", text)
-    return TrackingError(f"MLflow store {without_credentials(tracking_uri())} could not be used: "
+    return TrackingError(f"MLflow store {shown_uri()} could not be used: "
                          f"{reason.group(1) if reason else text.splitlines()[0][:300]}")
 
 
@@ -293,7 +298,7 @@ def stage_run(
         upstream = client.get_run(upstream_run_id) if upstream_run_id else None
     except mlflow.exceptions.MlflowException as error:
         if upstream_run_id and "not found" in str(error).lower():
-            log.warning("upstream MLflow run %s is not in %s; starting a new row", upstream_run_id, tracking_uri())
+            log.warning("upstream MLflow run %s is not in %s; starting a new row", upstream_run_id, shown_uri())
             upstream = None
         else:
             raise unusable_store(error) from None

@@ -173,6 +173,16 @@ def test_an_unreachable_server_is_named_without_its_password(upstream):
     assert state(upstream) == before
 
 
+def test_the_ui_and_the_app_bind_to_this_machine_only():
+    """Security: `make ui`, `make app` and a plain `streamlit run` listen on 127.0.0.1 (the README
+    says how to expose them, and what that exposes)."""
+    makefile = (REPO / "Makefile").read_text()
+    ui = makefile[makefile.index("\nui:"):].split("\n\n")[0]
+    app = makefile[makefile.index("\napp:"):].split("\n\n")[0]
+    assert "--host 127.0.0.1" in ui and "--server.address 127.0.0.1" in app
+    assert 'address = "127.0.0.1"' in (REPO / ".streamlit" / "config.toml").read_text()
+
+
 def test_a_read_only_store_is_refused_before_any_work(upstream):
     before = state(upstream)
     uri = f"sqlite:///file:{upstream.store}?mode=ro&uri=true"  # the store, opened read-only
