@@ -10,8 +10,9 @@ MLflow (unreachable server, with its password kept out of the message; read-only
 
 Faults: Ctrl-C, SIGTERM and SIGKILL in the middle of a stage leave no output of it, its MLflow
 row ends KILLED (at once, or at the next stage's start when the process could not end it
-itself), and the next run succeeds. (Divergence: test_train_vae and test_train_gan; concurrent
-queue workers: test_dvc_pipeline; bit-identical reruns: test_evaluate and the case below.)
+itself), and the next run succeeds. A diverging training stops naming the epoch and the term;
+the same params and seed give the same bytes. (Two queue workers at once recording every run:
+test_dvc_pipeline's queued sweep.)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -190,6 +192,23 @@ def test_a_read_only_store_is_refused_before_any_work(upstream):
     assert result.returncode == 2, result.stderr
     assert "could not be used: attempt to write a readonly database" in result.stderr
     assert "Traceback" not in result.stderr and state(upstream) == before
+
+
+def test_a_diverging_training_stops_naming_epoch_and_term_and_writes_nothing(upstream):
+    """NaN or inf in training: exit 2 with the epoch and the loss term; no output, and the row of
+    the attempt ends FAILED (not left running)."""
+    before_files, before_rows = state(upstream)
+    upstream.write_params({"vae": {"learning_rate": 1e30}})
+    try:
+        result = upstream.stage("train_vae", check=False)
+    finally:
+        upstream.write_params()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(r"epoch \d+: the training loss term '\w+' became (nan|inf)", result.stderr), result.stderr
+    files, rows = state(upstream)
+    assert files == before_files and rows == before_rows + 1
+    newest = max(upstream.runs("mnist5k"), key=lambda r: r.info.start_time)
+    assert newest.info.status == "FAILED"
 
 
 def test_the_same_params_and_seed_give_the_same_bytes(upstream):
