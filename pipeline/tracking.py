@@ -93,11 +93,11 @@ def check_server() -> None:
                                 max_retries=0, timeout=SERVER_TIMEOUT_S, json={"max_results": 1})
     except Exception as error:  # MLflow wraps requests' errors: refused, timed out, unknown host
         reason = re.search(r"\[Errno -?\d+\][^\"')]*|[Rr]ead timed out|timed out", str(error))
-        raise TrackingError(f"MLflow tracking server {without_credentials(uri)} is unreachable "
+        raise TrackingError(f"MLflow tracking server {shown_uri()} is unreachable "
                             f"({reason.group(0) if reason else type(error).__name__}); start it, or unset "
                             "MLFLOW_TRACKING_URI to record into the local store") from None
     if response.status_code != 200:
-        raise TrackingError(f"MLflow tracking server {without_credentials(uri)} answered HTTP {response.status_code}: "
+        raise TrackingError(f"MLflow tracking server {shown_uri()} answered HTTP {response.status_code}: "
                             f"{without_credentials(response.text[:200])}")
 
 
