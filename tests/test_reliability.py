@@ -11,8 +11,7 @@ MLflow (unreachable server, with its password kept out of the message; read-only
 Faults: Ctrl-C, SIGTERM and SIGKILL in the middle of a stage leave no output of it, its MLflow
 row ends KILLED (at once, or at the next stage's start when the process could not end it
 itself), and the next run succeeds. A diverging training stops naming the epoch and the term;
-the same params and seed give the same bytes. (Two queue workers at once recording every run:
-test_dvc_pipeline's queued sweep.)
+the same params and seed give the same bytes. Two queue workers at once record every run.
 """
 
 from __future__ import annotations
@@ -330,3 +329,23 @@ def test_dvc_repro_killed_mid_pipeline_then_rerun_succeeds(repo):
     assert sorted(r.info.status for r in rows) == ["FINISHED", "KILLED"]
     [complete] = [r for r in rows if r.info.status == "FINISHED"]
     assert complete.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+
+
+def test_two_queue_workers_at_once_record_every_run(repo):
+    """Two `dvc exp run` workers running at once (DVC's queue, `-j 2`) into one SQLite store: every
+    experiment leaves its complete row, none lost, none twice."""
+    environment = {**os.environ, "PIPELINE_THREADS": "1"}
+
+    def dvc(*args: str) -> None:
+        result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
+                                env=environment)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    for value in (2, 3, 5):
+        dvc("exp", "run", "--queue", "-n", f"concurrent-ld{value}", "-S", f"latent_dim={value}")
+    dvc("exp", "run", "--run-all", "-j", "2")
+    rows = mlflow_runs(repo / "mlflow.db", "mnist5k")
+    assert sorted(r.data.params["latent_dim"] for r in rows) == ["2", "3", "5"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+               for r in rows)
+    assert {r.data.tags["dvc.exp_name"] for r in rows} == {"concurrent-ld2", "concurrent-ld3", "concurrent-ld5"}
