@@ -43,11 +43,9 @@ LONG = {"vae": {"epochs": 100_000}}  # a training still running when the signal 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory) -> Project:
-    """A tiny project whose stages up to the GAN have run (no MLflow server variables)."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name in OUTSIDE_VARIABLES:
-            patch.delenv(name, raising=False)
-        return tiny_project(tmp_path_factory.mktemp("upstream"), UP_TO_GAN)
+    """A tiny project whose stages up to the GAN have run (each stage runs without DVC's and
+    MLflow's variables: Project.stage clears them)."""
+    return tiny_project(tmp_path_factory.mktemp("upstream"), UP_TO_GAN)
 
 
 def state(project: Project) -> tuple[dict, int]:
