@@ -63,8 +63,8 @@ def comparison(runs: pd.DataFrame, include_incomplete: bool = False) -> pd.DataF
 def open_experiment(experiment: str):
     """(client, experiment id) of `experiment` in the store (side effect: connects to MLflow). A
     missing local store or experiment is an error here, not created empty."""
-    database = tracking.local_store(tracking.tracking_uri())
-    if database is not None and not database.exists():
+    database = tracking.missing_local_store()
+    if database is not None:
         raise TrackingError(f"there is no MLflow store at {database}: run the pipeline first (make repro)")
     _, client = tracking.connect()
     found = client.get_experiment_by_name(experiment)

@@ -64,8 +64,7 @@ def list_runs(experiment: str) -> pd.DataFrame:
 
 def experiments() -> list[str]:
     """The result experiments in the store (not `datasets`); empty when there is no store."""
-    database = tracking.local_store(tracking.tracking_uri())
-    if database is not None and not database.exists():
+    if tracking.missing_local_store() is not None:
         return []
     _, client = tracking.connect()
     return sorted(e.name for e in client.search_experiments() if e.name != tracking.DATA_EXPERIMENT)

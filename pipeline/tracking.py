@@ -101,6 +101,13 @@ def check_server() -> None:
                             f"{without_credentials(response.text[:200])}")
 
 
+def missing_local_store() -> Path | None:
+    """The database file of the local SQLite store when it does not exist yet, else None (it
+    exists, or the store is a server). Readers check this so as not to create an empty store."""
+    database = local_store(tracking_uri())
+    return database if database is not None and not database.exists() else None
+
+
 def local_store(uri: str) -> Path | None:
     """The database file of a SQLite store URI, None for other stores."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None

@@ -67,14 +67,17 @@ class Project:
         (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         return params
 
+    @staticmethod
+    def environment(env: dict | None = None) -> dict:
+        """A stage's environment: this one without DVC's and MLflow's variables, plus `env`."""
+        clean = {k: v for k, v in os.environ.items() if k not in OUTSIDE_VARIABLES}
+        return {**clean, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
+
     def stage(self, name: str, check: bool = True, env: dict | None = None,
               timeout: float | None = None) -> subprocess.CompletedProcess:
         """Run `python -m pipeline.<name>` here as DVC would, in a fresh process."""
-        clean = {k: v for k, v in os.environ.items() if k not in OUTSIDE_VARIABLES}
-        result = subprocess.run(
-            [sys.executable, "-m", f"pipeline.{name}"], cwd=self.root, capture_output=True, text=True,
-            env={**clean, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}, timeout=timeout,
-        )
+        result = subprocess.run([sys.executable, "-m", f"pipeline.{name}"], cwd=self.root, capture_output=True,
+                                text=True, env=self.environment(env), timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"stage {name} failed:\n{result.stdout}\n{result.stderr}")
         return result

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import OUTSIDE_VARIABLES, REPO, UP_TO_GAN, Project, free_port, mlflow_runs, tiny_project
+from conftest import REPO, UP_TO_GAN, Project, free_port, mlflow_runs, tiny_project
 from pipeline import paths
 from test_download import served_mnist  # noqa: F401  (a fixture: MNIST files served on 127.0.0.1)
 
@@ -222,10 +222,10 @@ def test_the_same_params_and_seed_give_the_same_bytes(upstream):
 
 
 def start_stage(project, name: str) -> tuple[subprocess.Popen, object]:
-    clean = {k: v for k, v in os.environ.items() if k not in OUTSIDE_VARIABLES}
+    """`python -m pipeline.<name>` in the background, as Project.stage runs it, output to a log."""
     log = open(project.root / f"{name}.log", "w+")
     process = subprocess.Popen([sys.executable, "-m", f"pipeline.{name}"], cwd=project.root, stdout=log,
-                               stderr=subprocess.STDOUT, env={**clean, "PYTHONPATH": str(REPO)})
+                               stderr=subprocess.STDOUT, env=project.environment())
     return process, log
 
 
