@@ -20,7 +20,6 @@ Training
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import os
@@ -305,7 +304,6 @@ def read_job() -> dict:
 class TrainingStatus:
     state: str  # idle (no job yet), running, finished, failed, interrupted (ended without an exit code)
     name: str = ""
-    settings: dict = dataclasses.field(default_factory=dict)
     progress: float = 0.0  # 0..1 over the five stages
     activity: str = ""  # what the log says the job does now
     log_tail: str = ""
@@ -365,7 +363,7 @@ def training_status() -> TrainingStatus:
         fraction, activity = 1.0, "done"
     ended = rc_file.stat().st_mtime if not running and rc_file.exists() else time.time()
     seconds = ended - job["started"]
-    return TrainingStatus(state, job["name"], job["settings"], fraction, activity,
+    return TrainingStatus(state, job["name"], fraction, activity,
                           "\n".join(log.splitlines()[-15:]), returncode, seconds)
 
 
