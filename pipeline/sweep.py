@@ -8,14 +8,23 @@ complete MLflow row.
    so the experiments restore them from DVC's cache rather than each training its own copy.
 3. Queue one experiment per value, named `sweep-<stamp>-ld<value>`; with `--betas`, one per pair
    of values, named `sweep-<stamp>-ld<value>-beta<beta>`.
-4. `dvc exp run --run-all -j N`: start N workers and follow them until the queue is empty, each
-   stage limited to its share of the cores (`PIPELINE_THREADS`, see pipeline.config).
+4. `dvc queue start -j N`, each stage limited to its share of the cores (`PIPELINE_THREADS`, see
+   pipeline.config), and follow the queue until every experiment of the sweep has finished
+   (`follow`); then stop the workers if the queue is empty (`stop_idle_workers`).
 5. Find each experiment's row through the run id in its `outputs/eval/mlflow_run.json`, print
    the sweep's comparison table and write it as CSV; exit 2 naming any experiment that left no
    complete row, or more than one. A value computed before (by the baseline or any experiment)
    is reused by DVC and keeps its earlier row: nothing is recorded twice.
 
-`dvc exp run --run-all` also runs experiments that were already in the queue.
+Experiments that were already in the queue run too, but the sweep waits only for its own.
+
+Why not `dvc exp run --run-all`: DVC's workers stop themselves when a periodic check finds the
+queue empty, and on a loaded machine that check can go wrong both ways (DVC issues #10398 and
+#10562). A worker that misses its shutdown stays alive for good, and `--run-all` hands it the
+caller's stdout: a caller reading that output through a pipe (CI, `| tee`) then waits forever.
+A worker that stops with experiments still queued leaves `--run-all` waiting forever. So the
+workers get no stdout of ours, the sweep restarts them if they stop with its experiments still
+queued, reports one that lost its worker mid-run, and stops those left idle at the end.
 """
 
 from __future__ import annotations
@@ -24,9 +33,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +54,10 @@ log = logging.getLogger(__name__)
 DEFAULT_VALUES = (2, 4, 8, 16, 32, 64)
 SHARED_STAGES = ("download", "train_classifier")
 DEFAULT_CSV = Path("outputs/sweep.csv")
+FINISHED = ("Success", "Failed")  # the final statuses of a task in `dvc queue status`
+POLL_SECONDS = 2.0
+NO_WORKER_GRACE_SECONDS = 30.0  # a worker starts in about 3 s; DVC's own idle check runs every 10 s
+MAX_WORKER_RESTARTS = 3
 
 
 class SweepError(PipelineError):
@@ -92,6 +109,132 @@ def dvc(*args: str, env: dict[str, str]) -> None:
         raise SweepError(f"`dvc {' '.join(args)}` failed (exit {result.returncode}); see its output above")
 
 
+def start_workers(jobs: int, env: dict[str, str]) -> None:
+    """`dvc queue start -j jobs`. The workers it leaves behind inherit its output, so that goes to
+    a file of its own, never to this process's stdout (see the module's docstring)."""
+    with tempfile.TemporaryFile("w+") as output:
+        result = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], check=False, env=env,
+                                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, text=True)
+        if result.returncode != 0:
+            output.seek(0)
+            raise SweepError(f"`dvc queue start -j {jobs}` failed (exit {result.returncode}):\n{output.read()}")
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """One look at DVC's experiment queue."""
+
+    states: dict[str | None, str]  # task name -> Queued, Running, Success or Failed
+    workers: list[int]  # the PIDs of the queue workers still alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_queue(root: Path = Path(".")) -> QueueView:
+    """Every task's status in the DVC queue of the project at `root`, and its live workers. These
+    come from the files each worker's watcher keeps (`dvc-exp-worker-<n>.json`: PID, and the exit
+    code once it has ended), not from Celery's `inspect`, which `dvc queue status` uses and which
+    misses a busy worker on a loaded machine."""
+    from dvc.repo import Repo
+    from dvc_task.proc.process import ProcessInfo
+
+    with Repo(str(root)) as repo:
+        queue = repo.experiments.celery_queue
+        # status() lists running tasks, then queued, failed and succeeded ones: a task that moves on
+        # while it reads may show twice, and the later (newer) status wins.
+        states = {task["name"]: task["status"] for task in queue.status()}
+        infos = sorted(Path(queue.wdir).glob("dvc-exp-worker-*.json"))
+    workers = []
+    for path in infos:
+        try:
+            info = ProcessInfo.load(str(path))
+        except (OSError, ValueError):  # being rewritten by its watcher
+            continue
+        if info.returncode is None and _alive(info.pid):
+            workers.append(info.pid)
+    return QueueView(states, workers)
+
+
+def follow(names: list[str], look: Callable[[], QueueView], restart: Callable[[], None], *,
+           poll: float = POLL_SECONDS, grace: float = NO_WORKER_GRACE_SECONDS,
+           restarts: int = MAX_WORKER_RESTARTS, sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:
+    """Wait until every experiment in `names` has finished in the queue (`look` reads it); returns
+    each one's final status, Success or Failed, and logs every change of status.
+
+    When no worker has been alive for `grace` seconds while some are unfinished: queued ones get
+    new workers (`restart`, at most `restarts` times); one still running has lost its worker, and
+    one no longer in the queue was removed from it: both raise SweepError, as no worker will ever
+    finish them.
+    """
+    states: dict[str, str] = {}
+    alone_since: float | None = None
+    restarted = 0
+    while True:
+        view = look()
+        for name in names:
+            state = view.states.get(name)
+            if state is not None and state != states.get(name):
+                states[name] = state
+                log.info("%s: %s%s", name, state.lower(), f" (`dvc queue logs {name}`)" if state == "Failed" else "")
+        pending = [name for name in names if states.get(name) not in FINISHED]
+        if not pending:
+            return states
+        if view.workers:
+            alone_since = None
+        elif alone_since is None:
+            alone_since = time.monotonic()
+        elif time.monotonic() - alone_since >= grace:
+            running = [name for name in pending if view.states.get(name) == "Running"]
+            missing = [name for name in pending if name not in view.states]
+            if running:
+                raise SweepError(f"the queue worker running {', '.join(running)} is gone, so it will never finish; "
+                                 f"`dvc queue logs <name>` shows how far it got")
+            if missing:
+                raise SweepError(f"no longer in DVC's queue (removed?): {', '.join(missing)}")
+            if restarted == restarts:
+                raise SweepError(f"DVC's queue workers stopped {restarts + 1} times with {', '.join(pending)} "
+                                 f"still queued; see .dvc/tmp/exps/celery/dvc-exp-worker-*.out")
+            log.warning("no queue worker is running, with %d experiment(s) still queued: starting the workers again",
+                        len(pending))
+            restart()
+            restarted += 1
+            alone_since = None
+        sleep(poll)
+
+
+def stop_idle_workers(look: Callable[[], QueueView], *, wait: float = 30.0, poll: float = 0.5,
+                      kill: Callable[[int, int], None] = os.kill,
+                      sleep: Callable[[float], None] = time.sleep) -> list[int]:
+    """When nothing is queued or running, stop the queue workers still alive and wait up to `wait`
+    seconds for them to exit; returns the PIDs still alive. A busy queue is left alone.
+
+    DVC's workers stop themselves when idle, but one whose last task outlasts DVC's idle check can
+    miss its shutdown and stay for good. SIGTERM is Celery's warm shutdown; `dvc queue stop`, a
+    message to every worker, took 15 s or more to reach an idle one here.
+    """
+    view = look()
+    if any(state not in FINISHED for state in view.states.values()):
+        return []
+    for pid in view.workers:
+        try:
+            kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + wait
+    while view.workers and time.monotonic() < deadline:
+        sleep(poll)
+        view = look()
+    return view.workers
+
+
 def run(values: list[int], betas: list[float] | None, jobs: int, threads: int, env: dict[str, str]) -> dict[Point, str]:
     """Queue and run the sweep; returns each point's experiment name."""
     names = experiment_names(time.strftime("%m%d-%H%M%S"), values, betas)
@@ -99,8 +242,18 @@ def run(values: list[int], betas: list[float] | None, jobs: int, threads: int, e
     for (value, beta), name in names.items():
         beta_set = ["-S", f"vae.beta={beta}"] if beta is not None else []
         dvc("exp", "run", "--queue", "--quiet", "-n", name, "-S", f"latent_dim={value}", *beta_set, env=env)
-    log.info("running %d experiments with %d workers, %d threads each", len(names), jobs, threads)
-    dvc("exp", "run", "--run-all", "-j", str(jobs), env={**env, THREADS_VARIABLE: str(threads)})
+    log.info("running %d experiments with %d workers, %d threads each (`dvc queue logs -f <name>` shows one's "
+             "output as it runs)", len(names), jobs, threads)
+    workers_env = {**env, THREADS_VARIABLE: str(threads)}
+    start_workers(jobs, workers_env)
+    try:
+        follow(list(names.values()), read_queue, lambda: start_workers(jobs, workers_env))
+    except KeyboardInterrupt:
+        log.info("the experiments go on in DVC's queue: `dvc queue status`; `dvc queue kill <name>` stops one")
+        raise
+    left = stop_idle_workers(read_queue)
+    if left:
+        log.warning("queue worker(s) %s, idle, did not stop within 30 s: `kill %s`", left, " ".join(map(str, left)))
     return names
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -14,7 +16,8 @@ import pytest
 import yaml
 
 from conftest import REPO, git, merge, mlflow_runs, repo_params
-from pipeline import paths
+from pipeline import paths, sweep
+from pipeline.sweep import QueueView, SweepError
 
 
 def test_dvc_yaml_declares_every_path_the_stages_write_and_only_known_params():
@@ -143,6 +146,8 @@ def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
         assert run.data.tags["dvc.exp_name"].endswith(f"-ld{run.data.params['latent_dim']}")
         assert run.data.tags["dvc.baseline_rev"] == head
         assert run.data.tags["pipeline.threads"] == threads
+    # No queue worker is left behind: one would hold this test's pipes open for good.
+    assert sweep.read_queue(repo).workers == []
     # The shared stages ran once, in the workspace, not once per experiment.
     assert len(mlflow_runs(repo / "mlflow.db", "datasets")) == 1
     assert len(mlflow_runs(repo / "mlflow.db", "classifiers")) == 1
@@ -157,6 +162,83 @@ def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
     assert len(mlflow_runs(repo / "mlflow.db", "mnist5k")) == 2
     again = list(csv.DictReader((repo / "outputs" / "sweep.csv").open()))
     assert sorted(row["run_id"] for row in again) == sorted(row["run_id"] for row in table)
+
+
+class ScriptedQueue:
+    """Stands in for `read_queue`: each look returns the next view, the last one for good."""
+
+    def __init__(self, *views: QueueView):
+        self.views, self.looks, self.restarts = list(views), 0, 0
+
+    def look(self) -> QueueView:
+        self.looks += 1
+        return self.views.pop(0) if len(self.views) > 1 else self.views[0]
+
+    def restart(self) -> None:
+        self.restarts += 1
+
+
+def follow(queue: ScriptedQueue, names=("a", "b"), **kwargs) -> dict[str, str]:
+    return sweep.follow(list(names), queue.look, queue.restart, poll=0, grace=0, sleep=lambda s: None, **kwargs)
+
+
+def test_follow_waits_for_every_experiment_of_its_own_and_reports_the_final_status():
+    queue = ScriptedQueue(QueueView({"a": "Queued", "b": "Queued"}, [10, 11]),
+                          QueueView({"a": "Running", "b": "Running", "other": "Queued"}, [10, 11]),
+                          QueueView({"a": "Success", "b": "Running", "other": "Queued"}, [10, 11]),
+                          QueueView({"a": "Success", "b": "Failed", "other": "Running"}, [10, 11]))
+    assert follow(queue) == {"a": "Success", "b": "Failed"}  # not waiting for `other`
+    assert queue.looks == 4 and queue.restarts == 0
+
+
+def test_follow_restarts_the_workers_when_they_stop_with_experiments_still_queued():
+    queue = ScriptedQueue(QueueView({"a": "Success", "b": "Queued"}, []),  # DVC's workers quit early
+                          QueueView({"a": "Success", "b": "Queued"}, []),
+                          QueueView({"a": "Success", "b": "Running"}, [12]),
+                          QueueView({"a": "Success", "b": "Success"}, []))
+    assert follow(queue) == {"a": "Success", "b": "Success"}
+    assert queue.restarts == 1
+
+
+@pytest.mark.parametrize("view, message", [
+    (QueueView({"a": "Success", "b": "Running"}, []), "the queue worker running b is gone, so it will never finish"),
+    (QueueView({"a": "Success"}, []), "no longer in DVC's queue (removed?): b"),
+    (QueueView({"a": "Queued", "b": "Queued"}, []), "DVC's queue workers stopped 3 times with a, b still queued"),
+])
+def test_follow_stops_with_an_error_rather_than_wait_for_an_experiment_no_worker_will_finish(view, message):
+    queue = ScriptedQueue(view)
+    with pytest.raises(SweepError) as error:
+        follow(queue, restarts=2)
+    assert message in str(error.value)
+    assert queue.restarts == (2 if "stopped" in message else 0)
+
+
+def test_stop_idle_workers_ends_the_workers_left_once_the_queue_is_idle_and_leaves_a_busy_queue_alone():
+    sent = []
+    idle = ScriptedQueue(QueueView({"a": "Success", "b": "Failed"}, [10, 11]), QueueView({"a": "Success"}, [11]),
+                         QueueView({"a": "Success"}, []))
+    assert sweep.stop_idle_workers(idle.look, kill=lambda pid, sig: sent.append((pid, sig)), sleep=lambda s: None) == []
+    assert sent == [(10, signal.SIGTERM), (11, signal.SIGTERM)] and idle.looks == 3
+
+    busy = ScriptedQueue(QueueView({"a": "Success", "other": "Queued"}, [10]))
+    assert sweep.stop_idle_workers(busy.look, kill=lambda pid, sig: sent.append(pid), sleep=lambda s: None) == []
+    assert len(sent) == 2  # nothing more
+
+    stubborn = ScriptedQueue(QueueView({"a": "Success"}, [10]))
+    assert sweep.stop_idle_workers(stubborn.look, kill=lambda pid, sig: None, wait=0.05, poll=0.01) == [10]
+
+
+def test_read_queue_counts_the_workers_whose_process_is_alive(repo):
+    dvc(repo, "exp", "run", "--queue", "-n", "waiting", "-S", "latent_dim=3")
+    celery = repo / ".dvc" / "tmp" / "exps" / "celery"
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    for number, pid, returncode in ((1, os.getpid(), None), (2, ended.pid, None), (3, os.getpid(), 0)):
+        (celery / f"dvc-exp-worker-{number}.json").write_text(json.dumps(
+            {"pid": pid, "stdin": None, "stdout": None, "stderr": None, "returncode": returncode}))
+    view = sweep.read_queue(repo)
+    assert view.states == {"waiting": "Queued"}
+    assert view.workers == [os.getpid()]  # not the process that ended, nor the one with an exit code
 
 
 def test_sweep_over_beta_records_one_row_per_pair(repo):

@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from conftest import REPO, UP_TO_GAN, Project, free_port, mlflow_runs, tiny_project
-from pipeline import paths
+from pipeline import paths, sweep
 from test_download import served_mnist  # noqa: F401  (a fixture: MNIST files served on 127.0.0.1)
 
 LONG = {"vae": {"epochs": 100_000}}  # a training still running when the signal comes
@@ -333,15 +333,20 @@ def test_two_queue_workers_at_once_record_every_run(repo):
     """Two `dvc exp run` workers running at once (DVC's queue, `-j 2`) into one SQLite store: every
     experiment leaves its complete row, none lost, none twice."""
     environment = {**os.environ, "PIPELINE_THREADS": "1"}
+    log = repo.parent / "dvc.log"
 
     def dvc(*args: str) -> None:
-        result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
-                                env=environment)
-        assert result.returncode == 0, result.stdout + result.stderr
+        # Output to a file, not a pipe: `--run-all` hands it to the queue workers, and one that
+        # misses DVC's idle shutdown would keep a pipe open, and this test waiting, for good.
+        with log.open("w") as output:
+            result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, stdout=output,
+                                    stderr=subprocess.STDOUT, env=environment)
+        assert result.returncode == 0, log.read_text()
 
     for value in (2, 3, 5):
         dvc("exp", "run", "--queue", "-n", f"concurrent-ld{value}", "-S", f"latent_dim={value}")
     dvc("exp", "run", "--run-all", "-j", "2")
+    assert sweep.stop_idle_workers(lambda: sweep.read_queue(repo)) == []
     rows = mlflow_runs(repo / "mlflow.db", "mnist5k")
     assert sorted(r.data.params["latent_dim"] for r in rows) == ["2", "3", "5"]
     assert all(r.info.status == "FINISHED" and r.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
