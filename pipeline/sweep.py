@@ -128,16 +128,6 @@ class QueueView:
     workers: list[int]  # the PIDs of the queue workers still alive
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_queue(root: Path = Path(".")) -> QueueView:
     """Every task's status in the DVC queue of the project at `root`, and its live workers. These
     come from the files each worker's watcher keeps (`dvc-exp-worker-<n>.json`: PID, and the exit
@@ -158,7 +148,7 @@ def read_queue(root: Path = Path(".")) -> QueueView:
             info = ProcessInfo.load(str(path))
         except (OSError, ValueError):  # being rewritten by its watcher
             continue
-        if info.returncode is None and _alive(info.pid):
+        if info.returncode is None and tracking.process_alive(info.pid):
             workers.append(info.pid)
     return QueueView(states, workers)
 

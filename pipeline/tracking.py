@@ -200,7 +200,8 @@ def run_name(config: Config) -> str:
     return f"vae-gan-ld{config.latent_dim}-{dvc_exp_name()}"
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this PID runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -218,7 +219,7 @@ def close_abandoned(client, experiment_id: str) -> list[str]:
     closed = []
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
         pid = run.data.tags.get("pipeline.pid", "")
-        if run.data.tags.get("pipeline.host") == host and pid.isdigit() and not _process_alive(int(pid)):
+        if run.data.tags.get("pipeline.host") == host and pid.isdigit() and not process_alive(int(pid)):
             client.set_terminated(run.info.run_id, "KILLED")
             log.warning("MLflow row %s was left RUNNING by process %s, which is gone: marked KILLED",
                         run.info.run_id, pid)
