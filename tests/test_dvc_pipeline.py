@@ -11,12 +11,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
 
 from conftest import REPO, git, merge, mlflow_runs, repo_params
-from pipeline import paths, sweep
+from pipeline import paths, sweep, tracking
 from pipeline.sweep import QueueView, SweepError
 
 
@@ -239,6 +240,17 @@ def test_read_queue_counts_the_workers_whose_process_is_alive(repo):
     view = sweep.read_queue(repo)
     assert view.states == {"waiting": "Queued"}
     assert view.workers == [os.getpid()]  # not the process that ended, nor the one with an exit code
+
+
+def test_a_real_worker_is_seen_while_it_runs_and_ended_once_the_queue_is_idle(repo, monkeypatch):
+    monkeypatch.chdir(repo)
+    sweep.start_workers(1, dict(os.environ))  # an empty queue: DVC's own check would end it after 10 s
+    deadline = time.monotonic() + 30
+    while not (workers := sweep.read_queue(repo).workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(workers) == 1
+    assert sweep.stop_idle_workers(lambda: sweep.read_queue(repo)) == []
+    assert not tracking.process_alive(workers[0])
 
 
 def test_sweep_over_beta_records_one_row_per_pair(repo):
