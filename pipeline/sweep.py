@@ -58,6 +58,7 @@ FINISHED = ("Success", "Failed")  # the final statuses of a task in `dvc queue s
 POLL_SECONDS = 2.0
 NO_WORKER_GRACE_SECONDS = 30.0  # a worker starts in about 3 s; DVC's own idle check runs every 10 s
 MAX_WORKER_RESTARTS = 3
+STOP_WAIT_SECONDS = 30.0  # for idle workers to exit after SIGTERM
 
 
 class SweepError(PipelineError):
@@ -200,7 +201,7 @@ def follow(names: list[str], look: Callable[[], QueueView], restart: Callable[[]
         sleep(poll)
 
 
-def stop_idle_workers(look: Callable[[], QueueView], *, wait: float = 30.0, poll: float = 0.5,
+def stop_idle_workers(look: Callable[[], QueueView], *, wait: float = STOP_WAIT_SECONDS, poll: float = 0.5,
                       kill: Callable[[int, int], None] = os.kill,
                       sleep: Callable[[float], None] = time.sleep) -> list[int]:
     """When nothing is queued or running, stop the queue workers still alive and wait up to `wait`
@@ -208,7 +209,7 @@ def stop_idle_workers(look: Callable[[], QueueView], *, wait: float = 30.0, poll
 
     DVC's workers stop themselves when idle, but one whose last task outlasts DVC's idle check can
     miss its shutdown and stay for good. SIGTERM is Celery's warm shutdown; `dvc queue stop`, a
-    message to every worker, took 15 s or more to reach an idle one here.
+    message to every worker, took about 15 s to reach an idle one here.
     """
     view = look()
     if any(state not in FINISHED for state in view.states.values()):
@@ -243,7 +244,8 @@ def run(values: list[int], betas: list[float] | None, jobs: int, threads: int, e
         raise
     left = stop_idle_workers(read_queue)
     if left:
-        log.warning("queue worker(s) %s, idle, did not stop within 30 s: `kill %s`", left, " ".join(map(str, left)))
+        log.warning("queue worker(s) %s, idle, did not stop within %g s: `kill %s`", left, STOP_WAIT_SECONDS,
+                    " ".join(map(str, left)))
     return names
 
 
