@@ -6,19 +6,27 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: repro test bench study sweep compare report default-study ui app clean
+.PHONY: repro test test-fast lint bench study sweep compare report default-study ui app clean
 
-# The environment is built once; later runs reuse it (and need no network).
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The environment is built once; later runs reuse it (and need no network). The project itself is
+# installed editable, so `import pipeline` works from any folder and edits take effect at once.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --editable .
 	touch $@
 
 repro: $(VENV)/.installed  ## run the pipeline on the embedded data
 	dvc repro
 
-test: $(VENV)/.installed  ## run the test suite
+test: lint  ## lint, then the whole test suite (what CI runs: .ci/run)
 	python -m pytest
+
+test-fast: $(VENV)/.installed  ## the inner loop: every test not marked slow (see pytest.ini)
+	python -m pytest -m "not slow"
+
+lint: $(VENV)/.installed  ## ruff, with the settings in pyproject.toml
+	ruff check .
 
 bench: $(VENV)/.installed  ## print training throughput and pipeline wall times
 	python benchmarks/bench.py
@@ -26,33 +34,33 @@ bench: $(VENV)/.installed  ## print training throughput and pipeline wall times
 study: $(VENV)/.installed  ## GAN from the decoder vs from scratch vs VAE samples, over seeds 0-2 (about 3 minutes)
 	python benchmarks/gan_from_decoder.py
 
-# `make sweep JOBS=2 LATENT_DIMS="2 8 32"`; see pipeline/sweep.py.
+# `make sweep JOBS=2 LATENT_DIMS="2 8 32"`; see docs/sweeps.md.
 JOBS ?= 1
 LATENT_DIMS ?= 2 4 8 16 32 64
 sweep: $(VENV)/.installed  ## queue one DVC experiment per latent_dim, run them with JOBS workers, wait, compare
-	python -m pipeline.sweep --latent-dims $(LATENT_DIMS) --jobs $(JOBS)
+	python -m pipeline.tools.sweep --latent-dims $(LATENT_DIMS) --jobs $(JOBS)
 
 compare: $(VENV)/.installed  ## print every recorded result as a table, write outputs/comparison.csv
-	python -m pipeline.compare
+	python -m pipeline.tools.compare
 
 report: $(VENV)/.installed  ## write reports/reflection.md (and .html, figures) from the recorded runs
-	python -m pipeline.report
+	python -m pipeline.tools.report
 
 # The study behind the published report: the latent_dim sweep, then BETAS at BETA_LATENT_DIM, then the report.
 BETAS ?= 0.25 4
 BETA_LATENT_DIM ?= 16
 default-study: $(VENV)/.installed  ## run the default study and write its report into reports/
-	python -m pipeline.sweep --latent-dims $(LATENT_DIMS) --jobs $(JOBS)
-	python -m pipeline.sweep --latent-dims $(BETA_LATENT_DIM) --betas $(BETAS) --jobs $(JOBS)
-	python -m pipeline.report
+	python -m pipeline.tools.sweep --latent-dims $(LATENT_DIMS) --jobs $(JOBS)
+	python -m pipeline.tools.sweep --latent-dims $(BETA_LATENT_DIM) --betas $(BETAS) --jobs $(JOBS)
+	python -m pipeline.tools.report
 
 ui: $(VENV)/.installed  ## open the MLflow UI on http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 # The explorer binds to this machine only; see the README before exposing it.
 APP_PORT ?= 8501
-app: $(VENV)/.installed  ## open the explorer app on http://127.0.0.1:8501 (pipeline/app.py)
-	python -m streamlit run pipeline/app.py --server.address 127.0.0.1 --server.port $(APP_PORT) \
+app: $(VENV)/.installed  ## open the explorer app on http://127.0.0.1:8501 (pipeline/app/app.py)
+	python -m streamlit run pipeline/app/app.py --server.address 127.0.0.1 --server.port $(APP_PORT) \
 		--server.headless true --browser.gatherUsageStats false --client.toolbarMode minimal
 
 clean:  ## remove pipeline outputs and the local MLflow store (not the environment)

@@ -2,13 +2,13 @@
 
     python benchmarks/bench.py [--epochs N] [--device auto|cpu|cuda] [--params FILE] [--skip-repro] [--skip-scaling]
 
-1. VAE training throughput (images/s) of the pipeline's loop (`train_vae.train_epoch`) and of a
+1. VAE training throughput (images/s) of the pipeline's loop (`pipeline.core.training.vae_epoch`) and of a
    reference loop written as the PyTorch VAE example writes it (a Dataset that turns one image at a
    time into a tensor through PIL and ToTensor, a DataLoader, the example's summed loss), with the
    same architecture, batch size, optimiser settings, data and start (the reference with torch's
    default Adam, as the example; the pipeline's is fused); the two take turns epoch by epoch and
    each figure is the median epoch; then both models' test negative ELBO by the same function.
-2. The same for the GAN step (`train_gan.train_epoch` against the DCGAN example's loop).
+2. The same for the GAN step (`pipeline.core.training.gan_epoch` against the DCGAN example's loop).
 3. The machine's float32 matrix-multiply peak and the fraction of it the VAE loop reaches, from
    the training FLOPs per image that torch's FlopCounterMode counts.
 4. `dvc repro` of the default params from a clean copy of the project, a no-op `dvc repro`, the
@@ -36,13 +36,16 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.core import training
+from pipeline.core.checkpoints import vae_architecture
+from pipeline.core.config import Config, load_config, resolve_device
+from pipeline.core.data import build_splits
+from pipeline.core.models import VAE, Decoder, Discriminator
+from pipeline.core.training import adam
+from pipeline.stages import train_gan
+from pipeline.tracking.names import STAGES
 
-from pipeline import download, paths, train_gan, train_vae  # noqa: E402
-from pipeline.config import Config, load_config, resolve_device  # noqa: E402
-from pipeline.models import VAE, Decoder, Discriminator  # noqa: E402
-from pipeline.training import adam  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def synchronize(device: str) -> None:
@@ -139,20 +142,20 @@ def new_vae(config: Config, splits, device: str, optimizer=adam) -> tuple[VAE, t
     """The default VAE from the seed, with `optimizer`: the pipeline's fused Adam, or (for the
     reference loop, as the example) torch's default Adam."""
     torch.manual_seed(config.seed)
-    model = VAE(train_vae.architecture(config, splits.image_shape)).to(device)
+    model = VAE(vae_architecture(config, splits.image_shape)).to(device)
     return model, optimizer(model.parameters(), lr=config.vae.learning_rate)
 
 
 def vae_figures(config: Config, splits, epochs: int, device: str) -> dict[str, float]:
     vae = config.vae
-    x = train_vae.to_unit_float(torch.from_numpy(splits.x_train)).to(device)
-    x_test = train_vae.to_unit_float(torch.from_numpy(splits.x_test)).to(device)
+    x = training.to_unit_float(torch.from_numpy(splits.x_train)).to(device)
+    x_test = training.to_unit_float(torch.from_numpy(splits.x_test)).to(device)
     model, optimizer = new_vae(config, splits, device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     reference, reference_optimizer = new_vae(config, splits, device, torch.optim.Adam)  # the same start
     loader = reference_loader(splits.x_train, vae.batch_size, device)
     seconds = interleaved_epochs({
-        "pipeline": lambda i: train_vae.train_epoch(model, optimizer, x, batch_size=vae.batch_size,
+        "pipeline": lambda i: training.vae_epoch(model, optimizer, x, batch_size=vae.batch_size,
                                                     kind=vae.reconstruction, kl_scale=1.0, generator=generator,
                                                     epoch=i),
         "reference": lambda i: reference_vae_epoch(reference, reference_optimizer, loader, device),
@@ -164,7 +167,7 @@ def vae_figures(config: Config, splits, epochs: int, device: str) -> dict[str, f
 
 
 def test_neg_elbo(model: VAE, x_test: torch.Tensor, config: Config) -> float:
-    return train_vae.evaluate(model, x_test, batch_size=500, kind=config.vae.reconstruction, kl_scale=1.0,
+    return training.vae_evaluate(model, x_test, batch_size=500, kind=config.vae.reconstruction, kl_scale=1.0,
                               seed=config.seed)["neg_elbo"]
 
 
@@ -172,7 +175,7 @@ def training_flops(model: VAE, batch: torch.Tensor, kind: str) -> float:
     """FLOPs of one training step's forward and backward passes on `batch`, as FlopCounterMode counts them."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.losses import vae_loss
+    from pipeline.core.losses import vae_loss
 
     with FlopCounterMode(display=False) as counter:
         logits, mu, logvar = model(batch)
@@ -183,8 +186,8 @@ def training_flops(model: VAE, batch: torch.Tensor, kind: str) -> float:
 
 def gan_figures(config: Config, splits, epochs: int, device: str) -> dict[str, float]:
     gan = config.gan
-    arch = train_vae.architecture(config, splits.image_shape)
-    x = train_vae.to_unit_float(torch.from_numpy(splits.x_train)).to(device)
+    arch = vae_architecture(config, splits.image_shape)
+    x = training.to_unit_float(torch.from_numpy(splits.x_train)).to(device)
     steps_per_epoch = -(-len(x) // gan.batch_size)
 
     def networks(optimizer):
@@ -198,7 +201,7 @@ def gan_figures(config: Config, splits, epochs: int, device: str) -> dict[str, f
     batches = torch.Generator(device=device).manual_seed(config.seed)
     loader = reference_loader(splits.x_train, gan.batch_size, device)
     seconds = interleaved_epochs({
-        "pipeline": lambda i: train_gan.train_epoch(*ours, x, latent_dim=config.latent_dim, batch_size=gan.batch_size,
+        "pipeline": lambda i: training.gan_epoch(*ours, x, latent_dim=config.latent_dim, batch_size=gan.batch_size,
                                                     batches=batches, epoch=i),
         "reference": lambda i: reference_gan_epoch(*theirs, loader, config.latent_dim, device),
     }, epochs, device)
@@ -261,8 +264,8 @@ def pipeline_figures(device: str, params_file: Path) -> dict[str, float]:
         figures["repro_clean"] = run_checked([*dvc, "repro"], root)
         figures["repro_noop"] = run_checked([*dvc, "repro"], root)
         figures["evaluate_alone"] = run_checked([*dvc, "repro", "--force", "--single-item", "evaluate"], root)
-        for stage in paths.STAGES:
-            figures[f"memory_{stage}"] = peak_memory_mib([sys.executable, "-m", f"pipeline.{stage}"], root)
+        for stage in STAGES:
+            figures[f"memory_{stage}"] = peak_memory_mib([sys.executable, "-m", f"pipeline.stages.{stage}"], root)
     return figures
 
 
@@ -273,11 +276,11 @@ def pipeline_figures(device: str, params_file: Path) -> dict[str, float]:
 def scaling_figures(config: Config, splits, device: str, sizes=(250, 500, 1000, 2000, 4000)) -> list[tuple]:
     """Seconds to score n images (all scores, and precision/recall alone) for each n in `sizes`.
     A freshly initialised classifier and random images: timing depends on the sizes, not the weights."""
-    from pipeline.metrics import Scorer, precision_recall
-    from pipeline.models import Classifier
+    from pipeline.core.metrics import Scorer, precision_recall
+    from pipeline.core.models import Classifier
 
     classifier = Classifier(splits.image_shape, splits.num_classes, config.classifier.feature_dim).to(device).eval()
-    reference = train_vae.to_unit_float(torch.from_numpy(splits.x_test)).to(device)
+    reference = training.to_unit_float(torch.from_numpy(splits.x_test)).to(device)
     scorer = Scorer(classifier, reference, seed=config.seed, kid_subset_size=config.evaluate.kid_subset_size,
                     pr_neighbours=config.evaluate.pr_neighbours)
     rows = []
@@ -307,7 +310,7 @@ def main() -> None:
     config = load_config(args.params)
     device = resolve_device(args.device or config.device)
     with tempfile.TemporaryDirectory() as workdir:
-        splits = download.run(config.data, config.seed, Path(workdir))
+        splits = build_splits(config.data, config.seed, Path(workdir))
     cpu = platform.processor() or platform.machine()
     gpu = f", {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""
     print(f"machine: {cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -336,7 +339,7 @@ def main() -> None:
               "default params)")
         print(f"dvc_repro_noop_s: {figures['repro_noop']:.2f}")
         print(f"evaluate_alone_s: {figures['evaluate_alone']:.1f} (dvc repro --force --single-item evaluate)")
-        for stage in paths.STAGES:
+        for stage in STAGES:
             print(f"peak_memory_{stage}_mib: {figures[f'memory_{stage}']:,.0f}")
     if not args.skip_scaling:
         for n, total, pr in scaling_figures(config, splits, device):

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.core.config import load_config, resolve_device
+from pipeline.core.data import build_splits
+from pipeline.stages import evaluate, train_classifier, train_gan, train_vae
 
-from pipeline import download, evaluate, train_classifier, train_gan, train_vae  # noqa: E402
-from pipeline.config import load_config, resolve_device  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_seed(seed: int, params: Path) -> dict:
@@ -29,7 +28,7 @@ def one_seed(seed: int, params: Path) -> dict:
     device = resolve_device(config.device)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
-        splits = download.run(config.data, seed, Path(workdir))
+        splits = build_splits(config.data, seed, Path(workdir))
     vae = train_vae.run(config, splits, device).model
     classifier = train_classifier.run(config, splits, device)
     runs, vae_prior_fid = train_gan.run(config, splits, vae, classifier.model, device)

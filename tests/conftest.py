@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.tracking.names import STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 # Variables that would send a stage's records or paths elsewhere; tests set them explicitly.
 OUTSIDE_VARIABLES = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "PIPELINE_DATA_MIRROR")
@@ -75,8 +77,9 @@ class Project:
 
     def stage(self, name: str, check: bool = True, env: dict | None = None,
               timeout: float | None = None) -> subprocess.CompletedProcess:
-        """Run `python -m pipeline.<name>` here as DVC would, in a fresh process."""
-        result = subprocess.run([sys.executable, "-m", f"pipeline.{name}"], cwd=self.root, capture_output=True,
+        """Run stage or tool `name` (`python -m pipeline.stages.<name>` or `pipeline.tools.<name>`) here as
+        DVC would, in a fresh process."""
+        result = subprocess.run([sys.executable, "-m", module_of(name)], cwd=self.root, capture_output=True,
                                 text=True, env=self.environment(env), timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"stage {name} failed:\n{result.stdout}\n{result.stderr}")
@@ -101,6 +104,11 @@ def project(tmp_path, monkeypatch) -> Project:
     project = Project(tmp_path)
     project.write_params()
     return project
+
+
+def module_of(name: str) -> str:
+    """The module a stage (`train_vae`) or a tool (`compare`) runs as."""
+    return f"pipeline.stages.{name}" if name in STAGES else f"pipeline.tools.{name}"
 
 
 def tiny_project(root: Path, stages: tuple[str, ...], overrides: dict | None = None) -> Project:

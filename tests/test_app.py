@@ -1,5 +1,5 @@
-"""The explorer app (pipeline/app.py), driven page by page with Streamlit's AppTest on tiny runs,
-its logic (pipeline/explorer.py) checked against the runs' recorded metrics, a real training
+"""The explorer app (pipeline/app/app.py), driven page by page with Streamlit's AppTest on tiny runs,
+its logic (pipeline/app/explorer.py) checked against the runs' recorded metrics, a real training
 started from it, and one real browser rendering its sample grid."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import REPO, UP_TO_GAN, Project, free_port, mlflow_runs, tiny_project, wait_until_healthy
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, UP_TO_GAN, Project, free_port, mlflow_runs, tiny_project, wait_until_healthy
-from pipeline import explorer
-from pipeline.config import ConfigError
-from pipeline.sweep import SweepError
+from pipeline.app import explorer
+from pipeline.core.config import ConfigError
+from pipeline.tools.sweep import SweepError
 
-APP = str(REPO / "pipeline" / "app.py")
+APP = str(REPO / "pipeline" / "app" / "app.py")
 RESULT_STAGES = ("train_vae", "train_gan", "evaluate")
 
 
@@ -270,7 +270,7 @@ def test_training_from_the_app_records_a_new_run_and_refuses_a_second_at_once(re
 
 
 def test_progress_follows_the_stages_and_epochs_of_the_log():
-    log = ("Stage 'download' didn't change, skipping\nRunning stage 'train_vae':\n> python -m pipeline.train_vae\n"
+    log = ("Stage 'download' didn't change, skipping\nRunning stage 'train_vae':\n> python -m pipeline.stages.train_vae\n"
            "train_vae: epoch 1/4  train loss 200.0\n")
     assert explorer.progress(log) == (pytest.approx((1 + 0.25) / 5), "train_vae: epoch 1/4")
     log += "Running stage 'train_classifier':\nStage 'train_classifier' is cached\nRunning stage 'train_gan':\n"

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import yaml
-
 from conftest import REPO, TINY, merge, repo_params
 
 LINE = re.compile(r"^(\w+(?:\[n=\d+\])?): (-?[\d,.]+)", re.M)

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from conftest import merge, repo_params
-from pipeline.config import ConfigError, flatten, parse_config, thread_limit
+
+from pipeline.core.config import ConfigError, flatten, parse_config, thread_limit
 
 
 def test_repository_params_are_valid():
@@ -99,3 +99,18 @@ def test_stage_applies_the_thread_limit_and_refuses_a_bad_one(project):
     project.stage("download", env={"PIPELINE_THREADS": "1"})
     (record,) = project.runs("datasets")
     assert record.data.tags["pipeline.threads"] == "1"
+
+
+def test_a_rows_params_read_back_as_the_config_that_recorded_them():
+    from pipeline.core.config import config_from_params
+
+    config = parse_config(merge(repo_params(), {"gan": {"compare_scratch": False}, "vae": {"beta": 0.25}}))
+    recorded = {key: str(value) for key, value in flatten(config).items()}  # MLflow keeps params as text
+    assert config_from_params(recorded) == config
+    assert config_from_params({**recorded, "added.by.later.code": "1"}) == config
+    with pytest.raises(ConfigError, match="missing key 'vae.beta'"):
+        config_from_params({k: v for k, v in recorded.items() if k != "vae.beta"})
+    with pytest.raises(ConfigError, match="gan.compare_scratch = 'maybe' is not allowed"):
+        config_from_params({**recorded, "gan.compare_scratch": "maybe"})
+    # a run made on a GPU machine reads back on any machine
+    assert config_from_params({**recorded, "device": "cuda:1"}).device == "cuda:1"

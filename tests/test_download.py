@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import download
-from pipeline.download import Splits, limit_per_class, load_splits, stratified_split
+from pipeline.core import data
+from pipeline.core.config import load_config
+from pipeline.core.data import Splits, limit_per_class, load_splits, stratified_split
+from pipeline.core.errors import DataError
+from pipeline.stages import download
 
 # ---------------------------------------------------------------------------------------------
 # Split
@@ -42,7 +45,7 @@ def test_split_puts_every_class_in_both_splits_even_when_tiny():
 
 
 def test_split_refuses_a_class_too_small_for_both_splits():
-    with pytest.raises(download.DataError, match="class 3 has 1 image"):
+    with pytest.raises(DataError, match="class 3 has 1 image"):
         stratified_split(np.array([0, 0, 1, 1, 2, 2, 3]), 0.5, seed=0)
 
 
@@ -54,8 +57,8 @@ def test_limit_per_class():
 
 
 def test_mnist5k_is_the_embedded_digits_split_by_class(tmp_path):
-    config = download.load_config(Path(__file__).resolve().parents[1] / "params.yaml").data
-    splits = download.run(config, seed=0, workdir=tmp_path)
+    config = load_config(Path(__file__).resolve().parents[1] / "params.yaml").data
+    splits = data.build_splits(config, seed=0, workdir=tmp_path)
     assert splits.x_train.shape == (4000, 1, 28, 28) and splits.x_test.shape == (1000, 1, 28, 28)
     assert splits.x_train.dtype == np.uint8 and splits.x_train.max() == 255
     assert np.bincount(splits.y_train).tolist() == [400] * 10
@@ -69,7 +72,7 @@ def test_stage_writes_splits_facts_and_a_dataset_record(project):
     facts = json.loads((project.root / "outputs/data/facts.json").read_text())
     assert facts["num_train"] == len(splits.y_train) == 240 and facts["num_test"] == 60
     assert facts["class_counts_test"] == [6] * 10
-    assert facts["content_hash"] == download.content_hash(splits)
+    assert facts["content_hash"] == data.content_hash(splits)
     (run,) = project.runs("datasets")
     assert run.info.status == "FINISHED"
     assert {d.dataset.digest for d in run.inputs.dataset_inputs} == {facts["content_hash"]}
@@ -78,7 +81,7 @@ def test_stage_writes_splits_facts_and_a_dataset_record(project):
 def test_damaged_splits_file_is_reported_with_the_stage_to_rerun(tmp_path):
     path = tmp_path / "splits.npz"
     path.write_bytes(b"not a zip file")
-    with pytest.raises(download.DataError, match=r"rerun `dvc repro -f download`"):
+    with pytest.raises(DataError, match=r"rerun `dvc repro -f download`"):
         load_splits(path)
 
 
@@ -112,7 +115,7 @@ def served_mnist(tmp_path, monkeypatch):
             (folder / name).write_bytes(gzip.compress(payload))
             checksums[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
     for name in ("mnist", "fashion_mnist", "kmnist"):
-        cls = download.torchvision_class(name)
+        cls = data.torchvision_class(name)
         monkeypatch.setattr(cls, "resources", [(file, checksums[file]) for file, _ in cls.resources])
 
     handler = functools.partial(QuietHandler, directory=str(folder))
@@ -132,7 +135,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "kmnist"])
 def test_torchvision_download_through_a_mirror(served_mnist, tmp_path, name):
     url, _, arrays = served_mnist
-    x_train, y_train, x_test, y_test = download.download_torchvision(name, url, tmp_path / "work")
+    x_train, y_train, x_test, y_test = data.download_torchvision(name, url, tmp_path / "work")
     assert np.array_equal(x_train[:, 0], arrays["train"][0]) and np.array_equal(y_train, arrays["train"][1])
     assert np.array_equal(x_test[:, 0], arrays["t10k"][0]) and np.array_equal(y_test, arrays["t10k"][1])
 
@@ -142,7 +145,7 @@ def test_download_stage_uses_the_mirror_from_the_environment(served_mnist, proje
     url, _, arrays = served_mnist
     project.write_params({"data": {"name": "mnist", "max_per_class": 0}})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.store}")
-    monkeypatch.setenv(download.MIRROR_VARIABLE, url)
+    monkeypatch.setenv(data.MIRROR_VARIABLE, url)
     download.main()
     splits = load_splits(project.root / "outputs/data/splits.npz")
     assert np.array_equal(splits.x_train[:, 0], arrays["train"][0])
@@ -156,7 +159,7 @@ def test_unreachable_mirror_fails_clearly_and_leaves_nothing(project, monkeypatc
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     project.write_params({"data": {"name": "kmnist", "mirror": f"http://127.0.0.1:{port}/files"}})
-    with pytest.raises(download.DataError) as error:
+    with pytest.raises(DataError) as error:
         with_store(project, monkeypatch)
     assert f"could not download 'kmnist' from http://127.0.0.1:{port}/files/ " in str(error.value)
     assert "Connection refused" in str(error.value)
@@ -170,5 +173,5 @@ def with_store(project, monkeypatch) -> None:
 
 def test_check_splits_rejects_a_split_missing_a_class():
     x = np.zeros((4, 1, 28, 28), dtype=np.uint8)
-    with pytest.raises(download.DataError, match=r"test split has no images of class\(es\) \[1\]"):
-        download.check_splits(Splits("t", x, np.array([0, 1, 0, 1]), x, np.array([0, 0, 0, 0])))
+    with pytest.raises(DataError, match=r"test split has no images of class\(es\) \[1\]"):
+        data.check_splits(Splits("t", x, np.array([0, 1, 0, 1]), x, np.array([0, 0, 0, 0])))

@@ -15,10 +15,13 @@ import time
 
 import pytest
 import yaml
-
 from conftest import REPO, git, merge, mlflow_runs, repo_params
-from pipeline import paths, sweep, tracking
-from pipeline.sweep import QueueView, SweepError
+
+from pipeline.stages import paths
+from pipeline.tools import sweep
+from pipeline.tools.sweep import QueueView, SweepError
+from pipeline.tracking import names
+from pipeline.tracking import store as tracking
 
 
 def test_dvc_yaml_declares_every_path_the_stages_write_and_only_known_params():
@@ -28,7 +31,7 @@ def test_dvc_yaml_declares_every_path_the_stages_write_and_only_known_params():
         entries = dvc[stage].get("outs", []) + dvc[stage].get("metrics", []) + dvc[stage].get("plots", [])
         return {next(iter(e)) if isinstance(e, dict) else e for e in entries}
 
-    assert tuple(dvc) == paths.STAGES
+    assert tuple(dvc) == names.STAGES
     assert declared("download") == {str(paths.SPLITS), str(paths.FACTS)}
     assert declared("train_vae") == {str(p) for p in (paths.VAE_CHECKPOINT, paths.VAE_RUN, paths.VAE_METRICS,
                                                        paths.VAE_HISTORY, paths.VAE_SAMPLES, paths.VAE_RECONSTRUCTIONS)}
@@ -93,7 +96,7 @@ def test_repro_then_experiment_gives_one_row_per_result(repo):
     assert float(by_latent["8"]["test_neg_elbo"]) == pytest.approx(rows["8"].data.metrics["vae/test_neg_elbo"])
 
     # The same comparison from MLflow, without the UI: printed, and written as CSV.
-    shown = run_module(repo, "pipeline.compare")
+    shown = run_module(repo, "pipeline.tools.compare")
     assert "vae-gan-ld4-workspace" in shown and rows["8"].info.run_name in shown
     compared = list(csv.DictReader((repo / "outputs" / "comparison.csv").open()))
     assert [row["latent_dim"] for row in compared] == ["4", "8"]
@@ -135,7 +138,7 @@ def test_changing_a_gan_or_evaluation_param_reruns_only_the_stages_after_it(repo
 
 def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
     head = git(repo, "rev-parse", "HEAD").strip()
-    out = run_module(repo, "pipeline.sweep", "--latent-dims", "2", "3", "--jobs", "2")
+    out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "3", "--jobs", "2")
     assert "sweep of 2 values with 2 worker(s)" in out
     rows = mlflow_runs(repo / "mlflow.db", "mnist5k")
     assert sorted(run.data.params["latent_dim"] for run in rows) == ["2", "3"]  # none lost, none twice
@@ -158,7 +161,7 @@ def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
 
     # The same values again: DVC restores every stage from its run cache, records nothing new,
     # and the sweep reports the rows that already hold those results.
-    out = run_module(repo, "pipeline.sweep", "--latent-dims", "2", "3", "--jobs", "2")
+    out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "3", "--jobs", "2")
     assert out.count("computed before (DVC reused those outputs and ran nothing)") == 2
     assert len(mlflow_runs(repo / "mlflow.db", "mnist5k")) == 2
     again = list(csv.DictReader((repo / "outputs" / "sweep.csv").open()))
@@ -254,7 +257,7 @@ def test_a_real_worker_is_seen_while_it_runs_and_ended_once_the_queue_is_idle(re
 
 
 def test_sweep_over_beta_records_one_row_per_pair(repo):
-    out = run_module(repo, "pipeline.sweep", "--latent-dims", "2", "--betas", "0.5", "2", "--jobs", "2")
+    out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "--betas", "0.5", "2", "--jobs", "2")
     assert "sweep of 2 values with 2 worker(s)" in out
     rows = mlflow_runs(repo / "mlflow.db", "mnist5k")
     assert sorted((r.data.params["latent_dim"], r.data.params["vae.beta"]) for r in rows) == [("2", "0.5"), ("2", "2.0")]
@@ -268,7 +271,7 @@ def test_sweep_over_beta_records_one_row_per_pair(repo):
     (["--latent-dims", "4", "--betas", "2", "2"], "vae.beta values [2.0] are given more than once"),
 ])
 def test_sweep_refuses_bad_values_before_queueing_anything(repo, args, message):
-    result = subprocess.run([sys.executable, "-m", "pipeline.sweep", *args], cwd=repo, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "pipeline.tools.sweep", *args], cwd=repo, capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (repo / "mlflow.db").exists() and not (repo / "outputs").exists()
     assert "sweep-" not in dvc(repo, "queue", "status")
@@ -295,7 +298,7 @@ def test_sweep_names_an_experiment_that_failed(repo):
     # Valid by the params' rules, but more samples than the test split holds: evaluate refuses.
     params = merge(yaml.safe_load((repo / "params.yaml").read_text()), {"evaluate": {"num_samples": 61}})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = subprocess.run([sys.executable, "-m", "pipeline.sweep", "--latent-dims", "2"], cwd=repo,
+    result = subprocess.run([sys.executable, "-m", "pipeline.tools.sweep", "--latent-dims", "2"], cwd=repo,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert re.search(r"sweep: error: sweep-\S+-ld2 left no complete result \(see `dvc queue logs sweep-", result.stderr)

@@ -8,11 +8,12 @@ import json
 import mlflow
 import pytest
 import torch
-
 from conftest import TINY, UP_TO_GAN, assert_refused, merge, repo_params, tiny_project
-from pipeline import download, evaluate, train_classifier
-from pipeline.config import parse_config
-from pipeline.models import VAE, VAEArchitecture
+
+from pipeline.core import data
+from pipeline.core.config import parse_config
+from pipeline.core.models import VAE, VAEArchitecture
+from pipeline.stages import evaluate, train_classifier
 
 SETS = {"real_train", "noise", "vae_reconstructions", "vae_prior", "gan_decoder", "gan_scratch"}
 
@@ -106,7 +107,7 @@ def test_bad_evaluation_params_fail_before_any_work(evaluated, override, message
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     config = parse_config(merge(repo_params(), TINY))
-    splits = download.run(config.data, config.seed, tmp_path_factory.mktemp("data"))
+    splits = data.build_splits(config.data, config.seed, tmp_path_factory.mktemp("data"))
     return config, splits
 
 

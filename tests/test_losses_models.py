@@ -4,11 +4,11 @@
 import pytest
 import torch
 
-from pipeline.errors import CheckpointError
-from pipeline.io import save_checkpoint
-from pipeline.losses import gaussian_kl, kl_weight, reconstruction_loss, vae_loss
-from pipeline.models import VAE, VAEArchitecture, reparameterize
-from pipeline.train_vae import CHECKPOINT_KIND, load_vae
+from pipeline.core.checkpoints import VAE_KIND as CHECKPOINT_KIND
+from pipeline.core.checkpoints import load_vae, save_checkpoint
+from pipeline.core.errors import CheckpointError
+from pipeline.core.losses import gaussian_kl, kl_weight, reconstruction_loss, vae_loss
+from pipeline.core.models import VAE, VAEArchitecture, reparameterize, standard_normal
 
 
 def test_kl_closed_form_matches_monte_carlo():
@@ -51,8 +51,46 @@ def test_kl_warmup_ramps_linearly_to_beta():
 def test_reparameterisation_passes_gradients_to_mu_and_logvar():
     mu = torch.zeros(4, 3, requires_grad=True)
     logvar = torch.zeros(4, 3, requires_grad=True)
-    reparameterize(mu, logvar, torch.Generator().manual_seed(0)).pow(2).sum().backward()
+    eps = standard_normal(mu, torch.Generator().manual_seed(0))
+    reparameterize(mu, logvar, eps).pow(2).sum().backward()
     assert mu.grad.abs().sum() > 0 and logvar.grad.abs().sum() > 0
+
+
+def test_several_draws_per_image_follow_the_posterior():
+    mu, logvar = torch.tensor([[2.0, -1.0]]), torch.log(torch.tensor([[0.25, 4.0]]))
+    z = reparameterize(mu, logvar, standard_normal(mu, torch.Generator().manual_seed(0), samples=100_000))
+    assert z.shape == (100_000, 1, 2)
+    assert torch.allclose(z.mean(dim=0), mu, atol=0.02)
+    assert torch.allclose(z.std(dim=0), torch.tensor([[0.5, 2.0]]), atol=0.02)
+
+
+def test_kl_terms_add_up_to_the_kl_and_average_to_the_kl_per_dimension():
+    from pipeline.core.losses import gaussian_kl_terms
+    from pipeline.core.metrics import kl_per_dimension
+
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(6, 4), torch.randn(6, 4)
+    terms = gaussian_kl_terms(mu, logvar)
+    assert torch.equal(terms.sum(dim=1), gaussian_kl(mu, logvar))
+    assert torch.equal(terms.mean(dim=0), kl_per_dimension(mu, logvar))
+    assert (terms >= 0).all()
+
+
+def test_architectures_are_a_registry_that_config_offers():
+    import dataclasses
+
+    from pipeline.core.config import VAEConfig
+    from pipeline.core.models import ARCHITECTURES, Discriminator
+
+    rule = {f.name: f.metadata["rule"] for f in dataclasses.fields(VAEConfig)}["architecture"]
+    assert rule.choices == tuple(ARCHITECTURES)
+    for kind in ARCHITECTURES:
+        arch = VAEArchitecture(kind, (1, 28, 28), latent_dim=3, hidden_dim=16)
+        assert Discriminator(arch, 8)(torch.rand(2, 1, 28, 28)).shape == (2,)
+    with pytest.raises(ValueError, match="unknown architecture 'rnn'"):
+        VAEArchitecture("rnn", (1, 28, 28), latent_dim=3, hidden_dim=16)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        VAEArchitecture("conv", (1, 30, 30), latent_dim=3, hidden_dim=16)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv"])

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from pipeline import metrics
-from pipeline.losses import gaussian_kl
-from pipeline.models import VAE, Classifier, VAEArchitecture
+from pipeline.core import metrics
+from pipeline.core.losses import gaussian_kl
+from pipeline.core.models import VAE, Classifier, VAEArchitecture
 
 ARCH = VAEArchitecture("mlp", (1, 28, 28), latent_dim=6, hidden_dim=32)
 

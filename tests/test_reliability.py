@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from conftest import REPO, UP_TO_GAN, Project, free_port, mlflow_runs, tiny_project
-from pipeline import paths, sweep
+from conftest import REPO, UP_TO_GAN, Project, free_port, mlflow_runs, module_of, tiny_project
 from test_download import served_mnist  # noqa: F401  (a fixture: MNIST files served on 127.0.0.1)
+
+from pipeline.stages import paths
+from pipeline.tools import sweep
 
 LONG = {"vae": {"epochs": 100_000}}  # a training still running when the signal comes
 
@@ -148,13 +149,14 @@ def test_bad_input_is_refused_with_its_message_and_nothing_written(upstream, mon
 
 def test_a_download_whose_checksum_does_not_match_is_refused(served_mnist, project, monkeypatch):  # noqa: F811
     """data: checksum mismatch (the files served on 127.0.0.1, one of them tampered with)."""
-    from pipeline import download
     from test_download import with_store
+
+    from pipeline.core.errors import DataError
 
     url, folder, _ = served_mnist
     (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"tampered"))
     project.write_params({"data": {"name": "mnist", "mirror": url}})
-    with pytest.raises(download.DataError) as error:
+    with pytest.raises(DataError) as error:
         with_store(project, monkeypatch)
     message = str(error.value)
     assert f"could not download 'mnist' from {url}" in message
@@ -224,7 +226,7 @@ def test_the_same_params_and_seed_give_the_same_bytes(upstream):
 def start_stage(project, name: str) -> tuple[subprocess.Popen, object]:
     """`python -m pipeline.<name>` in the background, as Project.stage runs it, output to a log."""
     log = open(project.root / f"{name}.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", f"pipeline.{name}"], cwd=project.root, stdout=log,
+    process = subprocess.Popen([sys.executable, "-m", module_of(name)], cwd=project.root, stdout=log,
                                stderr=subprocess.STDOUT, env=project.environment())
     return process, log
 

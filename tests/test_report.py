@@ -8,9 +8,10 @@ import re
 
 import mlflow
 import pytest
-
 from conftest import UP_TO_GAN, Project, tiny_project
-from pipeline import report
+
+from pipeline.tools.report import numbers, runs, sections
+from pipeline.tracking.rows import Row
 
 RESULT_STAGES = ("train_vae", "train_gan", "evaluate")
 
@@ -109,40 +110,41 @@ def test_every_number_in_the_text_is_one_the_report_cited(reported):
 
 def test_one_run_report_says_what_a_sweep_would_add(reported, tmp_path):
     store = client(reported)
-    usable, outdated = report.collect(store, store.get_experiment_by_name("mnist5k").experiment_id)
+    rows = [Row.from_mlflow(run) for run in store.search_runs([store.get_experiment_by_name("mnist5k").experiment_id])]
+    usable, outdated = runs.usable(rows)
     assert len(usable) == 3 and outdated == []
     reference = {k: v for k, v in usable[0].params.items()}
     only = [r for r in usable if r.latent_dim == 4 and r.beta == 1.0]
-    study = report.select(only, {**reference, "latent_dim": "4", "vae.beta": "1.0"}, "mnist5k")
+    study = runs.select(only, {**reference, "latent_dim": "4", "vae.beta": "1.0"}, "mnist5k")
     assert study.by_latent_dim == only == study.by_beta == [study.main]
     (tmp_path / "figures").mkdir()
-    text, numbers = report.build(study, report.Source(store, tmp_path / "downloads"), tmp_path / "figures")
+    text, cited = sections.build(study, numbers.Source(store, tmp_path / "downloads"), tmp_path / "figures")
     assert "Only latent_dim 4 has been run" in text and "make sweep" in text
     assert "Every run here has beta 1.0" in text and "dvc exp run -S latent_dim=2" in text
     assert not (tmp_path / "figures/latent_dim.png").exists()
-    assert {e["run_id"] for e in numbers if "run_id" in e} == {study.main.run_id}
+    assert {e["run_id"] for e in cited if "run_id" in e} == {study.main.run_id}
 
 
 def test_selection_takes_the_newest_run_per_value_and_ignores_other_settings():
     def record(run_id, start, **params):
         base = {"latent_dim": "4", "vae.beta": "1.0", "seed": "0", "device": "auto"}
-        return report.RunRecord(run_id, run_id, {**base, **params}, {}, {}, start)
+        return Row(run_id, run_id, "FINISHED", start, {**base, **params}, {}, {})
 
     reference = {"latent_dim": "4", "vae.beta": "1.0", "seed": "0", "device": "cpu"}
-    runs = [record("old4", 1), record("new4", 2), record("ld8", 3, latent_dim="8"), record("seed1", 4, seed="1"),
+    rows = [record("old4", 1), record("new4", 2), record("ld8", 3, latent_dim="8"), record("seed1", 4, seed="1"),
             record("beta4", 5, **{"vae.beta": "4.0"}), record("beta4ld8", 6, latent_dim="8", **{"vae.beta": "4.0"})]
-    study = report.select(runs, reference, "x")
+    study = runs.select(rows, reference, "x")
     assert study.main.run_id == "new4"
     assert [r.run_id for r in study.by_latent_dim] == ["new4", "ld8"]
     assert [r.run_id for r in study.by_beta] == ["new4", "beta4"]
-    with pytest.raises(report.ReportError, match="no complete run with params.yaml's settings"):
-        report.select(runs, {**reference, "seed": "7"}, "x")
+    with pytest.raises(runs.ReportError, match="no complete run with params.yaml's settings"):
+        runs.select(rows, {**reference, "seed": "7"}, "x")
 
 
 def test_rises_counts_setbacks_and_readable_drops_the_exponent():
-    assert report.rises([5, 4, 4.5, 3, 3.5, 3.6]) == 3 and report.rises([3, 2, 1]) == 0
-    assert report.readable(119729.3) == "119729" and report.readable(0.0187815) == "0.01878"
-    assert report.readable(0.9716, ".3f") == "0.972"
+    assert numbers.rises([5, 4, 4.5, 3, 3.5, 3.6]) == 3 and numbers.rises([3, 2, 1]) == 0
+    assert numbers.readable(119729.3) == "119729" and numbers.readable(0.0187815) == "0.01878"
+    assert numbers.readable(0.9716, ".3f") == "0.972"
 
 
 def test_no_matching_run_is_refused_and_writes_nothing(reported):

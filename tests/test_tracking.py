@@ -11,11 +11,12 @@ from types import SimpleNamespace
 import mlflow
 import numpy as np
 import pytest
-
 from conftest import REPO, mlflow_runs, repo_params
-from pipeline import tracking
-from pipeline.config import parse_config
-from pipeline.errors import TrackingError
+
+from pipeline.core.config import parse_config
+from pipeline.core.errors import TrackingError
+from pipeline.tracking import names
+from pipeline.tracking import store as tracking
 
 
 def test_store_defaults_to_the_project_root_and_follows_dvc_root(project, monkeypatch, tmp_path_factory):
@@ -34,7 +35,7 @@ def record(project, monkeypatch):
     config = parse_config(repo_params())
 
     def record(stage: str, metric: float, upstream: str | None = None, params: dict | None = None, fail=False):
-        prefix = tracking.STAGE_METRIC_PREFIX[stage]
+        prefix = names.STAGE_METRIC_PREFIX[stage]
         with tracking.stage_run(stage, config, experiment="rows", run_name=f"{stage}-run",
                                 params=params, upstream_run_id=upstream) as active:
             mlflow.log_metric(f"{prefix}/score", metric, step=1)
@@ -112,7 +113,7 @@ def test_processes_that_create_a_new_store_at_once_all_record(tmp_path):
     (queue workers starting at once); the creation lock makes them take turns."""
     script = (
         "import mlflow\n"
-        "from pipeline import tracking\n"
+        "from pipeline.tracking import store as tracking\n"
         "experiment = tracking.ensure_experiment('rows')\n"
         "for step in range(3):\n"
         "    with mlflow.start_run(experiment_id=experiment):\n"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-
 from conftest import UP_TO_GAN, free_port, tiny_project, wait_until_healthy
-from pipeline import paths
+
+from pipeline.stages import paths
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,14 @@ import json
 import mlflow
 import pytest
 import torch
-
 from conftest import TINY, UP_TO_GAN, assert_refused, merge, repo_params, tiny_project
-from pipeline import download, losses, train_classifier, train_gan
-from pipeline.config import parse_config
-from pipeline.errors import TrainingDiverged
-from pipeline.models import VAE, Discriminator, VAEArchitecture
+
+from pipeline.core import data, losses, training
+from pipeline.core.checkpoints import load_gan, load_gans
+from pipeline.core.config import parse_config
+from pipeline.core.errors import TrainingDiverged
+from pipeline.core.models import VAE, Discriminator, VAEArchitecture
+from pipeline.stages import train_classifier, train_gan
 
 ARCH = VAEArchitecture("mlp", (1, 28, 28), latent_dim=4, hidden_dim=32)
 
@@ -28,10 +30,10 @@ def trained_vae() -> VAE:
 def test_generator_equals_the_decoder_with_init_decoder_and_differs_from_scratch(kind):
     vae = VAE(VAEArchitecture(kind, (1, 28, 28), latent_dim=4, hidden_dim=32))
     decoder_weights = vae.decoder.state_dict()
-    from_decoder = train_gan.make_generator(vae, "decoder").state_dict()
+    from_decoder = training.make_generator(vae, "decoder").state_dict()
     assert from_decoder.keys() == decoder_weights.keys()
     assert all(torch.equal(from_decoder[k], decoder_weights[k]) for k in decoder_weights)
-    from_scratch = train_gan.make_generator(vae, "scratch").state_dict()
+    from_scratch = training.make_generator(vae, "scratch").state_dict()
     assert all(not torch.equal(from_scratch[k], decoder_weights[k]) for k in decoder_weights)
     # A copy, not the same tensors: training the generator leaves the VAE's decoder as it was.
     assert all(from_decoder[k].data_ptr() != decoder_weights[k].data_ptr() for k in decoder_weights)
@@ -39,7 +41,7 @@ def test_generator_equals_the_decoder_with_init_decoder_and_differs_from_scratch
 
 def test_one_discriminator_step_and_one_generator_step_each_update_only_their_network():
     torch.manual_seed(0)
-    generator, discriminator = train_gan.make_generator(trained_vae(), "decoder"), Discriminator(ARCH, 32)
+    generator, discriminator = training.make_generator(trained_vae(), "decoder"), Discriminator(ARCH, 32)
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
     optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
     real = torch.rand(8, 1, 28, 28)
@@ -49,8 +51,8 @@ def test_one_discriminator_step_and_one_generator_step_each_update_only_their_ne
     d_before = [p.detach().clone() for p in discriminator.parameters()]
 
     with pytest.raises(ValueError, match="detached"):
-        train_gan.discriminator_step(discriminator, optimizer_d, real, fake)
-    d_step = train_gan.discriminator_step(discriminator, optimizer_d, real, fake.detach())
+        training.discriminator_step(discriminator, optimizer_d, real, fake)
+    d_step = training.discriminator_step(discriminator, optimizer_d, real, fake.detach())
     assert all(torch.equal(a, b) for a, b in zip(g_before, generator.parameters()))
     assert all(not torch.equal(a, b) for a, b in zip(d_before, discriminator.parameters()))
     assert set(d_step) == {"d_loss", "d_real", "d_fake"} and 0 < d_step["d_real"] < 1
@@ -58,7 +60,7 @@ def test_one_discriminator_step_and_one_generator_step_each_update_only_their_ne
     d_after = [p.detach().clone() for p in discriminator.parameters()]
     with torch.no_grad():
         fooled_before = torch.sigmoid(discriminator(generator(z))).mean()
-    g_step = train_gan.generator_step(discriminator, optimizer_g, fake)
+    g_step = training.generator_step(discriminator, optimizer_g, fake)
     assert all(torch.equal(a, b) for a, b in zip(d_after, discriminator.parameters()))
     assert all(not torch.equal(a, b) for a, b in zip(g_before, generator.parameters()))
     with torch.no_grad():  # the step moved G towards fooling D on the same noise
@@ -83,7 +85,7 @@ def test_snapshot_epochs_are_spread_before_the_last():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     config = parse_config(merge(repo_params(), TINY))
-    splits = download.run(config.data, config.seed, tmp_path_factory.mktemp("data"))
+    splits = data.build_splits(config.data, config.seed, tmp_path_factory.mktemp("data"))
     classifier = train_classifier.run(config, splits, "cpu").model
     return config, splits, classifier
 
@@ -105,7 +107,7 @@ def test_training_from_the_decoder_starts_at_the_vae_prior_score(tiny):
 
 def test_nan_stops_gan_training_naming_the_gan_and_the_term(tiny, monkeypatch):
     config, splits, classifier = tiny
-    monkeypatch.setattr(train_gan, "generator_loss", lambda logits: logits.sum() * float("nan"))
+    monkeypatch.setattr(training, "generator_loss", lambda logits: logits.sum() * float("nan"))
     with pytest.raises(TrainingDiverged, match=r"epoch 1: the GAN \(decoder\) loss term 'g_loss' became nan"):
         train_gan.run(config, splits, trained_vae(), classifier, "cpu")
 
@@ -134,25 +136,25 @@ def test_stage_writes_checkpoints_history_and_samples(stage_project):
 
 def test_checkpoint_round_trip_rebuilds_the_same_generator_and_discriminator(stage_project):
     path = stage_project.root / "outputs/gan/generators/decoder.pt"
-    generator, discriminator, checkpoint = train_gan.load_gan(path, latent_dim=4)
+    generator, discriminator, checkpoint = load_gan(path, latent_dim=4)
     assert checkpoint["config"]["init"] == "decoder" and checkpoint["epoch"] == 2
     assert checkpoint["config"]["architecture"]["latent_dim"] == 4
     stored = torch.load(path, weights_only=True)
     assert all(torch.equal(generator.state_dict()[k], v) for k, v in stored["state_dict"].items())
     assert all(torch.equal(discriminator.state_dict()[k], v) for k, v in stored["discriminator_state_dict"].items())
     z = torch.randn(5, 4)
-    again, again_d, _ = train_gan.load_gan(path)
+    again, again_d, _ = load_gan(path)
     assert torch.equal(generator(z), again(z)) and torch.equal(discriminator(again(z)), again_d(again(z)))
     assert discriminator.features(generator(z)).shape == (5, checkpoint["config"]["gan"]["discriminator_hidden"])
-    assert set(train_gan.load_gans(path.parent, latent_dim=4)) == {"decoder", "scratch"}
-    from pipeline.errors import CheckpointError
+    assert set(load_gans(path.parent, latent_dim=4)) == {"decoder", "scratch"}
+    from pipeline.core.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="latent_dim 4 but params.yaml says 8"):
-        train_gan.load_gan(path, latent_dim=8)
+        load_gan(path, latent_dim=8)
     with pytest.raises(CheckpointError, match="is not a gan_generator checkpoint"):
-        train_gan.load_gan(stage_project.root / "outputs/vae/checkpoint.pt")
+        load_gan(stage_project.root / "outputs/vae/checkpoint.pt")
     with pytest.raises(CheckpointError, match="holds no generator"):
-        train_gan.load_gans(stage_project.root / "outputs/vae")
+        load_gans(stage_project.root / "outputs/vae")
 
 
 def test_stage_records_into_the_vae_row(stage_project):

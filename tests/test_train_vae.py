@@ -7,11 +7,13 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY, merge, repo_params
-from pipeline import download, train_vae
-from pipeline.config import parse_config
-from pipeline.errors import TrainingDiverged
+
+from pipeline.core import data, training
+from pipeline.core.checkpoints import load_vae
+from pipeline.core.config import parse_config
+from pipeline.core.errors import TrainingDiverged
+from pipeline.stages import train_vae
 
 EXPECTED_OUTPUTS = [
     "outputs/data/facts.json",
@@ -28,7 +30,7 @@ EXPECTED_OUTPUTS = [
 @pytest.fixture(scope="module")
 def tiny_splits(tmp_path_factory):
     config = parse_config(merge(repo_params(), TINY))
-    return download.run(config.data, config.seed, tmp_path_factory.mktemp("data"))
+    return data.build_splits(config.data, config.seed, tmp_path_factory.mktemp("data"))
 
 
 def tiny_config(**vae):
@@ -51,20 +53,20 @@ def test_training_lowers_the_test_loss(tiny_splits):
 def test_the_reconstruction_gradient_reaches_the_encoder_only_through_the_reparameterised_sample(tiny_splits,
                                                                                                  monkeypatch):
     model = train_vae.run(tiny_config(), tiny_splits, "cpu").model
-    x = train_vae.to_unit_float(torch.from_numpy(tiny_splits.x_train[:32]))
+    x = training.to_unit_float(torch.from_numpy(tiny_splits.x_train[:32]))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.zero_grad(set_to_none=True)
-    norms = train_vae.encoder_gradient_norms(model, x, kind="bce", seed=0)
+    norms = training.encoder_gradient_norms(model, x, kind="bce", seed=0)
     assert norms["reconstruction"] > 0 and norms["kl"] > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())  # measured, not accumulated
-    assert train_vae.encoder_gradient_norms(model, x, kind="bce", seed=0) == norms
+    assert training.encoder_gradient_norms(model, x, kind="bce", seed=0) == norms
 
-    from pipeline import models
+    from pipeline.core import models
 
     sample = models.reparameterize
-    monkeypatch.setattr(models, "reparameterize", lambda mu, logvar, g=None: sample(mu, logvar, g).detach())
-    cut = train_vae.encoder_gradient_norms(model, x, kind="bce", seed=0)
+    monkeypatch.setattr(models, "reparameterize", lambda mu, logvar, eps: sample(mu, logvar, eps).detach())
+    cut = training.encoder_gradient_norms(model, x, kind="bce", seed=0)
     assert cut["reconstruction"] == 0.0 and cut["kl"] == pytest.approx(norms["kl"])
 
 
@@ -79,7 +81,7 @@ def test_conv_architecture_trains(tiny_splits):
 
 
 def test_nan_loss_stops_training_naming_epoch_and_term(tiny_splits, monkeypatch):
-    real_loss = train_vae.vae_loss
+    real_loss = training.vae_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -89,7 +91,7 @@ def test_nan_loss_stops_training_naming_epoch_and_term(tiny_splits, monkeypatch)
             terms["kl"] = terms["kl"] * float("nan")
         return terms
 
-    monkeypatch.setattr(train_vae, "vae_loss", poisoned)
+    monkeypatch.setattr(training, "vae_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="epoch 2: the training loss term 'kl' became nan"):
         train_vae.run(tiny_config(), tiny_splits, "cpu")
 
@@ -103,7 +105,7 @@ def test_stage_end_to_end_records_one_complete_mlflow_row(project):
     history = list(csv.DictReader(open(project.root / "outputs/vae/history.csv")))
     assert len(history) == metrics["epochs"] == 2
     assert float(history[-1]["test_neg_elbo"]) == pytest.approx(metrics["test_neg_elbo"])
-    model, checkpoint = train_vae.load_vae(project.root / "outputs/vae/checkpoint.pt", latent_dim=4)
+    model, checkpoint = load_vae(project.root / "outputs/vae/checkpoint.pt", latent_dim=4)
     assert checkpoint["epoch"] == 2 and checkpoint["config"]["vae"]["hidden_dim"] == 32
 
     (row,) = project.runs("mnist5k")

@@ -18,12 +18,12 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import PipelineError
+from pipeline.core.data import MIRROR_VARIABLE, SOURCES
+from pipeline.core.errors import PipelineError
+from pipeline.core.models import ARCHITECTURES
 
 PARAMS_FILE = Path("params.yaml")
 
-DATASETS = ("mnist5k", "mnist", "fashion_mnist", "kmnist")
-ARCHITECTURES = ("mlp", "conv")
 RECONSTRUCTION_LOSSES = ("bce", "mse")
 GAN_INITS = ("decoder", "scratch")
 
@@ -93,7 +93,7 @@ def rule(**kwargs: Any) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = rule(kind=str, choices=DATASETS)
+    name: str = rule(kind=str, choices=tuple(SOURCES))
     test_fraction: float = rule(kind=float, minimum=0, exclusive_minimum=True, maximum=1, exclusive_maximum=True)
     max_per_class: int = rule(kind=int, minimum=0)  # 0 keeps every image
     mirror: str = rule(kind=str)  # "" = torchvision's own URLs
@@ -101,7 +101,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    architecture: str = rule(kind=str, choices=ARCHITECTURES)
+    architecture: str = rule(kind=str, choices=tuple(ARCHITECTURES))
     hidden_dim: int = rule(kind=int, minimum=1)
     epochs: int = rule(kind=int, minimum=1)
     batch_size: int = rule(kind=int, minimum=1)
@@ -132,6 +132,11 @@ class GANConfig:
     discriminator_hidden: int = rule(kind=int, minimum=1)
     fid_samples: int = rule(kind=int, minimum=2)  # generated images scored after every epoch
     snapshots: int = rule(kind=int, minimum=0)  # sample grids kept during training, besides the last
+
+    @property
+    def trained_inits(self) -> list[str]:
+        """The GANs this config trains, named by their generator's start: decoder and/or scratch."""
+        return ["decoder", "scratch"] if self.init == "decoder" and self.compare_scratch else [self.init]
 
 
 @dataclass(frozen=True)
@@ -196,15 +201,17 @@ def _parse(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**values)
 
 
-def parse_config(raw: Any) -> Config:
-    """Validate a params mapping (as read from params.yaml) into a Config, or raise ConfigError."""
+def parse_config(raw: Any, check_device: bool = True) -> Config:
+    """Validate a params mapping (as read from params.yaml) into a Config, or raise ConfigError.
+    `check_device` also checks that this machine has the device the config names."""
     config = _parse(Config, raw, "")
     if "@" in urllib.parse.urlsplit(config.data.mirror).netloc:
         # Params are recorded in MLflow, DVC and git: a password there would be published with them.
         raise ConfigError("params.yaml: data.mirror holds a user name or password, and params are recorded in "
                           f"MLflow and git; put the credentials in ~/.netrc, or the URL in {MIRROR_VARIABLE} "
                           "(not recorded)")
-    resolve_device(config.device)
+    if check_device:
+        resolve_device(config.device)
     return config
 
 
@@ -238,14 +245,13 @@ def resolve_device(name: str) -> str:
 
 
 THREADS_VARIABLE = "PIPELINE_THREADS"
-MIRROR_VARIABLE = "PIPELINE_DATA_MIRROR"  # a data mirror's URL, used when data.mirror is empty; not recorded
 
 
 def thread_limit(environ: dict[str, str]) -> int | None:
     """The CPU threads a stage may use: `PIPELINE_THREADS` when set, None (all cores) otherwise.
 
     An environment variable rather than a param: it changes how fast a stage runs, not what it
-    computes, so it must not make DVC rerun anything. `pipeline.sweep` sets it to the cores
+    computes, so it must not make DVC rerun anything. `pipeline.tools.sweep` sets it to the cores
     divided by the queue workers.
     """
     value = environ.get(THREADS_VARIABLE, "").strip()
@@ -267,3 +273,35 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
         else:
             flat[prefix + f.name] = value
     return flat
+
+
+def unflatten(flat: dict[str, str], cls: type = None, prefix: str = "") -> dict[str, Any]:
+    """The inverse of `flatten` for recorded params, which are text (`"16"`, `"True"`): the nested
+    mapping `parse_config` takes, each value converted to its field's kind. Keys the config does
+    not have are dropped (a row may carry params of later code); missing ones stay missing, so
+    `parse_config` names them."""
+    cls = cls or Config
+    raw: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        if "rule" not in f.metadata:
+            raw[f.name] = unflatten(flat, typing.get_type_hints(cls)[f.name], key + ".")
+        elif key in flat:
+            raw[f.name] = _from_text(flat[key], f.metadata["rule"].kind)
+    return raw
+
+
+def _from_text(text: str, kind: type) -> Any:
+    if kind is bool:
+        return {"True": True, "False": False}.get(text, text)
+    try:
+        return kind(text)
+    except ValueError:
+        return text  # left as text, parse_config names the key and the value
+
+
+def config_from_params(params: dict[str, str]) -> Config:
+    """The Config a run was recorded with, from its params as MLflow keeps them (text under
+    dotted keys); raises ConfigError naming a missing or malformed one. The device is not checked:
+    a run made on a GPU machine can be read on any machine."""
+    return parse_config(unflatten(params), check_device=False)

@@ -10,13 +10,19 @@ import torch
 import torch.nn.functional as F
 
 
-def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag(exp(logvar))) || N(0, I)) per image, in closed form.
+def gaussian_kl_terms(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu_j, exp(logvar_j)) || N(0, 1)) of each image and latent dimension j, in closed form.
 
-    KL = -1/2 * sum_j (1 + logvar_j - mu_j^2 - exp(logvar_j))   (Kingma & Welling 2014, app. B)
-    mu, logvar: (B, D) -> (B,)
+    KL_j = -1/2 * (1 + logvar_j - mu_j^2 - exp(logvar_j))   (Kingma & Welling 2014, app. B)
+    mu, logvar: (B, D) -> (B, D). The terms are independent, so they add up over j.
     """
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag(exp(logvar))) || N(0, I)) per image: the sum of `gaussian_kl_terms` over
+    the latent dimensions. mu, logvar: (B, D) -> (B,)"""
+    return gaussian_kl_terms(mu, logvar).sum(dim=1)
 
 
 def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:

@@ -5,8 +5,6 @@
 
 from pathlib import Path
 
-STAGES = ("download", "train_vae", "train_classifier", "train_gan", "evaluate")  # dvc.yaml's, in order
-
 DATA_DIR = Path("outputs/data")
 SPLITS = DATA_DIR / "splits.npz"  # uint8 images (N, C, H, W) and int64 labels, train and test
 FACTS = DATA_DIR / "facts.json"  # name, shapes, class counts, content hash

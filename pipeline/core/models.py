@@ -1,4 +1,6 @@
-"""The VAE: an encoder to (mu, logvar), the reparameterisation trick, and a decoder.
+"""The networks: the VAE (an encoder to (mu, logvar), the reparameterisation trick, a decoder), the
+GAN's discriminator and the evaluation's classifier. The architecture kinds (`vae.architecture`)
+are entries of the ARCHITECTURES registry.
 
 The decoder is its own module with the interface a GAN generator has (latent z -> image in
 [0, 1]), so the GAN stage can start its generator from the trained decoder's weights.
@@ -7,6 +9,7 @@ The decoder is its own module with the interface a GAN generator has (latent z -
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,15 +20,19 @@ from torch import nn
 class VAEArchitecture:
     """What a checkpoint needs to rebuild the networks."""
 
-    kind: str  # "mlp" or "conv"
+    kind: str  # a key of ARCHITECTURES: "mlp" or "conv"
     image_shape: tuple[int, int, int]  # (C, H, W), from the dataset
     latent_dim: int
     hidden_dim: int
 
     def __post_init__(self) -> None:
-        _, height, width = self.image_shape
-        if self.kind == "conv" and (height % 4 or width % 4):
-            raise ValueError(f"the conv architecture needs image sides divisible by 4, got {self.image_shape}")
+        if self.kind not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.kind!r}; known: {', '.join(ARCHITECTURES)}")
+        ARCHITECTURES[self.kind].check(self.image_shape)
+
+    @property
+    def blocks(self) -> Blocks:
+        return ARCHITECTURES[self.kind]
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "image_shape": list(self.image_shape)}
@@ -35,10 +42,92 @@ class VAEArchitecture:
         return cls(**{**data, "image_shape": tuple(data["image_shape"])})
 
 
+# ---------------------------------------------------------------------------------------------
+# The architecture kinds: each builds the encoder's trunk, the decoder and the discriminator for
+# its kind. The layer order fixes the parameter names in checkpoints and the order in which the
+# seeded initialisation draws them, so it is part of every result.
+
+
+@dataclass(frozen=True)
+class Blocks:
+    encoder_trunk: Callable[[VAEArchitecture], nn.Sequential]  # image (B, C, H, W) -> (B, hidden_dim)
+    decoder: Callable[[VAEArchitecture], nn.Sequential]  # z (B, latent_dim) -> logits (B, C, H, W)
+    discriminator: Callable[[VAEArchitecture, int], nn.Sequential]  # image -> (B, 1), given D's hidden width
+    check: Callable[[tuple[int, int, int]], None] = lambda image_shape: None  # raises for images it cannot take
+
+
+def _pixels(arch: VAEArchitecture) -> int:
+    channels, height, width = arch.image_shape
+    return channels * height * width
+
+
+def _mlp_encoder(arch: VAEArchitecture) -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Linear(_pixels(arch), arch.hidden_dim), nn.ReLU())
+
+
+def _mlp_decoder(arch: VAEArchitecture) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(arch.latent_dim, arch.hidden_dim), nn.ReLU(),
+        nn.Linear(arch.hidden_dim, _pixels(arch)),
+        nn.Unflatten(1, arch.image_shape),
+    )
+
+
+def _mlp_discriminator(arch: VAEArchitecture, hidden_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(_pixels(arch), hidden_dim), nn.LeakyReLU(0.2),
+        nn.Linear(hidden_dim, hidden_dim), nn.LeakyReLU(0.2),
+        nn.Linear(hidden_dim, 1),
+    )
+
+
 def _conv_trunk(arch: VAEArchitecture) -> tuple[int, int, int]:
     """Feature map after two stride-2 convolutions: (64, H/4, W/4)."""
     _, height, width = arch.image_shape
     return 64, height // 4, width // 4
+
+
+def _conv_check(image_shape: tuple[int, int, int]) -> None:
+    _, height, width = image_shape
+    if height % 4 or width % 4:
+        raise ValueError(f"the conv architecture needs image sides divisible by 4, got {image_shape}")
+
+
+def _conv_encoder(arch: VAEArchitecture) -> nn.Sequential:
+    trunk = _conv_trunk(arch)
+    return nn.Sequential(
+        nn.Conv2d(arch.image_shape[0], 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, H/2, W/2)
+        nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),  # (B, 64, H/4, W/4)
+        nn.Flatten(), nn.Linear(trunk[0] * trunk[1] * trunk[2], arch.hidden_dim), nn.ReLU(),
+    )
+
+
+def _conv_decoder(arch: VAEArchitecture) -> nn.Sequential:
+    trunk = _conv_trunk(arch)
+    return nn.Sequential(
+        nn.Linear(arch.latent_dim, arch.hidden_dim), nn.ReLU(),
+        nn.Linear(arch.hidden_dim, trunk[0] * trunk[1] * trunk[2]), nn.ReLU(),
+        nn.Unflatten(1, trunk),  # (B, 64, H/4, W/4)
+        nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, H/2, W/2)
+        nn.ConvTranspose2d(32, arch.image_shape[0], 4, stride=2, padding=1),  # (B, C, H, W)
+    )
+
+
+def _conv_discriminator(arch: VAEArchitecture, hidden_dim: int) -> nn.Sequential:
+    trunk = _conv_trunk(arch)
+    return nn.Sequential(
+        nn.Conv2d(arch.image_shape[0], 32, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # (B, 32, H/2, W/2)
+        nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # (B, 64, H/4, W/4)
+        nn.Flatten(), nn.Linear(trunk[0] * trunk[1] * trunk[2], hidden_dim), nn.LeakyReLU(0.2),
+        nn.Linear(hidden_dim, 1),
+    )
+
+
+# vae.architecture -> its blocks; config.py takes the allowed names from here.
+ARCHITECTURES: dict[str, Blocks] = {
+    "mlp": Blocks(_mlp_encoder, _mlp_decoder, _mlp_discriminator),
+    "conv": Blocks(_conv_encoder, _conv_decoder, _conv_discriminator, check=_conv_check),
+}
 
 
 class Encoder(nn.Module):
@@ -46,18 +135,7 @@ class Encoder(nn.Module):
 
     def __init__(self, arch: VAEArchitecture):
         super().__init__()
-        channels, height, width = arch.image_shape
-        if arch.kind == "mlp":
-            self.features = nn.Sequential(
-                nn.Flatten(), nn.Linear(channels * height * width, arch.hidden_dim), nn.ReLU()
-            )
-        else:
-            trunk = _conv_trunk(arch)
-            self.features = nn.Sequential(
-                nn.Conv2d(channels, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, H/2, W/2)
-                nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),  # (B, 64, H/4, W/4)
-                nn.Flatten(), nn.Linear(trunk[0] * trunk[1] * trunk[2], arch.hidden_dim), nn.ReLU(),
-            )
+        self.features = arch.blocks.encoder_trunk(arch)
         self.mu = nn.Linear(arch.hidden_dim, arch.latent_dim)
         self.logvar = nn.Linear(arch.hidden_dim, arch.latent_dim)
 
@@ -72,22 +150,7 @@ class Decoder(nn.Module):
     def __init__(self, arch: VAEArchitecture):
         super().__init__()
         self.image_shape = arch.image_shape
-        channels, height, width = arch.image_shape
-        if arch.kind == "mlp":
-            self.net = nn.Sequential(
-                nn.Linear(arch.latent_dim, arch.hidden_dim), nn.ReLU(),
-                nn.Linear(arch.hidden_dim, channels * height * width),
-                nn.Unflatten(1, arch.image_shape),
-            )
-        else:
-            trunk = _conv_trunk(arch)
-            self.net = nn.Sequential(
-                nn.Linear(arch.latent_dim, arch.hidden_dim), nn.ReLU(),
-                nn.Linear(arch.hidden_dim, trunk[0] * trunk[1] * trunk[2]), nn.ReLU(),
-                nn.Unflatten(1, trunk),  # (B, 64, H/4, W/4)
-                nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, H/2, W/2)
-                nn.ConvTranspose2d(32, channels, 4, stride=2, padding=1),  # (B, C, H, W)
-            )
+        self.net = arch.blocks.decoder(arch)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -96,13 +159,20 @@ class Decoder(nn.Module):
         return torch.sigmoid(self.logits(z))
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z = mu + sigma * eps with eps ~ N(0, I), sigma = exp(logvar / 2).
+def standard_normal(like: torch.Tensor, generator: torch.Generator | None = None,
+                    samples: int | None = None) -> torch.Tensor:
+    """eps ~ N(0, I) of `like`'s shape, or (samples, *like.shape), on its device and dtype."""
+    shape = like.shape if samples is None else (samples, *like.shape)
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z = mu + sigma * eps with eps ~ N(0, I), sigma = exp(logvar / 2); eps may carry extra
+    leading dimensions (several draws per image).
 
     The noise is an input rather than a function of the parameters, so gradients flow from z
     to mu and logvar (Kingma & Welling 2014, section 2.4).
     """
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + torch.exp(0.5 * logvar) * eps
 
 
@@ -116,7 +186,7 @@ class VAE(nn.Module):
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
         """x (B, C, H, W) -> (reconstruction logits (B, C, H, W), mu, logvar)."""
         mu, logvar = self.encoder(x)
-        z = reparameterize(mu, logvar, generator)  # (B, latent_dim)
+        z = reparameterize(mu, logvar, standard_normal(mu, generator))  # (B, latent_dim)
         return self.decoder.logits(z), mu, logvar
 
 
@@ -131,21 +201,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, arch: VAEArchitecture, hidden_dim: int):
         super().__init__()
-        channels, height, width = arch.image_shape
-        if arch.kind == "mlp":
-            self.net = nn.Sequential(
-                nn.Flatten(), nn.Linear(channels * height * width, hidden_dim), nn.LeakyReLU(0.2),
-                nn.Linear(hidden_dim, hidden_dim), nn.LeakyReLU(0.2),
-                nn.Linear(hidden_dim, 1),
-            )
-        else:
-            trunk = _conv_trunk(arch)
-            self.net = nn.Sequential(
-                nn.Conv2d(channels, 32, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # (B, 32, H/2, W/2)
-                nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # (B, 64, H/4, W/4)
-                nn.Flatten(), nn.Linear(trunk[0] * trunk[1] * trunk[2], hidden_dim), nn.LeakyReLU(0.2),
-                nn.Linear(hidden_dim, 1),
-            )
+        self.net = arch.blocks.discriminator(arch, hidden_dim)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer (B, hidden_dim): what the real/fake logit is read from."""

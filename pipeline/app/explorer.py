@@ -1,9 +1,9 @@
-"""What the explorer app (`pipeline/app.py`, `make app`) shows and does, without Streamlit: the
+"""What the explorer app (`pipeline/app/app.py`, `make app`) shows and does, without Streamlit: the
 recorded runs, a run's models loaded from its MLflow artifacts with the pipeline's own loaders,
 samples, reconstructions and latent walks as tensors, and one training job at a time.
 
 Runs
-    The complete rows of an MLflow experiment, as `python -m pipeline.compare` lists them. A row's
+    The complete rows of an MLflow experiment, as `make compare` lists them. A row's
     models come from its artifacts (`vae/checkpoint.pt`, `gan/generators/<init>.pt`), so every
     recorded run can be explored, not only the workspace's. Its test images come from the
     workspace's `outputs/data/splits.npz` when that holds the run's data (same content hash),
@@ -36,13 +36,18 @@ import pandas as pd
 import torch
 import yaml
 
-from pipeline import compare, paths, tracking
-from pipeline.config import PARAMS_FILE, Config, ConfigError, DataConfig, parse_config
-from pipeline.download import Splits, content_hash, load_splits
-from pipeline.errors import CheckpointError, DataError, PipelineError
-from pipeline.metrics import kl_per_dimension
-from pipeline.models import VAE, Decoder
-from pipeline.training import in_batches, to_unit_float
+from pipeline.core import latent
+from pipeline.core.checkpoints import load_gans, load_vae
+from pipeline.core.config import PARAMS_FILE, Config, ConfigError, parse_config
+from pipeline.core.data import Splits, build_splits, content_hash, load_splits
+from pipeline.core.errors import CheckpointError, DataError, PipelineError
+from pipeline.core.metrics import kl_per_dimension
+from pipeline.core.models import VAE, Decoder
+from pipeline.core.training import to_unit_float
+from pipeline.stages import paths
+from pipeline.tools import compare
+from pipeline.tracking import names, store
+from pipeline.tracking.rows import read_row, read_rows
 
 # ---------------------------------------------------------------------------------------------
 # Runs and their models
@@ -51,22 +56,23 @@ from pipeline.training import in_batches, to_unit_float
 def list_runs(experiment: str) -> pd.DataFrame:
     """The experiment's complete rows, newest first, with their dataset. Raises TrackingError
     when the store or the experiment does not exist (nothing is created)."""
-    frame = compare.load_runs(experiment)
-    table = compare.comparison(frame)
+    rows = read_rows(experiment)
+    table = compare.comparison(rows)
     if table.empty:
         return table
-    frame = frame.set_index("run_id")
-    table.insert(1, "dataset", table["run_id"].map(frame["params.data.name"]) if "params.data.name" in frame else None)
-    table["started"] = table["run_id"].map(frame["start_time"])
+    by_id = {row.run_id: row for row in rows}
+    table.insert(1, "dataset", [by_id[run_id].params.get(names.DATA_NAME) for run_id in table["run_id"]])
+    table["started"] = [pd.Timestamp(by_id[run_id].start_time, unit="ms", tz="UTC") for run_id in table["run_id"]]
     return table.sort_values("started", ascending=False).reset_index(drop=True)
 
 
 def experiments() -> list[str]:
-    """The result experiments in the store (not `datasets`); empty when there is no store."""
-    if tracking.missing_local_store() is not None:
+    """The result experiments in the store (not the datasets' or classifiers'); empty when there is no store."""
+    if store.missing_local_store() is not None:
         return []
-    _, client = tracking.connect()
-    return sorted(e.name for e in client.search_experiments() if e.name != tracking.DATA_EXPERIMENT)
+    _, client = store.connect()
+    own = {name for name in names.STAGE_EXPERIMENT.values() if name}
+    return sorted(e.name for e in client.search_experiments() if e.name not in own)
 
 
 @dataclass
@@ -94,107 +100,78 @@ class LoadedRun:
         return torch.argsort(self.kl_per_dim, descending=True)[:count].tolist()
 
 
-def data_config(params: dict[str, str]) -> tuple[DataConfig, int]:
-    """The `data` section and seed a run was recorded with (MLflow keeps params as text)."""
-    try:
-        data = DataConfig(name=params["data.name"], test_fraction=float(params["data.test_fraction"]),
-                          max_per_class=int(params["data.max_per_class"]), mirror=params.get("data.mirror", ""))
-        return data, int(params["seed"])
-    except (KeyError, ValueError) as error:
-        raise DataError(f"the run's data params are incomplete or malformed ({error})") from None
-
-
-def test_split(params: dict[str, str], data_hash: str) -> Splits:
+def test_split(config: Config, data_hash: str) -> Splits:
     """The test images of the data a run was trained on (see module docstring)."""
-    from pipeline import download
-
-    workspace = tracking.project_root() / paths.SPLITS
+    workspace = store.project_root() / paths.SPLITS
     if workspace.exists():
         splits = load_splits(workspace)
         if content_hash(splits) == data_hash:
             return splits
-    data, seed = data_config(params)
     with tempfile.TemporaryDirectory(prefix="explorer-data-") as workdir:
-        splits = download.run(data, seed, Path(workdir))
+        splits = build_splits(config.data, config.seed, Path(workdir))
     if content_hash(splits) != data_hash:
-        raise DataError(f"the {data.name} data rebuilt from the run's params does not match the data it was "
+        raise DataError(f"the {config.data.name} data rebuilt from the run's params does not match the data it was "
                         f"trained on (content hash {data_hash[:12]}); rerun `dvc repro download` with its params")
     return splits
 
 
 def load_run(run_id: str, device: str = "cpu") -> LoadedRun:
     """Load a run's VAE and GAN generators from its MLflow artifacts, and its test images."""
-    from pipeline.train_gan import load_gans
-    from pipeline.train_vae import load_vae
-
-    _, client = tracking.connect()
-    run = client.get_run(run_id)
-    # A row that copied its upstream stages' records (see pipeline.tracking) names the rows that
-    # hold their artifacts.
-    source = {stage: run.data.tags.get(f"{tracking.SOURCE_TAG}{stage}", run_id) for stage in ("train_vae", "train_gan")}
+    row = read_row(run_id)
+    _, client = store.connect()
     with tempfile.TemporaryDirectory(prefix="explorer-run-") as folder:
         try:
-            vae_path = Path(client.download_artifacts(source["train_vae"], "vae/checkpoint.pt", folder))
-            generators_path = Path(client.download_artifacts(source["train_gan"], "gan/generators", folder))
+            vae_path = Path(client.download_artifacts(row.source_run("train_vae"), "vae/checkpoint.pt", folder))
+            generators_path = Path(client.download_artifacts(row.source_run("train_gan"), "gan/generators", folder))
         except Exception as error:  # MLflow raises several types for a missing artifact or store
             raise CheckpointError(f"run {run_id}'s models could not be read from its MLflow artifacts "
                                   f"({type(error).__name__}: {str(error)[:200]})") from None
         vae, checkpoint = load_vae(vae_path)
         gans = load_gans(generators_path, vae.arch.latent_dim)
-    splits = test_split(run.data.params, checkpoint["config"]["data_hash"])
+    try:
+        config = row.config()
+    except ConfigError as error:
+        raise DataError(f"the run's params are incomplete or malformed ({error})") from None
+    splits = test_split(config, checkpoint["config"]["data_hash"])
     vae = vae.to(device)
     x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)
-    with torch.inference_mode():
-        mu, logvar = in_batches(lambda x: torch.cat(vae.encoder(x), dim=1), x_test).chunk(2, dim=1)
+    mu, logvar = latent.posterior(vae, x_test)
     return LoadedRun(run_id=run_id, vae=vae,
                      generators={init: g.to(device) for init, (g, _) in gans.items()},
                      x_test=x_test, y_test=splits.y_test, kl_per_dim=kl_per_dimension(mu, logvar).cpu())
 
 
 # ---------------------------------------------------------------------------------------------
-# What the pages draw: tensors in [0, 1], (N, C, H, W), on the CPU
+# What the pages draw: tensors in [0, 1], (N, C, H, W), on the CPU (pipeline.core.latent computes)
 
 
-def prior_noise(latent_dim: int, count: int, seed: int) -> torch.Tensor:
-    """`count` draws of z ~ N(0, I) from `seed`: the same noise for every decoder."""
-    return torch.randn(count, latent_dim, generator=torch.Generator().manual_seed(seed))
-
-
-@torch.inference_mode()
 def generate(run: LoadedRun, count: int, seed: int) -> dict[str, torch.Tensor]:
     """Samples of every decoder of the run from the same noise."""
-    device = run.x_test.device
-    z = prior_noise(run.latent_dim, count, seed).to(device)
-    return {name: decoder(z).cpu() for name, decoder in run.decoders.items()}
+    z = latent.prior_noise(run.latent_dim, count, seed).to(run.x_test.device)
+    with torch.inference_mode():
+        return {name: decoder(z).cpu() for name, decoder in run.decoders.items()}
 
 
-@torch.inference_mode()
 def reconstruct(vae: VAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstructions from the posterior mean, and each image's MSE per pixel (as `evaluate`)."""
-    reconstructed = vae.decoder(vae.encoder(images)[0])
+    reconstructed = latent.reconstruct(vae, images)
     return reconstructed.cpu(), (reconstructed - images).pow(2).flatten(1).mean(dim=1).cpu()
 
 
-@torch.inference_mode()
 def latent_means(vae: VAE, images: torch.Tensor) -> torch.Tensor:
     """(N, latent_dim) posterior means."""
-    return in_batches(lambda x: vae.encoder(x)[0], images).cpu()
+    return latent.posterior_means(vae, images).cpu()
 
 
-@torch.inference_mode()
 def interpolate(vae: VAE, a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
     """Decode `steps` points on the line between the posterior means of images a and b (C, H, W)."""
-    mu = vae.encoder(torch.stack([a, b]))[0]
-    t = torch.linspace(0, 1, steps, device=mu.device)[:, None]
-    return vae.decoder(mu[0] + t * (mu[1] - mu[0])).cpu()
+    mu = latent.posterior_means(vae, torch.stack([a, b]))
+    return latent.interpolate(vae.decoder, mu[:1], mu[1:], steps).cpu()
 
 
-@torch.inference_mode()
 def decode(decoder: Decoder, z: torch.Tensor | list[float]) -> torch.Tensor:
     """Decode latent points (N, latent_dim), or one point given as a list, to images."""
-    device = next(decoder.parameters()).device
-    z = torch.as_tensor(z, dtype=torch.float32, device=device)
-    return decoder(z.view(-1, z.shape[-1])).cpu()
+    return latent.decode(decoder, z).cpu()
 
 
 def as_picture(images: torch.Tensor) -> np.ndarray:
@@ -217,7 +194,7 @@ class TrainingBusy(PipelineError):
 
 
 def job_dir() -> Path:
-    return tracking.project_root() / JOB_DIR
+    return store.project_root() / JOB_DIR
 
 
 def _set(raw: dict, dotted: str, value) -> None:
@@ -233,7 +210,7 @@ def check_settings(settings: dict) -> Config:
     unknown = sorted(set(settings) - set(TRAINABLE))
     if unknown:
         raise ConfigError(f"the explorer cannot set {', '.join(unknown)}; it sets {', '.join(TRAINABLE)}")
-    raw = yaml.safe_load((tracking.project_root() / PARAMS_FILE).read_text())
+    raw = yaml.safe_load((store.project_root() / PARAMS_FILE).read_text())
     for key, value in settings.items():
         _set(raw, key, value)
     return parse_config(raw)
@@ -261,12 +238,11 @@ def start_training(settings: dict) -> str:
     Raises TrainingBusy while another job runs, ConfigError for bad settings, and SweepError when
     this is not a git repository with a commit and an identity (`dvc exp run` needs both).
     """
-    from pipeline.sweep import check_git
-    from pipeline.train_gan import models_to_train
+    from pipeline.tools.sweep import check_git
 
     config = check_settings(settings)
     check_git()
-    root = tracking.project_root()
+    root = store.project_root()
     folder = job_dir()
     folder.mkdir(parents=True, exist_ok=True)
     fd = _try_lock(folder / "train.lock")
@@ -280,7 +256,7 @@ def start_training(settings: dict) -> str:
         (folder / "train.rc").unlink(missing_ok=True)
         (folder / "train.json").write_text(json.dumps({
             "name": name, "settings": settings, "started": time.time(), "command": command,
-            "gan_inits": len(models_to_train(config.gan))}))
+            "gan_inits": len(config.gan.trained_inits)}))
         # A small parent that waits for DVC and writes its exit code; it and DVC inherit the lock.
         waiter = ("import subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
                   "open(sys.argv[1], 'w').write(str(rc))")
@@ -325,9 +301,9 @@ def progress(log: str, gan_inits: int = 2) -> tuple[float, str]:
     if not events:
         return 0.0, "starting"
     _, stage, running = events[-1]
-    done = paths.STAGES.index(stage) + (0 if running else 1) if stage in paths.STAGES else 0
+    done = names.STAGES.index(stage) + (0 if running else 1) if stage in names.STAGES else 0
     if not running:
-        return done / len(paths.STAGES), f"{stage} up to date"
+        return done / len(names.STAGES), f"{stage} up to date"
     inside = 0.0
     epochs = [m for m in EPOCH_LINE.finditer(log, events[-1][0]) if m.group(1) == stage]
     activity = stage
@@ -338,7 +314,7 @@ def progress(log: str, gan_inits: int = 2) -> tuple[float, str]:
         part = (len(inits_seen) - 1 + step / total) / gan_inits if stage == "train_gan" else step / total
         inside = min(part, 1.0)
         activity = f"{stage}{' (' + last.group(2) + ')' if last.group(2) else ''}: epoch {step}/{total}"
-    return (done + inside) / len(paths.STAGES), activity
+    return (done + inside) / len(names.STAGES), activity
 
 
 def training_status() -> TrainingStatus:
@@ -371,10 +347,9 @@ def training_result(name: str) -> tuple[str | None, bool]:
     """The MLflow row that DVC experiment `name` left its result in (None if it left none), and
     whether that row is an earlier one: with params computed before, DVC restores their outputs
     from its run cache and runs (and records) nothing new."""
-    from pipeline.sweep import result_run_id
+    from pipeline.tools.sweep import result_run_id
 
     run_id = result_run_id(name)
     if run_id is None:
         return None, False
-    _, client = tracking.connect()
-    return run_id, client.get_run(run_id).data.tags.get("dvc.exp_name") != name
+    return run_id, read_row(run_id).tags.get(names.EXP_NAME_TAG) != name

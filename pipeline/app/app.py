@@ -1,25 +1,20 @@
 """The explorer: a local web page over the recorded runs. `make app` serves it on
-http://127.0.0.1:8501 (`python -m streamlit run pipeline/app.py` from the project root).
+http://127.0.0.1:8501 (`python -m streamlit run pipeline/app/app.py` from the project root).
 
 Pages (sidebar, or `?page=<name>` in the address): Runs, Generate, Reconstruct, Latent space,
-Train. The logic lives in `pipeline.explorer`; this file only draws it.
+Train. The logic lives in `pipeline.app.explorer`; this file only draws it.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
-# `streamlit run pipeline/app.py` puts this file's folder on the path, not the project root.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline import explorer, tracking
-from pipeline.config import load_config, resolve_device
-from pipeline.errors import PipelineError
-from pipeline.training import image_grid
+from pipeline.app import explorer
+from pipeline.core.config import load_config, resolve_device
+from pipeline.core.errors import PipelineError
+from pipeline.core.images import image_grid
+from pipeline.tracking import store
 
 PAGES = ("Runs", "Generate", "Reconstruct", "Latent space", "Train")
 SHOWN = ["run", "dataset", "latent_dim", "beta", "recon_mse", "kl", "neg_elbo", "fid_vae_prior", "fid_gan_decoder",
@@ -49,7 +44,7 @@ def choose_run(table: pd.DataFrame) -> str:
 
 def runs_page(table: pd.DataFrame, experiment: str) -> None:
     st.header("Recorded runs")
-    st.caption(f"Complete rows of experiment {experiment} in {tracking.shown_uri()}, newest first. "
+    st.caption(f"Complete rows of experiment {experiment} in {store.shown_uri()}, newest first. "
                "`make ui` opens the same rows in the MLflow UI; `make compare` prints them.")
     st.dataframe(table[SHOWN], hide_index=True)
 
@@ -231,7 +226,7 @@ def main() -> None:
     experiment = st.sidebar.selectbox("Experiment", names, index=names.index(config.experiment_name))
     asked = st.query_params.get("page", PAGES[0])
     page = st.sidebar.radio("Page", PAGES, index=PAGES.index(asked) if asked in PAGES else 0, key="page")
-    st.sidebar.caption(f"Store: {tracking.shown_uri()}")
+    st.sidebar.caption(f"Store: {store.shown_uri()}")
     if page == "Train":
         train_page()
         return
@@ -249,7 +244,7 @@ def main() -> None:
         runs_page(table, experiment)
         return
     try:
-        run = loaded(tracking.tracking_uri(), run_id, device)
+        run = loaded(store.tracking_uri(), run_id, device)
     except PipelineError as error:
         st.error(str(error))
         return

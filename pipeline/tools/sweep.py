@@ -1,30 +1,10 @@
-"""`python -m pipeline.sweep`: a sweep over `latent_dim` (and optionally `vae.beta`) as queued DVC
-experiments, run by N queue workers; waits for them and checks that each value left exactly one
-complete MLflow row.
+"""`python -m pipeline.tools.sweep` (`make sweep`): a sweep over `latent_dim` (and optionally
+`vae.beta`) as queued DVC experiments, run by N queue workers; waits for them and checks that each
+value left exactly one complete MLflow row.
 
-1. Check the values against params.yaml's rule for `latent_dim`, that `dvc exp run` can work here
-   (a git repository with a commit and an identity), and that a tracking server, if set, answers.
-2. Run the stages every experiment shares (`download`, `train_classifier`) once in the workspace,
-   so the experiments restore them from DVC's cache rather than each training its own copy.
-3. Queue one experiment per value, named `sweep-<stamp>-ld<value>`; with `--betas`, one per pair
-   of values, named `sweep-<stamp>-ld<value>-beta<beta>`.
-4. `dvc queue start -j N`, each stage limited to its share of the cores (`PIPELINE_THREADS`, see
-   pipeline.config), and follow the queue until every experiment of the sweep has finished
-   (`follow`); then stop the workers if the queue is empty (`stop_idle_workers`).
-5. Find each experiment's row through the run id in its `outputs/eval/mlflow_run.json`, print
-   the sweep's comparison table and write it as CSV; exit 2 naming any experiment that left no
-   complete row, or more than one. A value computed before (by the baseline or any experiment)
-   is reused by DVC and keeps its earlier row: nothing is recorded twice.
-
-Experiments that were already in the queue run too, but the sweep waits only for its own.
-
-Why not `dvc exp run --run-all`: DVC's workers stop themselves when a periodic check finds the
-queue empty, and on a loaded machine that check can go wrong both ways (DVC issues #10398 and
-#10562). A worker that misses its shutdown stays alive for good, and `--run-all` hands it the
-caller's stdout: a caller reading that output through a pipe (CI, `| tee`) then waits forever.
-A worker that stops with experiments still queued leaves `--run-all` waiting forever. So the
-workers get no stdout of ours, the sweep restarts them if they stop with its experiments still
-queued, reports one that lost its worker mid-run, and stops those left idle at the end.
+The steps (check, shared stages once, queue, `dvc queue start`, `follow`, `stop_idle_workers`,
+find each experiment's row) and why the sweep follows DVC's queue itself rather than calling
+`dvc exp run --run-all` are explained in docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -45,14 +25,16 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pipeline import compare, paths, tracking
-from pipeline.config import PARAMS_FILE, THREADS_VARIABLE, ConfigError, parse_config, thread_limit
-from pipeline.errors import PipelineError
+from pipeline.core.config import PARAMS_FILE, THREADS_VARIABLE, ConfigError, parse_config, thread_limit
+from pipeline.core.errors import PipelineError
+from pipeline.stages import paths
+from pipeline.tools import compare
+from pipeline.tracking import names, store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VALUES = (2, 4, 8, 16, 32, 64)
-SHARED_STAGES = ("download", "train_classifier")
+SHARED_STAGES = tuple(stage for stage in names.STAGES if stage not in names.RESULT_STAGES)  # download, train_classifier
 DEFAULT_CSV = Path("outputs/sweep.csv")
 FINISHED = ("Success", "Failed")  # the final statuses of a task in `dvc queue status`
 POLL_SECONDS = 2.0
@@ -149,7 +131,7 @@ def read_queue(root: Path = Path(".")) -> QueueView:
             info = ProcessInfo.load(str(path))
         except (OSError, ValueError):  # being rewritten by its watcher
             continue
-        if info.returncode is None and tracking.process_alive(info.pid):
+        if info.returncode is None and store.process_alive(info.pid):
             workers.append(info.pid)
     return QueueView(states, workers)
 
@@ -269,7 +251,7 @@ def sweep_rows(names: dict[Point, str], experiment: str) -> pd.DataFrame:
     restores from its run cache) runs no stage and records no new row: its result is the
     earlier row, which its outputs point to.
     """
-    table = compare.comparison(compare.load_runs(experiment))
+    table = compare.load_table(experiment)
     problems, ids = [], []
     for (value, beta), name in names.items():
         run_id = result_run_id(name)
@@ -291,9 +273,9 @@ def sweep_rows(names: dict[Point, str], experiment: str) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.sweep", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--latent-dims", type=int, nargs="+", default=list(DEFAULT_VALUES), metavar="N",
                         help="values of latent_dim (default: %(default)s)")
     parser.add_argument("--betas", type=float, nargs="+", metavar="B",
@@ -309,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config()
     check_values(args.latent_dims, args.betas)
     check_git()
-    tracking.check_server()
+    store.check_server()
     threads = (args.threads or thread_limit(dict(os.environ))
                or threads_per_worker(args.jobs, len(os.sched_getaffinity(0))))
     # Queue workers start `dvc` from PATH: it must be this environment's, as for the stages.
@@ -330,6 +312,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from pipeline.cli import run_command
+    from pipeline.stages.cli import run_command
 
     run_command("sweep", main)

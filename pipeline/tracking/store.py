@@ -1,35 +1,5 @@
-"""MLflow: where runs are stored and how DVC stage executions map onto MLflow runs.
-
-The store
-    `MLFLOW_TRACKING_URI` when set (for example a team's `mlflow server`); otherwise
-    `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlartifacts/`, where <root> is
-    `DVC_ROOT` when DVC sets it and the working directory otherwise. DVC runs queued and
-    `--temp` experiments in a temporary copy of the project but sets DVC_ROOT to the real one,
-    so their runs land in the same store as `dvc repro`'s. Queue workers write to that store at
-    the same time: a missing store is created under a file lock, and the one write MLflow does
-    as check-then-insert (a dataset input) is retried. A tracking server is checked once,
-    before a stage does any work, so an unreachable one stops the stage at once.
-
-One row per result
-    The `download` stage records each dataset it prepares in the experiment `datasets`. Every
-    result lives in the experiment named after the dataset (or `tracking.experiment`): a
-    `train_vae` execution starts a row, writes that row's id into its outputs, and the stages
-    after it (GAN, evaluation) add their params, metrics and artifacts to the same row.
-    A stage adds to its upstream row when that row finished cleanly, does not hold this stage's
-    record yet and has the same params; otherwise (the stage reruns because only its own params
-    changed, or an earlier attempt at it failed) it starts a new row holding copies of the
-    upstream stages' metrics and tags, so each row always shows a complete result. A `dvc repro`
-    that changes nothing runs no stage and so creates no row.
-
-    Interrupted stages: Ctrl-C (SIGINT) or SIGTERM ends the stage's row as KILLED (see
-    `pipeline.cli`). A process killed outright (SIGKILL, a power cut) cannot: its row stays
-    RUNNING, with the tags `pipeline.host` and `pipeline.pid` of the process that held it. The
-    next stage that records into the same experiment from the same machine marks such rows
-    KILLED once that process is gone (`close_abandoned`).
-
-    The tag `pipeline.stages` lists the stages recorded in a row, in order. Each stage's metrics
-    are named `<prefix>/<name>` (prefixes in STAGE_METRIC_PREFIX), which is how a new row knows
-    which metrics to copy.
+"""The MLflow store and how a stage execution becomes (part of) a row; docs/tracking.md explains
+the row model: where the store is, one row per result, upstream copies, interrupted stages.
 """
 
 from __future__ import annotations
@@ -44,16 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, flatten
-from pipeline.errors import Terminated, TrackingError, without_credentials
-from pipeline.io import read_json, write_json
+from pipeline.core.config import Config, flatten
+from pipeline.core.errors import Terminated, TrackingError, without_credentials
+from pipeline.core.io import read_json, write_json
+from pipeline.tracking import names
 
 log = logging.getLogger(__name__)
 
-DATA_EXPERIMENT = "datasets"
-STAGES_TAG = "pipeline.stages"
-SOURCE_TAG = "pipeline.source_run."  # + stage: the row that holds that stage's artifacts
-STAGE_METRIC_PREFIX = {"download": "data", "train_vae": "vae", "train_gan": "gan", "evaluate": "eval"}
 
 
 def project_root() -> Path:
@@ -179,20 +146,25 @@ def context_tags(stage: str) -> dict[str, str]:
     import torch
 
     tags = {
-        "pipeline.stage": stage,
-        "git.commit": _git("rev-parse", "HEAD") or "unknown",
+        names.STAGE_TAG: stage,
+        names.COMMIT_TAG: _git("rev-parse", "HEAD") or "unknown",
         # Whether the sources differ from that commit. params.yaml is recorded as params (and
         # `dvc exp run -S` edits it), and DVC rewrites dvc.lock after every stage: neither counts.
-        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no", "--",
+        names.DIRTY_TAG: str(bool(_git("status", "--porcelain", "--untracked-files=no", "--",
                                    ".", ":!params.yaml", ":!dvc.lock"))).lower(),
-        "dvc.exp_name": dvc_exp_name(),
-        "pipeline.threads": str(torch.get_num_threads()),
-        "pipeline.host": socket.gethostname(),
-        "pipeline.pid": str(os.getpid()),
+        names.EXP_NAME_TAG: dvc_exp_name(),
+        names.THREADS_TAG: str(torch.get_num_threads()),
+        names.HOST_TAG: socket.gethostname(),
+        names.PID_TAG: str(os.getpid()),
     }
     if os.environ.get("DVC_EXP_BASELINE_REV"):
-        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+        tags[names.BASELINE_TAG] = os.environ["DVC_EXP_BASELINE_REV"]
     return tags
+
+
+def experiment_for(stage: str, config: Config) -> str:
+    """The MLflow experiment `stage` records into (see names.STAGE_EXPERIMENT)."""
+    return names.STAGE_EXPERIMENT[stage] or config.experiment_name
 
 
 def run_name(config: Config) -> str:
@@ -218,8 +190,8 @@ def close_abandoned(client, experiment_id: str) -> list[str]:
     host = socket.gethostname()
     closed = []
     for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
-        pid = run.data.tags.get("pipeline.pid", "")
-        if run.data.tags.get("pipeline.host") == host and pid.isdigit() and not process_alive(int(pid)):
+        pid = run.data.tags.get(names.PID_TAG, "")
+        if run.data.tags.get(names.HOST_TAG) == host and pid.isdigit() and not process_alive(int(pid)):
             client.set_terminated(run.info.run_id, "KILLED")
             log.warning("MLflow row %s was left RUNNING by process %s, which is gone: marked KILLED",
                         run.info.run_id, pid)
@@ -228,7 +200,7 @@ def close_abandoned(client, experiment_id: str) -> list[str]:
 
 
 def _recorded_stages(run) -> list[str]:
-    value = run.data.tags.get(STAGES_TAG, "")
+    value = run.data.tags.get(names.STAGES_TAG, "")
     return value.split(",") if value else []
 
 
@@ -247,7 +219,7 @@ def _copy_upstream(client, source, target_id: str, stage: str) -> list[str]:
 
     recorded = _recorded_stages(source)
     kept = recorded[: recorded.index(stage)] if stage in recorded else recorded
-    prefixes = tuple(f"{STAGE_METRIC_PREFIX.get(s, s)}/" for s in kept)
+    prefixes = tuple(f"{names.STAGE_METRIC_PREFIX[s]}/" for s in kept)
     metrics = [
         point
         for key in source.data.metrics
@@ -256,8 +228,8 @@ def _copy_upstream(client, source, target_id: str, stage: str) -> list[str]:
     ]
     for start in range(0, len(metrics), 1000):  # MLflow's batch limit
         client.log_batch(target_id, metrics=metrics[start : start + 1000])
-    client.log_batch(target_id, tags=[RunTag(f"{SOURCE_TAG}{s}", source.data.tags.get(
-        f"{SOURCE_TAG}{s}", source.info.run_id)) for s in kept])
+    client.log_batch(target_id, tags=[RunTag(f"{names.SOURCE_TAG}{s}", source.data.tags.get(
+        f"{names.SOURCE_TAG}{s}", source.info.run_id)) for s in kept])
     return kept
 
 
@@ -294,9 +266,10 @@ def stage_run(
 ) -> Iterator[Any]:
     """Record one stage execution in MLflow; yields the active `mlflow.ActiveRun`.
 
-    With `upstream_run_id` the stage adds to that row or starts a new one holding copies of its
-    upstream records (see module docstring). `params` defaults to the full typed config. If the
-    block raises, MLflow marks the run FAILED and the stage is not added to `pipeline.stages`.
+    `experiment` is normally `experiment_for(stage, config)`. With `upstream_run_id` the stage
+    adds to that row or starts a new one holding copies of its upstream records (docs/tracking.md).
+    `params` defaults to the full typed config. If the block raises, MLflow marks the run FAILED
+    and the stage is not added to `pipeline.stages`.
     """
     mlflow, client = connect()
     params = {key: str(value) for key, value in (params or flatten(config)).items()}
@@ -326,7 +299,7 @@ def stage_run(
         stages = _recorded_stages(upstream) if adding else []
         if upstream is not None and not adding:
             stages = _copy_upstream(client, upstream, active.info.run_id, stage)
-            mlflow.set_tag("pipeline.forked_from", upstream.info.run_id)
+            mlflow.set_tag(names.FORKED_TAG, upstream.info.run_id)
         mlflow.set_tags(context_tags(stage))
         mlflow.log_params({k: v for k, v in params.items() if k not in active.data.params})
         try:
@@ -334,8 +307,8 @@ def stage_run(
         except (KeyboardInterrupt, Terminated):  # Ctrl-C, or SIGTERM (see pipeline.cli)
             mlflow.end_run("KILLED")
             raise
-        mlflow.set_tag(STAGES_TAG, ",".join([*stages, stage]))
-        mlflow.set_tag(f"{SOURCE_TAG}{stage}", active.info.run_id)
+        mlflow.set_tag(names.STAGES_TAG, ",".join([*stages, stage]))
+        mlflow.set_tag(f"{names.SOURCE_TAG}{stage}", active.info.run_id)
 
 
 def log_dataset(splits, facts: dict) -> None:

@@ -15,98 +15,33 @@ is the first epoch at which a GAN's score is better (lower).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from pipeline import paths
-from pipeline.config import Config, GANConfig, load_config, resolve_device
-from pipeline.download import Splits, dataset_facts, load_splits
-from pipeline.errors import CheckpointError
-from pipeline.io import atomic_dir, load_checkpoint, save_checkpoint, write_json
-from pipeline.losses import discriminator_loss, generator_loss
-from pipeline.metrics import Scorer, class_spread
-from pipeline.models import VAE, Decoder, Discriminator, VAEArchitecture
-from pipeline.training import (GRID_ROWS, adam, check_finite, image_grid, in_batches, save_png, to_unit_float,
-                               write_csv)
+from pipeline.core.checkpoints import GAN_KIND, gan_config, load_classifier, load_vae, save_checkpoint
+from pipeline.core.config import GAN_INITS, Config, load_config, resolve_device
+from pipeline.core.data import Splits, dataset_facts, load_splits
+from pipeline.core.images import GRID_ROWS, image_grid, save_png
+from pipeline.core.io import atomic_dir, write_csv, write_json
+from pipeline.core.metrics import Scorer, class_spread
+from pipeline.core.models import VAE, Decoder, Discriminator
+from pipeline.core.training import STEP_MEASURES, adam, gan_epoch, in_batches, make_generator, to_unit_float
+from pipeline.stages import paths
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_KIND = "gan_generator"
 ADAM_BETA2 = 0.999
-MEASURES = ("d_loss", "g_loss", "d_real", "d_fake", "fid", "classes", "label_entropy")
-
-
-def models_to_train(gan: GANConfig) -> list[str]:
-    """The GANs this config trains, named by their generator's start: decoder and/or scratch."""
-    return ["decoder", "scratch"] if gan.init == "decoder" and gan.compare_scratch else [gan.init]
+MEASURES = (*STEP_MEASURES, "fid", "classes", "label_entropy")  # a history row's columns, per GAN
 
 
 def snapshot_epochs(epochs: int, count: int) -> list[int]:
     """`count` epochs spread evenly before the last, at which a sample grid is kept."""
     return sorted({round(epochs * (i + 1) / (count + 1)) for i in range(count)} - {0, epochs})
-
-
-def make_generator(vae: VAE, init: str) -> Decoder:
-    """The generator: the decoder's architecture, with its trained weights when init is 'decoder'.
-
-    With 'scratch' the weights are PyTorch's default initialisation, drawn from the current seed.
-    """
-    generator = Decoder(vae.arch)
-    if init == "decoder":
-        generator.load_state_dict(vae.decoder.state_dict())
-    elif init != "scratch":
-        raise ValueError(f"unknown generator init {init!r}")
-    return generator
-
-
-def discriminator_step(discriminator, optimizer, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-    """One discriminator update on a real and a generated batch. `fake` must be detached from the
-    generator, so this step does not compute (or apply) gradients for the generator."""
-    if fake.requires_grad:
-        raise ValueError("the discriminator step needs the fake batch detached from the generator")
-    real_logits, fake_logits = discriminator(real), discriminator(fake)
-    loss = discriminator_loss(real_logits, fake_logits)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return {"d_loss": loss.item(), "d_real": torch.sigmoid(real_logits).mean().item(),
-            "d_fake": torch.sigmoid(fake_logits).mean().item()}
-
-
-def generator_step(discriminator, optimizer, fake: torch.Tensor) -> dict[str, float]:
-    """One generator update: push D(G(z)) up (the non-saturating loss). Only the generator's
-    optimizer steps; the discriminator's gradients from this pass are discarded at its next step."""
-    loss = generator_loss(discriminator(fake))
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return {"g_loss": loss.item()}
-
-
-def train_epoch(generator: Decoder, discriminator: Discriminator, optimizer_g, optimizer_d, x: torch.Tensor, *,
-                latent_dim: int, batch_size: int, batches: torch.Generator, epoch: int,
-                name: str = "GAN") -> dict[str, float]:
-    """One pass over `x` in shuffled batches, a discriminator step then a generator step on each,
-    with noise and order drawn from `batches`; returns the per-image mean of each step measure."""
-    totals = dict.fromkeys(MEASURES[:4], 0.0)
-    order = torch.randperm(len(x), generator=batches, device=x.device)
-    for start in range(0, len(x), batch_size):
-        real = x[order[start : start + batch_size]]
-        z = torch.randn(len(real), latent_dim, generator=batches, device=x.device)
-        fake = generator(z)
-        step = discriminator_step(discriminator, optimizer_d, real, fake.detach())
-        step |= generator_step(discriminator, optimizer_g, fake)
-        check_finite(step, epoch, name, "lower gan.learning_rate")
-        for key, value in step.items():
-            totals[key] += value * len(real)
-    return {key: total / len(x) for key, total in totals.items()}
 
 
 def sample_measures(generator: Decoder, noise: torch.Tensor, scorer: Scorer) -> dict[str, float]:
@@ -148,13 +83,13 @@ def train_one(init: str, config: Config, vae: VAE, x_train: torch.Tensor, scorer
     keep = set(snapshot_epochs(gan.epochs, gan.snapshots)) | {gan.epochs}
 
     result = GANRun(generator, discriminator, [])
-    result.history.append({"epoch": 0, **dict.fromkeys(MEASURES[:4]), **sample_measures(generator, noise, scorer)})
+    result.history.append({"epoch": 0, **dict.fromkeys(STEP_MEASURES), **sample_measures(generator, noise, scorer)})
     if on_epoch is not None:
         on_epoch(init, result.history[0])
     started = time.perf_counter()
     for epoch in tqdm(range(gan.epochs), desc=f"train_gan ({init})", unit="epoch", disable=None):
-        means = train_epoch(generator, discriminator, optimizer_g, optimizer_d, x_train, latent_dim=vae.arch.latent_dim,
-                            batch_size=gan.batch_size, batches=batches, epoch=epoch, name=f"GAN ({init})")
+        means = gan_epoch(generator, discriminator, optimizer_g, optimizer_d, x_train, latent_dim=vae.arch.latent_dim,
+                          batch_size=gan.batch_size, batches=batches, epoch=epoch, name=f"GAN ({init})")
         row = {"epoch": epoch + 1, **means, **sample_measures(generator, noise, scorer)}
         result.history.append(row)
         if epoch + 1 in keep:
@@ -190,7 +125,7 @@ def wide_history(runs: dict[str, GANRun], vae_prior_fid: float) -> list[dict]:
     rows = []
     for i in range(epochs):
         row: dict = {"epoch": i, "vae_prior_fid": vae_prior_fid}
-        for init in ("decoder", "scratch"):
+        for init in GAN_INITS:
             values = runs[init].history[i] if init in runs else {}
             row |= {f"{init}_{name}": values.get(name) for name in MEASURES}
         rows.append(row)
@@ -208,81 +143,48 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, device: str,
     noise = torch.randn(config.gan.fid_samples, config.latent_dim,
                         generator=torch.Generator().manual_seed(config.seed)).to(device)
     vae_prior_fid, _ = scorer.fid_and_labels(in_batches(vae.decoder, noise))
-    runs = {init: train_one(init, config, vae, x_train, scorer, noise, on_epoch) for init in models_to_train(config.gan)}
+    runs = {init: train_one(init, config, vae, x_train, scorer, noise, on_epoch) for init in config.gan.trained_inits}
     vae.cpu()
     classifier.cpu()
     return runs, vae_prior_fid
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_config(config: Config, arch: VAEArchitecture, init: str, data_hash: str) -> dict:
-    return {"architecture": arch.to_dict(), "init": init, "gan": dataclasses.asdict(config.gan),
-            "seed": config.seed, "data_hash": data_hash}
-
-
-def load_gan(path: Path, latent_dim: int | None = None) -> tuple[Decoder, Discriminator, dict]:
-    """Rebuild a GAN (generator and its discriminator) from its checkpoint alone; check `latent_dim` if given."""
-    checkpoint = load_checkpoint(path, kind=CHECKPOINT_KIND, stage="train_gan")
-    arch = VAEArchitecture.from_dict(checkpoint["config"]["architecture"])
-    if latent_dim is not None and arch.latent_dim != latent_dim:
-        raise CheckpointError(f"{path} has latent_dim {arch.latent_dim} but params.yaml says {latent_dim}; "
-                              "rerun `dvc repro train_gan`")
-    generator = Decoder(arch)
-    generator.load_state_dict(checkpoint["state_dict"])
-    discriminator = Discriminator(arch, checkpoint["config"]["gan"]["discriminator_hidden"])
-    discriminator.load_state_dict(checkpoint["discriminator_state_dict"])
-    return generator.eval(), discriminator.eval(), checkpoint
-
-
-def load_gans(folder: Path = paths.GAN_GENERATORS,
-              latent_dim: int | None = None) -> dict[str, tuple[Decoder, Discriminator]]:
-    """Every GAN the GAN stage saved, by init: (generator, discriminator)."""
-    found = {init: folder / f"{init}.pt" for init in ("decoder", "scratch") if (folder / f"{init}.pt").exists()}
-    if not found:
-        raise CheckpointError(f"{folder} holds no generator; run `dvc repro train_gan` first")
-    return {init: load_gan(path, latent_dim)[:2] for init, path in found.items()}
-
-
 def main() -> None:
     import mlflow
 
-    from pipeline import tracking
-    from pipeline.train_classifier import load_classifier
-    from pipeline.train_vae import load_vae
+    from pipeline.tracking import names, store
 
     config = load_config()
     device = resolve_device(config.device)
-    splits = load_splits()
+    splits = load_splits(paths.SPLITS)
     facts = dataset_facts(splits)
     vae, _ = load_vae(paths.VAE_CHECKPOINT, config.latent_dim)
     classifier = load_classifier(paths.CLASSIFIER_CHECKPOINT, facts["content_hash"])
 
     def log_epoch(init: str, row: dict) -> None:
-        mlflow.log_metrics({f"gan/{init}/{k}": v for k, v in row.items() if k != "epoch" and v is not None},
-                           step=row["epoch"])
+        mlflow.log_metrics({names.metric("train_gan", init, k): v for k, v in row.items()
+                            if k != "epoch" and v is not None}, step=row["epoch"])
 
-    with tracking.stage_run("train_gan", config, experiment=config.experiment_name,
-                            run_name=tracking.run_name(config),
-                            upstream_run_id=tracking.read_run_file(paths.VAE_RUN)) as active:
+    with store.stage_run("train_gan", config, experiment=store.experiment_for("train_gan", config),
+                         run_name=store.run_name(config),
+                         upstream_run_id=store.read_run_file(paths.VAE_RUN)) as active:
         runs, vae_prior_fid = run(config, splits, vae, classifier, device, on_epoch=log_epoch)
         metrics = summary(runs, vae_prior_fid)
-        mlflow.log_metric("gan/vae_prior_fid", vae_prior_fid)
+        mlflow.log_metric(names.metric("train_gan", "vae_prior_fid"), vae_prior_fid)
         for init, result in runs.items():
-            mlflow.log_metrics({f"gan/{init}/train_seconds": result.seconds,
-                                f"gan/{init}/best_fid": metrics[init]["best_fid"]})
+            mlflow.log_metrics({names.metric("train_gan", init, "train_seconds"): result.seconds,
+                                names.metric("train_gan", init, "best_fid"): metrics[init]["best_fid"]})
             if metrics[init]["epochs_to_beat_vae_prior"] is not None:
-                mlflow.log_metric(f"gan/{init}/epochs_to_beat_vae_prior", metrics[init]["epochs_to_beat_vae_prior"])
+                mlflow.log_metric(names.metric("train_gan", init, "epochs_to_beat_vae_prior"),
+                                  metrics[init]["epochs_to_beat_vae_prior"])
 
         # Each folder is written aside and swapped in whole, so a failure leaves no mix of old and new.
         with atomic_dir(paths.GAN_GENERATORS) as generators, atomic_dir(paths.GAN_SAMPLES) as samples:
             for init, result in runs.items():
-                save_checkpoint(generators / f"{init}.pt", kind=CHECKPOINT_KIND,
+                save_checkpoint(generators / f"{init}.pt", kind=GAN_KIND,
                                 state_dict=result.generator.state_dict(),
                                 discriminator_state_dict=result.discriminator.state_dict(),
-                                config=checkpoint_config(config, vae.arch, init, facts["content_hash"]),
+                                config=gan_config(config, vae.arch, init, facts["content_hash"]),
                                 epoch=config.gan.epochs, metrics=metrics[init])
                 save_png(samples / f"{init}.png", result.grids[config.gan.epochs])
         for init, result in runs.items():
@@ -292,7 +194,7 @@ def main() -> None:
         write_json(paths.GAN_METRICS, metrics)
         mlflow.log_artifact(str(paths.GAN_HISTORY), artifact_path="gan")
         mlflow.log_artifacts(str(paths.GAN_GENERATORS), artifact_path="gan/generators")
-        tracking.write_run_file(paths.GAN_RUN, active)
+        store.write_run_file(paths.GAN_RUN, active)
     for init in runs:
         beat = metrics[init]["epochs_to_beat_vae_prior"]
         log.info("done: %s GAN FID-style %.2f (VAE prior samples %.2f); %s", init, metrics[init]["fid"], vae_prior_fid,
@@ -300,6 +202,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from pipeline.cli import run_stage
+    from pipeline.stages.cli import run_stage
 
     run_stage("train_gan", main)

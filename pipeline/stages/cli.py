@@ -1,4 +1,4 @@
-"""The thin edges shared by every stage's and command's `main()`: user errors as one message and
+"""The thin edge shared by every stage's and tool's `main()`: user errors as one message and
 exit 2; for stages, also the process's thread limit and a tracking store that answers."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import PipelineError, Terminated
+from pipeline.core.errors import PipelineError, Terminated
 
 
 def run_command(name: str, main: Callable[[], None]) -> None:
@@ -43,13 +43,13 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     def checked_main() -> None:
         import torch
 
-        from pipeline import tracking
-        from pipeline.config import thread_limit
+        from pipeline.core.config import thread_limit
+        from pipeline.tracking import store
 
         threads = thread_limit(dict(os.environ))
         if threads is not None:
             torch.set_num_threads(threads)
-        tracking.check_server()
+        store.check_server()
         main()
 
     run_command(name, checked_main)

@@ -20,7 +20,8 @@ import warnings
 
 import torch
 
-from pipeline.losses import gaussian_kl, reconstruction_loss
+from pipeline.core.losses import gaussian_kl, gaussian_kl_terms, reconstruction_loss
+from pipeline.core.models import Precomputed, reparameterize, standard_normal
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016, section 5.2
@@ -36,7 +37,7 @@ def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
     mu, logvar: (N, D) -> (D,). Sums to the mean of `gaussian_kl` over the same images.
     """
-    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).mean(dim=0)
+    return gaussian_kl_terms(mu, logvar).mean(dim=0)
 
 
 def active_units(mu: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
@@ -66,8 +67,7 @@ def importance_log_weights(model, x: torch.Tensor, k: int, kind: str, generator:
     weights are in the same units as its negative ELBO.
     """
     mu, logvar = model.encoder(x)  # (B, D)
-    eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-    z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, D)
+    z = reparameterize(mu, logvar, standard_normal(mu, generator, samples=k))  # (k, B, D)
     logits = model.decoder.logits(z.flatten(0, 1))  # (k * B, C, H, W)
     log_px = -reconstruction_loss(logits, x.repeat(k, 1, 1, 1), kind).view(k, -1)  # (k, B)
     return log_px + log_standard_normal(z) - log_diagonal_normal(z, mu, logvar)
@@ -132,9 +132,9 @@ def gradient_estimator_variance(log_likelihood, mu: torch.Tensor, logvar: torch.
     scale (`signal`), so the variances read against the size of what they estimate.
     """
     mu, logvar = mu.detach(), logvar.detach()
+    eps = standard_normal(mu, generator, samples=samples)  # (S, B, D)
+    z = reparameterize(mu, logvar, eps).requires_grad_(True)
     sigma = torch.exp(0.5 * logvar)
-    eps = torch.randn((samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-    z = (mu + sigma * eps).requires_grad_(True)  # (S, B, D)
     with torch.enable_grad():
         f = log_likelihood(z)  # (S, B)
         (path,) = torch.autograd.grad(f.sum(), z)  # df/dz per sample = the reparameterised gradient (dz/dmu = 1)
@@ -227,8 +227,6 @@ class Scorer:
         """Without `kid_subset_size` and `pr_neighbours` only `fid_and_labels` is available."""
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
-
-        from pipeline.models import Precomputed
 
         self.classifier = classifier.eval()
         self.batch_size = batch_size

@@ -28,14 +28,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline import paths
-from pipeline.config import Config, ConfigError, load_config, resolve_device
-from pipeline.download import Splits, dataset_facts, load_splits
-from pipeline.io import atomic_dir, atomic_path, read_json, write_json
-from pipeline.losses import reconstruction_loss
-from pipeline.metrics import ACTIVE_UNIT_THRESHOLD, Scorer, gradient_estimator_variance, knn_accuracy, vae_test_metrics
-from pipeline.models import VAE
-from pipeline.training import GRID_ROWS, image_grid, in_batches, save_png, to_unit_float, write_csv
+from pipeline.core import latent
+from pipeline.core.checkpoints import load_classifier, load_gans, load_vae
+from pipeline.core.config import Config, ConfigError, load_config, resolve_device
+from pipeline.core.data import Splits, dataset_facts, load_splits
+from pipeline.core.images import GRID_ROWS, image_grid, save_png
+from pipeline.core.io import atomic_dir, atomic_path, read_json, write_csv, write_json
+from pipeline.core.losses import reconstruction_loss
+from pipeline.core.metrics import (
+    ACTIVE_UNIT_THRESHOLD,
+    Scorer,
+    gradient_estimator_variance,
+    knn_accuracy,
+    vae_test_metrics,
+)
+from pipeline.core.models import VAE
+from pipeline.core.training import in_batches, to_unit_float
+from pipeline.stages import paths
 
 log = logging.getLogger(__name__)
 
@@ -72,35 +81,26 @@ def check_sizes(config: Config, splits: Splits) -> None:
                           f"above it, got {ev.num_samples}")
 
 
-@torch.inference_mode()
 def interpolation_grid(vae: VAE, x: torch.Tensor) -> torch.Tensor:
     """Rows that walk linearly between the latent means of two test images (x[2i], x[2i+1])."""
-    mu = vae.encoder(x[: 2 * GRID_ROWS])[0]  # (2R, D)
-    start, end = mu[0::2], mu[1::2]  # (R, D)
-    t = torch.linspace(0, 1, INTERPOLATION_STEPS, device=x.device)[None, :, None]  # (1, S, 1)
-    path = start[:, None] + t * (end - start)[:, None]  # (R, S, D)
-    return image_grid(vae.decoder(path.flatten(0, 1)), rows=INTERPOLATION_STEPS)
+    with torch.inference_mode():
+        mu = vae.encoder(x[: 2 * GRID_ROWS])[0]  # (2R, D)
+    return image_grid(latent.interpolate(vae.decoder, mu[0::2], mu[1::2], INTERPOLATION_STEPS),
+                      rows=INTERPOLATION_STEPS)
 
 
-@torch.inference_mode()
 def traversal_grid(vae: VAE, image: torch.Tensor, dims: list[int]) -> torch.Tensor:
     """One row per latent dimension in `dims`: that dimension swept from -3 to 3 around the latent
     mean of `image` (1, C, H, W), the others held."""
-    base = vae.encoder(image)[0][0]  # (D,)
+    with torch.inference_mode():
+        base = vae.encoder(image)[0][0]  # (D,)
     values = torch.linspace(-3, 3, TRAVERSAL_STEPS, device=image.device)
-    z = base.repeat(len(dims), TRAVERSAL_STEPS, 1)  # (len(dims), S, D)
-    for row, dim in enumerate(dims):
-        z[row, :, dim] = values
-    return image_grid(vae.decoder(z.flatten(0, 1)), rows=TRAVERSAL_STEPS)
+    return image_grid(latent.traverse(vae.decoder, base, dims, values), rows=TRAVERSAL_STEPS)
 
 
-@torch.inference_mode()
 def lattice_grid(decoder, device: str) -> torch.Tensor:
     """latent_dim 2: decode a regular lattice over the plane at the prior's 5%..95% quantiles."""
-    quantiles = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, LATTICE_SIDE))
-    grid_y, grid_x = torch.meshgrid(quantiles.flip(0), quantiles, indexing="ij")  # z2 grows upward
-    z = torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2).to(device)
-    return image_grid(decoder(z), rows=LATTICE_SIDE)
+    return image_grid(latent.lattice(decoder, LATTICE_SIDE, device), rows=LATTICE_SIDE)
 
 
 def gradient_variances(vae: VAE, x: torch.Tensor, likelihood: str, seed: int) -> dict[str, float]:
@@ -150,8 +150,7 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device
 
     vae_numbers = vae_test_metrics(vae, x_test, kind=likelihood, iwae_samples=ev.iwae_samples,
                                    seed=config.seed)
-    with torch.inference_mode():
-        reconstructions = in_batches(vae.decoder, vae.encoder(x_test[test_pick])[0])
+    reconstructions = latent.reconstruct(vae, x_test[test_pick])
     sets = {"real_train": x_train[train_pick], "noise": noise_images, "vae_reconstructions": reconstructions,
             "vae_prior": in_batches(vae.decoder, z)}
     generators = {init: generator.to(device).eval() for init, (generator, _) in gans.items()}
@@ -211,7 +210,7 @@ def save_latent_scatter(path, means: torch.Tensor, labels) -> None:
     plt.close(figure)
 
 
-def flat_metrics(metrics: dict, prefix: str = "eval") -> dict[str, float]:
+def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:
     """Nested metrics as MLflow keys: eval/vae/kl, eval/scores/gan_decoder/fid, ..."""
     flat = {}
     for key, value in metrics.items():
@@ -225,14 +224,11 @@ def flat_metrics(metrics: dict, prefix: str = "eval") -> dict[str, float]:
 def main() -> None:
     import mlflow
 
-    from pipeline import tracking
-    from pipeline.train_classifier import load_classifier
-    from pipeline.train_gan import load_gans
-    from pipeline.train_vae import load_vae
+    from pipeline.tracking import names, store
 
     config = load_config()
     device = resolve_device(config.device)
-    splits = load_splits()
+    splits = load_splits(paths.SPLITS)
     check_sizes(config, splits)
     facts = dataset_facts(splits)
     vae, vae_checkpoint = load_vae(paths.VAE_CHECKPOINT, config.latent_dim)
@@ -241,16 +237,17 @@ def main() -> None:
     gans = load_gans(paths.GAN_GENERATORS, config.latent_dim)
     classifier_accuracy = read_json(paths.CLASSIFIER_METRICS)["test_accuracy"]
 
-    with tracking.stage_run("evaluate", config, experiment=config.experiment_name,
-                            run_name=tracking.run_name(config),
-                            upstream_run_id=tracking.read_run_file(paths.GAN_RUN)) as active:
+    with store.stage_run("evaluate", config, experiment=store.experiment_for("evaluate", config),
+                         run_name=store.run_name(config),
+                         upstream_run_id=store.read_run_file(paths.GAN_RUN)) as active:
         started = time.perf_counter()
         result = run(config, splits, vae, classifier, gans, device, likelihood)
         seconds = time.perf_counter() - started
         metrics = {"classifier_test_accuracy": classifier_accuracy, **result.metrics}
-        mlflow.log_metrics(flat_metrics(metrics) | {"eval/seconds": seconds})
+        prefix = names.STAGE_METRIC_PREFIX["evaluate"]
+        mlflow.log_metrics(flat_metrics(metrics, prefix) | {names.metric("evaluate", "seconds"): seconds})
         for row in result.kl_per_dim:
-            mlflow.log_metric("eval/vae/kl_per_dim", row["kl"], step=row["dim"])
+            mlflow.log_metric(names.metric("evaluate", "vae", "kl_per_dim"), row["kl"], step=row["dim"])
 
         with atomic_dir(paths.EVAL_FIGURES) as figures:
             for name, grid in result.grids.items():
@@ -261,13 +258,13 @@ def main() -> None:
         write_json(paths.EVAL_METRICS, metrics)
         mlflow.log_artifacts(str(paths.EVAL_FIGURES), artifact_path="eval")
         mlflow.log_artifact(str(paths.EVAL_KL_PER_DIM), artifact_path="eval")
-        tracking.write_run_file(paths.EVAL_RUN, active)
+        store.write_run_file(paths.EVAL_RUN, active)
     scores = metrics["scores"]
     log.info("done in %.1f s: FID-style real_train %.2f, vae_prior %.2f, %s", seconds, scores["real_train"]["fid"],
              scores["vae_prior"]["fid"], ", ".join(f"{k} {v['fid']:.2f}" for k, v in scores.items() if k.startswith("gan_")))
 
 
 if __name__ == "__main__":
-    from pipeline.cli import run_stage
+    from pipeline.stages.cli import run_stage
 
     run_stage("evaluate", main)

@@ -1,0 +1,1 @@
+"""The explorer app: `explorer` holds its logic, `app` draws it with Streamlit (`make app`)."""

@@ -1,0 +1,46 @@
+"""Stage `download`: get the dataset named in params.yaml, split it, and store it compactly for the
+other stages (the datasets and their splits: pipeline.core.data)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from pipeline.core.config import Config, flatten, load_config
+from pipeline.core.data import Splits, build_splits, dataset_facts, save_splits
+from pipeline.core.io import write_json
+from pipeline.stages import paths
+
+log = logging.getLogger(__name__)
+
+
+def run(config: Config, workdir: Path) -> tuple[Splits, dict]:
+    """The dataset's splits and their facts; downloads go into `workdir`."""
+    splits = build_splits(config.data, config.seed, workdir)
+    return splits, dataset_facts(splits)
+
+
+def main() -> None:
+    import mlflow
+
+    from pipeline.tracking import store
+
+    config = load_config()
+    with tempfile.TemporaryDirectory(prefix="download-") as workdir:
+        splits, facts = run(config, Path(workdir))
+    log.info("%s: %d train and %d test images of shape %s", splits.name, facts["num_train"],
+             facts["num_test"], tuple(facts["image_shape"]))
+    params = {"seed": config.seed, **flatten(config.data, "data.")}
+    with store.stage_run("download", config, experiment=store.experiment_for("download", config),
+                         run_name=f"data-{splits.name}", params=params):
+        store.log_dataset(splits, facts)
+        mlflow.log_dict(facts, "facts.json")
+        save_splits(paths.SPLITS, splits)
+        write_json(paths.FACTS, facts)
+
+
+if __name__ == "__main__":
+    from pipeline.stages.cli import run_stage
+
+    run_stage("download", main)

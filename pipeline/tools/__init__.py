@@ -1,0 +1,2 @@
+"""Commands over the recorded results: `compare` (the table), `sweep` (queued DVC experiments),
+`report` (the reflection report)."""

@@ -1,0 +1,154 @@
+"""The report's figures, drawn with matplotlib from the runs' metrics, histories and artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.tools.report.numbers import Source
+from pipeline.tracking.names import HEADLINE_METRICS as HEADLINE
+from pipeline.tracking.rows import Row
+
+SOURCES = {  # image sets of the evaluation, as the report names them
+    "real_train": "real training images",
+    "vae_reconstructions": "VAE reconstructions",
+    "vae_prior": "VAE samples (prior)",
+    "gan_decoder": "GAN from the decoder",
+    "gan_scratch": "GAN from scratch",
+    "noise": "uniform noise",
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path, tight: bool = True) -> None:
+    if tight:
+        figure.tight_layout()
+    figure.savefig(path, format="png", dpi=100, metadata={"Software": None})
+    _pyplot().close(figure)
+
+
+def _image(path: Path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(path)
+
+
+def figure_gradients(source: Source, run: Row, path: Path) -> None:
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("vae/encoder_grad_reconstruction", "reconstruction term (through z = mu + sigma * eps)"),
+                       ("vae/encoder_grad_kl", "KL term (closed form in mu, logvar)")):
+        steps, values = zip(*source.history(run, key))
+        axes.plot(steps, values, marker="o", label=label)
+    axes.set(xlabel="epoch", ylabel="gradient norm on encoder weights", yscale="log",
+             title=f"Encoder gradients, {run.name}")
+    axes.legend(fontsize=8)
+    _save(figure, path)
+
+
+def figure_kl_per_dim(source: Source, runs: list[Row], path: Path) -> None:
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    for run in runs:
+        kl = sorted((v for _, v in source.history(run, "eval/vae/kl_per_dim")), reverse=True)
+        axes.plot(range(1, len(kl) + 1), kl, marker=".", label=f"latent_dim {run.latent_dim}")
+    axes.set(xlabel="latent dimension, by KL (largest first)", ylabel="KL to N(0, 1), nats", yscale="log",
+             xscale="log", title="KL per latent dimension, test split")
+    axes.legend(fontsize=8)
+    _save(figure, path)
+
+
+def figure_latent_dim(runs: list[Row], path: Path) -> None:
+    plt = _pyplot()
+    dims = [r.latent_dim for r in runs]
+    figure, panels = plt.subplots(2, 2, figsize=(9, 6.5))
+    plots = [
+        (panels[0, 0], "reconstruction MSE per pixel", {"VAE": HEADLINE["recon_mse"]}),
+        (panels[0, 1], "KL (nats)", {"VAE": HEADLINE["kl"]}),
+        (panels[1, 0], "nats per image", {"negative ELBO": HEADLINE["neg_elbo"], "IWAE NLL": HEADLINE["iwae_nll"]}),
+        (panels[1, 1], "FID-style score (lower is better)",
+         {SOURCES[name]: f"eval/scores/{name}/fid" for name in
+          ("vae_reconstructions", "vae_prior", "gan_decoder", "gan_scratch", "real_train")}),
+    ]
+    for axes, label, series in plots:
+        for name, key in series.items():
+            axes.plot(dims, [r.metrics[key] for r in runs], marker="o", label=name)
+        axes.set(xlabel="latent_dim", ylabel=label)
+        axes.set_xscale("log", base=2)
+        axes.minorticks_off()
+        axes.set_xticks(dims, [str(d) for d in dims])
+        axes.legend(fontsize=7)
+    _save(figure, path)
+
+
+def _first_row(grid):
+    """The first row of images of a saved grid (8 images a row, 2-pixel gaps)."""
+    side = (grid.shape[1] - 2) // 8 - 2  # width = 8 * (side + 2) + 2
+    return grid[: side + 4]
+
+
+def figure_reconstructions(source: Source, runs: list[Row], path: Path) -> None:
+    plt = _pyplot()
+    rows = [("test images", _first_row(_image(source.artifact(runs[0], "eval/test_images.png"))))]
+    rows += [(f"latent_dim {r.latent_dim}", _first_row(_image(source.artifact(r, "eval/reconstructions.png"))))
+             for r in runs]
+    figure, axes = plt.subplots(len(rows), 1, figsize=(6, 0.8 * len(rows) + 0.3), squeeze=False)
+    for ax, (label, image) in zip(axes[:, 0], rows):
+        ax.imshow(image)
+        ax.axis("off")
+        ax.text(-0.02, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=8)
+    figure.subplots_adjust(left=0.2, right=0.98, top=0.98, bottom=0.02, hspace=0.1)
+    _save(figure, path, tight=False)
+
+
+def figure_gan_curves(source: Source, run: Row, path: Path) -> None:
+    plt = _pyplot()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for init, colour in (("decoder", "C0"), ("scratch", "C1")):
+        steps, values = zip(*source.history(run, f"gan/{init}/fid"))
+        left.plot(steps, values, marker="o", color=colour, label=SOURCES[f"gan_{init}"])
+        for measure, style, name in (("d_real", "-", "D(x), real"), ("d_fake", "--", "D(G(z)), generated")):
+            steps, values = zip(*source.history(run, f"gan/{init}/{measure}"))
+            right.plot(steps, values, style, color=colour, label=f"{name}: {SOURCES[f'gan_{init}']}")
+    left.axhline(run.metrics["gan/vae_prior_fid"], color="grey", linestyle=":", label="VAE samples")
+    left.set(xlabel="epoch (0 = before training)", ylabel="FID-style score", yscale="log",
+             title="Sample quality while training")
+    right.set(xlabel="epoch", ylabel="mean discriminator output", ylim=(0, 1), title="The discriminators")
+    left.legend(fontsize=8)
+    right.legend(fontsize=7)
+    _save(figure, path)
+
+
+def figure_panels(source: Source, run: Row, names: dict[str, str], path: Path) -> None:
+    """Evaluation figures of one run side by side, titled."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.6), squeeze=False)
+    for ax, (name, title) in zip(axes[0], names.items()):
+        ax.imshow(_image(source.artifact(run, f"eval/{name}.png")))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    _save(figure, path)
+
+
+def figure_scores(run: Row, path: Path) -> None:
+    plt = _pyplot()
+    names = [n for n in SOURCES if n != "noise"]
+    figure, axes = plt.subplots(figsize=(5.5, 4))
+    for name in names:
+        precision, recall = (run.metrics[f"eval/scores/{name}/{m}"] for m in ("precision", "recall"))
+        axes.scatter(recall, precision, s=40)
+        axes.annotate(SOURCES[name], (recall, precision), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    axes.set(xlabel="recall (variety of the data covered)", ylabel="precision (samples that look real)",
+             xlim=(0, 1.05), ylim=(0, 1.05), title=f"Precision and recall, {run.name}")
+    _save(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The text

@@ -1,0 +1,90 @@
+"""The one reader of recorded results: MLflow rows as `Row`s, whether a row is a complete result,
+and the Config a row was recorded with. `make compare`, the sweep, the report and the explorer all
+read rows through here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.core.config import Config, config_from_params
+from pipeline.core.errors import TrackingError
+from pipeline.tracking import names, store
+
+SEARCH_LIMIT = 50_000  # MLflow's largest page of search results
+
+
+@dataclass(frozen=True)
+class Row:
+    """One MLflow row as recorded: params and tags as text, the latest value of each metric."""
+
+    run_id: str
+    name: str
+    status: str  # FINISHED, FAILED, KILLED or RUNNING
+    start_time: int  # ms since the epoch
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    @classmethod
+    def from_mlflow(cls, run) -> Row:
+        tags = dict(run.data.tags)
+        return cls(run.info.run_id, tags.get(names.RUN_NAME_TAG, run.info.run_id), run.info.status,
+                   run.info.start_time, dict(run.data.params), dict(run.data.metrics), tags)
+
+    @property
+    def stages(self) -> list[str]:
+        """The stages recorded in this row, in order."""
+        value = self.tags.get(names.STAGES_TAG, "")
+        return value.split(",") if value else []
+
+    @property
+    def complete(self) -> bool:
+        """A finished row that holds every stage that records into a result (names.RESULT_STAGES)."""
+        return self.status == "FINISHED" and set(names.RESULT_STAGES) <= set(self.stages)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.params[names.LATENT_DIM])
+
+    @property
+    def beta(self) -> float:
+        return float(self.params[names.BETA])
+
+    @property
+    def commit(self) -> str:
+        return self.tags.get(names.COMMIT_TAG, "unknown")[:8]
+
+    def source_run(self, stage: str) -> str:
+        """The row holding `stage`'s artifacts: this one, or the one it copied that stage's records from."""
+        return self.tags.get(f"{names.SOURCE_TAG}{stage}", self.run_id)
+
+    def config(self) -> Config:
+        """The Config this row was recorded with; ConfigError names a missing or malformed param."""
+        return config_from_params(self.params)
+
+
+def open_experiment(experiment: str):
+    """(client, experiment id) of `experiment` in the store. A missing local store or experiment
+    is an error here, not created empty."""
+    database = store.missing_local_store()
+    if database is not None:
+        raise TrackingError(f"there is no MLflow store at {database}: run the pipeline first (make repro)")
+    _, client = store.connect()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"the MLflow store {store.shown_uri()} has no experiment {experiment!r}: "
+                            "run the pipeline first, or name another with --experiment")
+    return client, found.experiment_id
+
+
+def read_rows(experiment: str) -> list[Row]:
+    """Every row of `experiment`, oldest first (see open_experiment for a missing one)."""
+    client, experiment_id = open_experiment(experiment)
+    runs = client.search_runs([experiment_id], max_results=SEARCH_LIMIT, order_by=["attributes.start_time ASC"])
+    return [Row.from_mlflow(run) for run in runs]
+
+
+def read_row(run_id: str) -> Row:
+    """One row by its id."""
+    _, client = store.connect()
+    return Row.from_mlflow(client.get_run(run_id))

@@ -1,0 +1,156 @@
+"""The code's structure, checked from its source: imports go one way through the layers, no stage
+imports another, and dvc.yaml lists every project file a stage's command imports (so that DVC
+reruns a stage whenever code it runs changes, and never reports stale outputs as up to date)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from pipeline.tracking.names import STAGES
+
+# Lowest first: a module may import its own layer and the layers before it, never a later one.
+LAYERS = ("pipeline.core", "pipeline.tracking", "pipeline.stages", "pipeline.tools", "pipeline.app")
+# Libraries that belong to the edges: the pure core imports none of them.
+EDGE_LIBRARIES = ("mlflow", "dvc", "dvc_task", "streamlit")
+
+
+def module_files(root: Path = REPO) -> dict[str, Path]:
+    """Every module of the `pipeline` package under `root`, by dotted name."""
+    files = {}
+    for path in sorted((root / "pipeline").rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def imports_of(source: str, module: str, known: set[str]) -> set[str]:
+    """The modules `source` (the text of `module`) imports anywhere in it, in functions too: project
+    modules by dotted name (`from pipeline.core import latent` is pipeline.core.latent), other
+    libraries by their top-level name."""
+    found = set()
+    package = module if module in known and any(k.startswith(module + ".") for k in known) else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package this module is in
+                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])])
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return {name if name.startswith("pipeline") else name.split(".")[0] for name in found}
+
+
+def import_graph(root: Path = REPO) -> dict[str, set[str]]:
+    files = module_files(root)
+    return {module: imports_of(path.read_text(), module, set(files)) for module, path in files.items()}
+
+
+def layer(module: str) -> int | None:
+    return next((i for i, name in enumerate(LAYERS) if module == name or module.startswith(name + ".")), None)
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that goes against the layers, or from one stage to another, or of an edge
+    library by the core."""
+    problems = []
+    for module, imported in graph.items():
+        own = layer(module)
+        for name in sorted(imported):
+            if name.startswith("pipeline."):
+                other = layer(name)
+                if own is not None and other is not None and other > own:
+                    problems.append(f"{module} imports {name}, a later layer ({LAYERS[other]} after {LAYERS[own]})")
+                if name.startswith("pipeline.stages.") and name.rsplit(".", 1)[1] in STAGES and name != module:
+                    problems.append(f"{module} imports the stage {name}: what stages share belongs in pipeline.core")
+            elif own == 0 and name in EDGE_LIBRARIES:
+                problems.append(f"{module} (the core) imports {name}")
+    return problems
+
+
+def closure(graph: dict[str, set[str]], start: str) -> set[str]:
+    """`start` and every project module it imports, directly or not, with the packages whose
+    `__init__` runs on the way."""
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in graph:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run first
+        todo += [name for name in graph[module] if name.startswith("pipeline")]
+    return seen
+
+
+def missing_deps(stages: dict, graph: dict[str, set[str]], files: dict[str, Path], root: Path = REPO) -> list[str]:
+    """For each stage of dvc.yaml's `stages`, the project files its `python -m` command imports
+    that no dep (a file, or a folder holding it) covers."""
+    problems = []
+    for name, stage in stages.items():
+        command = stage["cmd"].split()
+        assert command[:2] == ["python", "-m"], f"stage {name}: expected `python -m <module>`, got {stage['cmd']!r}"
+        deps = [Path(dep) for dep in stage.get("deps", [])]
+        for module in sorted(closure(graph, command[2])):
+            path = files[module].relative_to(root)
+            if not any(path == dep or dep in path.parents for dep in deps):
+                problems.append(f"stage {name} imports {path} but dvc.yaml does not list it")
+    return problems
+
+
+def test_imports_go_one_way_through_the_layers_and_no_stage_imports_another():
+    graph = import_graph()
+    assert all(layer(module) is not None for module in graph if module != "pipeline"), "a module outside the layers"
+    assert layering_violations(graph) == []
+
+
+def test_the_layering_check_finds_a_back_import_a_stage_to_stage_import_and_mlflow_in_the_core():
+    graph = import_graph()
+    graph["pipeline.core.metrics"] = graph["pipeline.core.metrics"] | {"pipeline.tracking.store", "mlflow"}
+    graph["pipeline.stages.evaluate"] = graph["pipeline.stages.evaluate"] | {"pipeline.stages.train_vae"}
+    problems = layering_violations(graph)
+    assert any("pipeline.core.metrics imports pipeline.tracking.store" in p for p in problems)
+    assert any("(the core) imports mlflow" in p for p in problems)
+    assert any("imports the stage pipeline.stages.train_vae" in p for p in problems)
+
+
+def test_every_stage_module_is_a_dvc_stage_and_every_stage_runs_its_module():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert {name: stage["cmd"] for name, stage in stages.items()} == {
+        name: f"python -m pipeline.stages.{name}" for name in STAGES}
+    modules = {p.stem for p in (REPO / "pipeline" / "stages").glob("*.py")} - {"__init__", "cli", "paths"}
+    assert modules == set(STAGES)
+
+
+def test_dvc_yaml_lists_every_project_file_each_stage_imports():
+    files = module_files()
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert missing_deps(stages, import_graph(), files) == []
+
+
+def test_the_deps_check_names_a_file_a_stage_imports_that_dvc_yaml_leaves_out():
+    files = module_files()
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages["train_vae"]["deps"] = [dep for dep in stages["train_vae"]["deps"] if dep != "pipeline/core/training.py"]
+    assert missing_deps(stages, import_graph(), files) == [
+        "stage train_vae imports pipeline/core/training.py but dvc.yaml does not list it"]
+    # a folder covers what is inside it
+    stages["train_vae"]["deps"].append("pipeline/core")
+    assert missing_deps(stages, import_graph(), files) == []
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from pipeline.core import latent", {"pipeline.core.latent"}),
+    ("def f():\n    from pipeline.tracking import names, store\n", {"pipeline.tracking.names", "pipeline.tracking.store"}),
+    ("from pipeline.core.config import Config", {"pipeline.core.config"}),
+    ("import mlflow.pytorch", {"mlflow"}),
+    ("from . import numbers", {"pipeline.tools.report.numbers"}),
+])
+def test_imports_are_read_in_every_form(source, expected):
+    known = set(module_files())
+    assert imports_of(source, "pipeline.tools.report.runs", known) == expected
