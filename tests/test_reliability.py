@@ -262,7 +262,10 @@ def test_an_interrupted_stage_ends_its_row_killed_and_writes_nothing(project, si
     assert f"train_vae: {said}" in output and "Traceback" not in output
     assert not (project.root / "outputs" / "vae").exists()  # not even a temporary file
     [row] = vae_rows(project)
-    assert row.info.status == "KILLED"
+    # The interrupt can land inside one of MLflow's own writes and leave the store locked for the
+    # stage; then it says so and the next stage closes the row, as after a SIGKILL (store.end_killed).
+    deferred = "could not be marked KILLED" in output
+    assert row.info.status == ("RUNNING" if deferred else "KILLED")
 
     project.write_params()
     project.stage("train_vae")

@@ -164,3 +164,29 @@ def test_a_dataset_that_another_process_is_recording_is_logged_again(project, mo
     with pytest.raises(mlflow.exceptions.MlflowException, match="read-only"), mlflow.start_run(
             experiment_id=tracking.ensure_experiment("rows")):
         tracking.log_dataset(splits, {"content_hash": "abc"})
+
+
+def test_an_interrupted_stage_ends_its_row_killed_or_leaves_it_to_the_next_stage(project, monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.store}")
+    config = parse_config(repo_params())
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.stage_run("train_vae", config, experiment="rows", run_name="interrupted"):
+            raise KeyboardInterrupt
+    assert [run.info.status for run in rows(project).values()] == ["KILLED"]
+
+    # An interrupt that lands inside one of MLflow's writes can leave the store locked for the
+    # stage: the interrupt still ends the stage (no other exception), and the row is left RUNNING
+    # with the host and pid that close_abandoned reads once this process is gone.
+    def locked(self, run_id, status=None, end_time=None):
+        raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", locked)
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.stage_run("train_vae", config, experiment="rows", run_name="locked") as active:
+            raise KeyboardInterrupt
+    monkeypatch.undo()
+    assert f"MLflow row {active.info.run_id} could not be marked KILLED (" in caplog.text
+    assert "database is locked); the next stage on this machine will mark it" in caplog.text
+    row = rows(project)[active.info.run_id]
+    assert row.info.status == "RUNNING" and row.data.tags["pipeline.pid"] == str(os.getpid())
+    assert mlflow.active_run() is None  # nothing left for MLflow to end again (as FAILED, or FINISHED at exit)

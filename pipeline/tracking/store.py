@@ -304,11 +304,26 @@ def stage_run(
         mlflow.log_params({k: v for k, v in params.items() if k not in active.data.params})
         try:
             yield active
-        except (KeyboardInterrupt, Terminated):  # Ctrl-C, or SIGTERM (see pipeline.cli)
-            mlflow.end_run("KILLED")
+        except (KeyboardInterrupt, Terminated):  # Ctrl-C, or SIGTERM (see pipeline.stages.cli)
+            end_killed(active.info.run_id)
             raise
         mlflow.set_tag(names.STAGES_TAG, ",".join([*stages, stage]))
         mlflow.set_tag(f"{names.SOURCE_TAG}{stage}", active.info.run_id)
+
+
+def end_killed(run_id: str) -> None:
+    """End an interrupted stage's row as KILLED. The interrupt can land inside one of MLflow's own
+    writes and leave the store locked for this process; then the row stays RUNNING with its host
+    and pid, and the next stage on this machine marks it KILLED (`close_abandoned`), as after a
+    SIGKILL. Either way the stage ends with its interrupt's exit code, not a traceback."""
+    import mlflow
+
+    try:
+        with _quiet("mlflow.store.db.utils"):
+            mlflow.end_run("KILLED")
+    except mlflow.exceptions.MlflowException as error:
+        log.warning("MLflow row %s could not be marked KILLED (%s); the next stage on this machine will mark it",
+                    run_id, unusable_store(error))
 
 
 def log_dataset(splits, facts: dict) -> None:
