@@ -117,6 +117,7 @@ def test_a_run_whose_models_are_missing_gets_a_message_naming_it(project, inside
 # The pages on real runs
 
 
+@pytest.mark.slow
 def test_runs_page_lists_each_run_with_dataset_latent_dim_and_metrics(explored, inside):
     inside(explored)
     table = open_app("Runs").dataframe[0].value
@@ -128,6 +129,7 @@ def test_runs_page_lists_each_run_with_dataset_latent_dim_and_metrics(explored, 
         assert row.fid_gan_decoder == metric(explored, row.run_id, "eval/scores/gan_decoder/fid")
 
 
+@pytest.mark.slow
 def test_generate_shows_every_decoder_from_the_same_noise_and_the_seed_controls_it(explored, inside):
     inside(explored)
     app = open_app("Generate")
@@ -142,6 +144,7 @@ def test_generate_shows_every_decoder_from_the_same_noise_and_the_seed_controls_
     assert images(app) == shown
 
 
+@pytest.mark.slow
 def test_generate_feeds_every_decoder_the_same_noise(explored, inside):
     """With a GAN generator that is a copy of the VAE decoder, both must draw identical images:
     only the same noise makes that so."""
@@ -153,6 +156,7 @@ def test_generate_feeds_every_decoder_the_same_noise(explored, inside):
     assert not torch.equal(samples["VAE decoder"], explorer.generate(run, 16, seed=4)["VAE decoder"])
 
 
+@pytest.mark.slow
 def test_reconstruct_shows_each_image_with_its_mse_as_the_evaluation_measures_it(explored, inside):
     inside(explored)
     ids = run_ids(explored)
@@ -173,6 +177,7 @@ def test_reconstruct_shows_each_image_with_its_mse_as_the_evaluation_measures_it
     assert app.image[1].captions == [f"MSE {mse[i]:.4f}" for i in threes]
 
 
+@pytest.mark.slow
 def test_interpolation_runs_from_one_test_image_to_the_other(explored, inside):
     inside(explored)
     run = explorer.load_run(run_ids(explored)[4])
@@ -182,6 +187,7 @@ def test_interpolation_runs_from_one_test_image_to_the_other(explored, inside):
     torch.testing.assert_close(path[[0, -1]], ends)
 
 
+@pytest.mark.slow
 def test_latent_page_sliders_follow_the_most_active_dimensions_and_decode_live(explored, inside):
     inside(explored)
     ids = run_ids(explored)
@@ -199,6 +205,7 @@ def test_latent_page_sliders_follow_the_most_active_dimensions_and_decode_live(e
     assert "shown for runs with latent_dim 2" in " ".join(c.value for c in app.caption)
 
 
+@pytest.mark.slow
 def test_latent_dim_2_shows_the_plane_and_decodes_the_slider_position(explored, inside):
     inside(explored)
     ids = run_ids(explored)
@@ -238,6 +245,7 @@ def wait_for_training(seconds: float = 300) -> explorer.TrainingStatus:
     return status
 
 
+@pytest.mark.slow
 def test_training_from_the_app_records_a_new_run_and_refuses_a_second_at_once(repo, inside, monkeypatch):
     monkeypatch.chdir(repo)
     app = open_app("Train")
@@ -285,6 +293,7 @@ def test_progress_follows_the_stages_and_epochs_of_the_log():
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
+@pytest.mark.slow
 def test_a_real_browser_renders_the_sample_grid(explored, tmp_path):
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         if os.environ.get("CI"):

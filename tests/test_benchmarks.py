@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 from conftest import REPO, TINY, merge, repo_params
 
@@ -19,6 +20,7 @@ def tiny_params(tmp_path):
     return params
 
 
+@pytest.mark.slow
 def test_bench_prints_every_training_and_scaling_figure(tmp_path):
     params = tiny_params(tmp_path)
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--epochs", "2", "--params",
@@ -38,6 +40,7 @@ def test_bench_prints_every_training_and_scaling_figure(tmp_path):
     assert 2 * forward <= figures["vae_training_flops_per_image"] * 1e6 <= 3 * forward
 
 
+@pytest.mark.slow
 def test_gan_study_prints_one_line_per_seed(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gan_from_decoder.py"), "--seeds", "3", "4",
                              "--params", str(tiny_params(tmp_path))], capture_output=True, text=True, timeout=600)

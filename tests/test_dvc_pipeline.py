@@ -67,6 +67,7 @@ def result_rows(root):
     return {run.data.params["latent_dim"]: run for run in mlflow_runs(root / "mlflow.db", "mnist5k")}
 
 
+@pytest.mark.slow
 def test_repro_then_experiment_gives_one_row_per_result(repo):
     dvc(repo, "repro")
     rows = result_rows(repo)
@@ -119,6 +120,7 @@ def newest_rows(repo, count: int):
     return sorted(mlflow_runs(repo / "mlflow.db", "mnist5k"), key=lambda r: r.info.start_time)[-count:]
 
 
+@pytest.mark.slow
 def test_changing_a_gan_or_evaluation_param_reruns_only_the_stages_after_it(repo):
     dvc(repo, "repro")
     assert repro_with(repo, "gan", "epochs", 1) == {"train_gan", "evaluate"}
@@ -136,6 +138,7 @@ def test_changing_a_gan_or_evaluation_param_reruns_only_the_stages_after_it(repo
     assert new.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
 
 
+@pytest.mark.slow
 def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
     head = git(repo, "rev-parse", "HEAD").strip()
     out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "3", "--jobs", "2")
@@ -232,6 +235,7 @@ def test_stop_idle_workers_ends_the_workers_left_once_the_queue_is_idle_and_leav
     assert sweep.stop_idle_workers(stubborn.look, kill=lambda pid, sig: None, wait=0.05, poll=0.01) == [10]
 
 
+@pytest.mark.slow
 def test_read_queue_counts_the_workers_whose_process_is_alive(repo):
     dvc(repo, "exp", "run", "--queue", "-n", "waiting", "-S", "latent_dim=3")
     celery = repo / ".dvc" / "tmp" / "exps" / "celery"
@@ -245,6 +249,7 @@ def test_read_queue_counts_the_workers_whose_process_is_alive(repo):
     assert view.workers == [os.getpid()]  # not the process that ended, nor the one with an exit code
 
 
+@pytest.mark.slow
 def test_a_real_worker_is_seen_while_it_runs_and_ended_once_the_queue_is_idle(repo, monkeypatch):
     monkeypatch.chdir(repo)
     sweep.start_workers(1, dict(os.environ))  # an empty queue: DVC's own check would end it after 10 s
@@ -256,6 +261,7 @@ def test_a_real_worker_is_seen_while_it_runs_and_ended_once_the_queue_is_idle(re
     assert not tracking.process_alive(workers[0])
 
 
+@pytest.mark.slow
 def test_sweep_over_beta_records_one_row_per_pair(repo):
     out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "--betas", "0.5", "2", "--jobs", "2")
     assert "sweep of 2 values with 2 worker(s)" in out
@@ -270,6 +276,7 @@ def test_sweep_over_beta_records_one_row_per_pair(repo):
     (["--latent-dims", "4", "--betas", "1", "-1"], "vae.beta = -1.0 is not allowed"),
     (["--latent-dims", "4", "--betas", "2", "2"], "vae.beta values [2.0] are given more than once"),
 ])
+@pytest.mark.slow
 def test_sweep_refuses_bad_values_before_queueing_anything(repo, args, message):
     result = subprocess.run([sys.executable, "-m", "pipeline.tools.sweep", *args], cwd=repo, capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
@@ -277,6 +284,7 @@ def test_sweep_refuses_bad_values_before_queueing_anything(repo, args, message):
     assert "sweep-" not in dvc(repo, "queue", "status")
 
 
+@pytest.mark.slow
 def test_outputs_pushed_to_a_dvc_remote_restore_a_fresh_clone(repo, tmp_path):
     dvc(repo, "repro")
     dvc(repo, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
@@ -294,6 +302,7 @@ def test_outputs_pushed_to_a_dvc_remote_restore_a_fresh_clone(repo, tmp_path):
     assert not (clone / "mlflow.db").exists()  # nothing ran, so nothing was recorded
 
 
+@pytest.mark.slow
 def test_sweep_names_an_experiment_that_failed(repo):
     # Valid by the params' rules, but more samples than the test split holds: evaluate refuses.
     params = merge(yaml.safe_load((repo / "params.yaml").read_text()), {"evaluate": {"num_samples": 61}})

@@ -23,6 +23,7 @@ def evaluated(tmp_path_factory):
     return tiny_project(tmp_path_factory.mktemp("evaluate"), (*UP_TO_GAN, "evaluate"))
 
 
+@pytest.mark.slow
 def test_evaluation_measures_the_vae_and_every_set_with_its_scale(evaluated):
     metrics = json.loads((evaluated.root / "outputs/eval/metrics.json").read_text())
     assert set(metrics["scores"]) == SETS and metrics["num_samples"] == 60
@@ -57,6 +58,7 @@ def test_evaluation_measures_the_vae_and_every_set_with_its_scale(evaluated):
                        "gan_scratch.png", "interpolation.png", "traversal.png"}
 
 
+@pytest.mark.slow
 def test_evaluation_lands_in_the_row_of_the_vae_and_gan(evaluated):
     (row,) = evaluated.runs("mnist5k")
     assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
@@ -80,6 +82,7 @@ def test_evaluation_lands_in_the_row_of_the_vae_and_gan(evaluated):
     assert classifier_run.data.metrics["classifier/test_accuracy"] == metrics["classifier_test_accuracy"]
 
 
+@pytest.mark.slow
 def test_rerun_reproduces_metrics_and_figures(evaluated):
     out = evaluated.root / "outputs/eval"
     files = ["metrics.json", "kl_per_dim.csv", *(f"figures/{p.name}" for p in (out / "figures").iterdir())]
@@ -100,6 +103,7 @@ def test_rerun_reproduces_metrics_and_figures(evaluated):
     ({"evaluate": {"kid_subset_size": 61}}, "evaluate.kid_subset_size = 61 is more than evaluate.num_samples"),
     ({"evaluate": {"iwae_samples": 0}}, "evaluate.iwae_samples = 0 is not allowed; expected an integer >= 1"),
 ])
+@pytest.mark.slow
 def test_bad_evaluation_params_fail_before_any_work(evaluated, override, message):
     assert_refused(evaluated, "evaluate", override, message)
 

@@ -126,6 +126,7 @@ BAD_INPUT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_INPUT))
 def test_bad_input_is_refused_with_its_message_and_nothing_written(upstream, monkeypatch, case):
     stage, override, damaged, message = BAD_INPUT[case]
@@ -165,6 +166,7 @@ def test_a_download_whose_checksum_does_not_match_is_refused(served_mnist, proje
     assert project.files() == [] and project.runs() == []
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_is_named_without_its_password(upstream):
     before = state(upstream)
     uri = f"http://alice:s3cret@127.0.0.1:{free_port()}"
@@ -184,6 +186,7 @@ def test_the_ui_and_the_app_bind_to_this_machine_only():
     assert 'address = "127.0.0.1"' in (REPO / ".streamlit" / "config.toml").read_text()
 
 
+@pytest.mark.slow
 def test_a_read_only_store_is_refused_before_any_work(upstream):
     before = state(upstream)
     uri = f"sqlite:///file:{upstream.store}?mode=ro&uri=true"  # the store, opened read-only
@@ -193,6 +196,7 @@ def test_a_read_only_store_is_refused_before_any_work(upstream):
     assert "Traceback" not in result.stderr and state(upstream) == before
 
 
+@pytest.mark.slow
 def test_a_diverging_training_stops_naming_epoch_and_term_and_writes_nothing(upstream):
     """NaN or inf in training: exit 2 with the epoch and the loss term; no output, and the row of
     the attempt ends FAILED (not left running)."""
@@ -210,6 +214,7 @@ def test_a_diverging_training_stops_naming_epoch_and_term_and_writes_nothing(ups
     assert newest.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_the_same_params_and_seed_give_the_same_bytes(upstream):
     """Two runs of a training stage on CPU: identical checkpoint and metrics, bit for bit."""
     outputs = [paths.VAE_CHECKPOINT, paths.VAE_METRICS, paths.VAE_HISTORY]
@@ -248,6 +253,7 @@ def vae_rows(project):
     return [r for r in project.runs("mnist5k") if r.data.tags.get("pipeline.stage") == "train_vae"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, exit_code, said", [(signal.SIGINT, 130, "interrupted"),
                                                      (signal.SIGTERM, 143, "terminated")])
 def test_an_interrupted_stage_ends_its_row_killed_and_writes_nothing(project, signum, exit_code, said):
@@ -272,6 +278,7 @@ def test_an_interrupted_stage_ends_its_row_killed_and_writes_nothing(project, si
     assert sorted(r.info.status for r in vae_rows(project)) == ["FINISHED", "KILLED"]
 
 
+@pytest.mark.slow
 def test_a_stage_killed_outright_leaves_no_output_and_the_next_run_marks_its_row_killed(project):
     project.stage("download")
     project.write_params(LONG)
@@ -290,6 +297,7 @@ def test_a_stage_killed_outright_leaves_no_output_and_the_next_run_marks_its_row
     assert statuses.pop(row.info.run_id) == "KILLED" and list(statuses.values()) == ["FINISHED"]
 
 
+@pytest.mark.slow
 def test_a_running_stage_of_a_live_process_is_left_alone(project):
     """A second process recording into the experiment (a queue worker, say) must not close the
     row of a stage that is still running."""
@@ -307,6 +315,7 @@ def test_a_running_stage_of_a_live_process_is_left_alone(project):
         process.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_dvc_repro_killed_mid_pipeline_then_rerun_succeeds(repo):
     """SIGKILL to `dvc repro` and its stage (the process group) during the GAN stage: the rerun
     redoes that stage from a clean state, the killed attempt's row ends KILLED, and one complete
@@ -334,6 +343,7 @@ def test_dvc_repro_killed_mid_pipeline_then_rerun_succeeds(repo):
     assert complete.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
 
 
+@pytest.mark.slow
 def test_two_queue_workers_at_once_record_every_run(repo):
     """Two `dvc exp run` workers running at once (DVC's queue, `-j 2`) into one SQLite store: every
     experiment leaves its complete row, none lost, none twice."""

@@ -45,6 +45,7 @@ def prose(markdown: str) -> str:
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?(?![\w])")
 
 
+@pytest.mark.slow
 def test_report_answers_each_question_and_every_figure_it_links_exists(reported):
     out = reported.root / "reports"
     text = (out / "reflection.md").read_text()
@@ -65,6 +66,7 @@ def test_report_answers_each_question_and_every_figure_it_links_exists(reported)
     assert "raising beta from 1.0 to 4.0" in text and "Only latent_dim" not in text
 
 
+@pytest.mark.slow
 def test_every_number_matches_the_run_it_cites(reported):
     numbers = json.loads((reported.root / "reports/reflection.numbers.json").read_text())
     store = client(reported)
@@ -101,6 +103,7 @@ def test_every_number_matches_the_run_it_cites(reported):
     assert kinds == {"metric", "param", "count", "ratio", "rises"}
 
 
+@pytest.mark.slow
 def test_every_number_in_the_text_is_one_the_report_cited(reported):
     text = prose((reported.root / "reports/reflection.md").read_text())
     cited = {entry["text"] for entry in json.loads((reported.root / "reports/reflection.numbers.json").read_text())}
@@ -108,6 +111,7 @@ def test_every_number_in_the_text_is_one_the_report_cited(reported):
     assert uncited == []
 
 
+@pytest.mark.slow
 def test_one_run_report_says_what_a_sweep_would_add(reported, tmp_path):
     store = client(reported)
     rows = [Row.from_mlflow(run) for run in store.search_runs([store.get_experiment_by_name("mnist5k").experiment_id])]
@@ -147,6 +151,7 @@ def test_rises_counts_setbacks_and_readable_drops_the_exponent():
     assert numbers.readable(0.9716, ".3f") == "0.972"
 
 
+@pytest.mark.slow
 def test_no_matching_run_is_refused_and_writes_nothing(reported):
     before = {p: p.stat().st_mtime_ns for p in (reported.root / "reports").rglob("*")}
     reported.write_params({"gan": {"epochs": 3}})

@@ -108,6 +108,7 @@ def test_a_failure_while_copying_into_a_new_row_marks_it_failed(project, record,
     assert statuses == ["FAILED", "FINISHED"]  # the new row is not left RUNNING
 
 
+@pytest.mark.slow
 def test_processes_that_create_a_new_store_at_once_all_record(tmp_path):
     """MLflow's schema migrations break when two processes create one SQLite store together
     (queue workers starting at once); the creation lock makes them take turns."""

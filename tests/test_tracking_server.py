@@ -43,6 +43,7 @@ def server(tmp_path_factory):
         log.close()
 
 
+@pytest.mark.slow
 def test_pipeline_records_everything_into_a_tracking_server(server, tmp_path):
     url, server_root = server
     project = tiny_project(tmp_path, ())
@@ -66,6 +67,7 @@ def test_pipeline_records_everything_into_a_tracking_server(server, tmp_path):
     assert [p.read_bytes() for p in stored] == [figure.read_bytes()]
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_stops_a_stage_at_once_and_nothing_is_written(tmp_path):
     project = tiny_project(tmp_path, ("download",))  # recorded in the local store
     before = project.files()

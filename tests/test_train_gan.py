@@ -121,6 +121,7 @@ def stage_project(tmp_path_factory):
     return tiny_project(tmp_path_factory.mktemp("gan-stage"), UP_TO_GAN)
 
 
+@pytest.mark.slow
 def test_stage_writes_checkpoints_history_and_samples(stage_project):
     root = stage_project.root
     assert sorted(p.name for p in (root / "outputs/gan/generators").iterdir()) == ["decoder.pt", "scratch.pt"]
@@ -134,6 +135,7 @@ def test_stage_writes_checkpoints_history_and_samples(stage_project):
         assert metrics[init]["classes"] >= 1 and 0 <= metrics[init]["label_entropy"] <= 2.31
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_rebuilds_the_same_generator_and_discriminator(stage_project):
     path = stage_project.root / "outputs/gan/generators/decoder.pt"
     generator, discriminator, checkpoint = load_gan(path, latent_dim=4)
@@ -157,6 +159,7 @@ def test_checkpoint_round_trip_rebuilds_the_same_generator_and_discriminator(sta
         load_gans(stage_project.root / "outputs/vae")
 
 
+@pytest.mark.slow
 def test_stage_records_into_the_vae_row(stage_project):
     (row,) = stage_project.runs("mnist5k")
     vae_run = json.loads((stage_project.root / "outputs/vae/mlflow_run.json").read_text())["run_id"]
@@ -172,6 +175,7 @@ def test_stage_records_into_the_vae_row(stage_project):
     assert {"gan/decoder/samples_epoch_001.png", "gan/decoder/samples_epoch_002.png"} <= artifacts
 
 
+@pytest.mark.slow
 def test_stage_rerun_reproduces_its_outputs_bit_for_bit(stage_project):
     root = stage_project.root
     names = ["generators/decoder.pt", "generators/scratch.pt", "samples/decoder.png", "metrics.json", "history.csv"]
@@ -180,6 +184,7 @@ def test_stage_rerun_reproduces_its_outputs_bit_for_bit(stage_project):
     assert {name: (root / "outputs/gan" / name).read_bytes() for name in names} == first
 
 
+@pytest.mark.slow
 def test_without_comparison_only_the_chosen_gan_is_trained(tmp_path):
     project = tiny_project(tmp_path, ("download", "train_vae", "train_classifier"),
                            {"gan": {"compare_scratch": False, "epochs": 1}})
@@ -196,5 +201,6 @@ def test_without_comparison_only_the_chosen_gan_is_trained(tmp_path):
     ({"gan": {"init": "vae"}}, "gan.init = 'vae' is not allowed; expected one of: decoder, scratch"),
     ({"gan": {"compare_scratch": "yes please"}}, "gan.compare_scratch = 'yes please' is not allowed"),
 ])
+@pytest.mark.slow
 def test_bad_gan_params_fail_before_any_work(stage_project, override, message):
     assert_refused(stage_project, "train_gan", override, message)

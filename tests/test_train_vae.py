@@ -96,6 +96,7 @@ def test_nan_loss_stops_training_naming_epoch_and_term(tiny_splits, monkeypatch)
         train_vae.run(tiny_config(), tiny_splits, "cpu")
 
 
+@pytest.mark.slow
 def test_stage_end_to_end_records_one_complete_mlflow_row(project):
     project.stage("download")
     project.stage("train_vae")
@@ -131,6 +132,7 @@ def test_stage_end_to_end_records_one_complete_mlflow_row(project):
     assert (project.root / "mlartifacts").is_dir()  # artifacts sit beside the store
 
 
+@pytest.mark.slow
 def test_store_follows_dvc_root(project, tmp_path_factory):
     """Inside a DVC experiment's temporary copy, runs go to the real project's store."""
     project.stage("download")
@@ -148,6 +150,7 @@ def mlflow_rows(store):
     return mlflow_runs(store, "mnist5k")
 
 
+@pytest.mark.slow
 def test_failed_training_marks_the_run_failed_and_writes_no_outputs(project):
     project.stage("download")
     project.write_params({"vae": {"learning_rate": 1e30}})
@@ -158,6 +161,7 @@ def test_failed_training_marks_the_run_failed_and_writes_no_outputs(project):
     assert row.info.status == "FAILED" and "pipeline.stages" not in row.data.tags
 
 
+@pytest.mark.slow
 def test_stage_rerun_reproduces_its_outputs_bit_for_bit(project):
     project.stage("download")
     project.stage("train_vae")
