@@ -14,7 +14,7 @@ from pipeline.tools.report.numbers import Source
 from pipeline.tools.report.runs import select, usable
 from pipeline.tools.report.sections import FIGURES, NUMBERS, build
 from pipeline.tracking import store
-from pipeline.tracking.rows import open_experiment, read_rows
+from pipeline.tracking.rows import read_rows
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,10 @@ def to_html(markdown_text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import pipeline.tools.report as package
     from pipeline.core.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.report", description=package.__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", help="MLflow experiment (default: the one params.yaml records into)")
     parser.add_argument("--output", type=Path, default=REPORT_DIR, help=f"folder to write into (default {REPORT_DIR})")
     args = parser.parse_args(argv)
@@ -44,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config()
     experiment = args.experiment or config.experiment_name
     store.check_server()
-    client, _ = open_experiment(experiment)
-    fit, outdated = usable(read_rows(experiment))
+    fit, outdated = usable(read_rows(experiment))  # a missing store or experiment is refused here
+    _, client = store.connect()
     reference = {key: str(value) for key, value in flatten(config).items()}
     study = select(fit, reference, experiment, outdated)
     with tempfile.TemporaryDirectory() as downloads, atomic_dir(args.output / FIGURES) as figures:

@@ -19,12 +19,9 @@ REQUIRED = (
     "eval/reparameterisation/score_function", "eval/probes/encoder", "eval/discriminators/decoder/real_train",
 )
 
+
 class ReportError(PipelineError):
     """The report cannot be built from the recorded runs."""
-
-
-# ---------------------------------------------------------------------------------------------
-# The runs
 
 
 def usable(rows: list[Row]) -> tuple[list[Row], list[Row]]:
@@ -65,7 +62,7 @@ def _newest_per(runs: list[Row], key: Callable[[Row], float]) -> list[Row]:
 
 def select(records: list[Row], reference: dict[str, str], experiment: str,
            outdated: list[Row] | None = None) -> Study:
-    """The runs the report is built from (see the module docstring). `reference` is params.yaml
+    """The runs the report is built from (see the package docstring). `reference` is params.yaml
     flattened as the stages log it ({"vae.beta": "1.0", ...})."""
     by_latent_dim = _newest_per([r for r in records if _matches(r, reference, {"latent_dim"})], lambda r: r.latent_dim)
     if not by_latent_dim:
