@@ -275,12 +275,11 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def unflatten(flat: dict[str, str], cls: type = None, prefix: str = "") -> dict[str, Any]:
+def unflatten(flat: dict[str, str], cls: type = Config, prefix: str = "") -> dict[str, Any]:
     """The inverse of `flatten` for recorded params, which are text (`"16"`, `"True"`): the nested
     mapping `parse_config` takes, each value converted to its field's kind. Keys the config does
     not have are dropped (a row may carry params of later code); missing ones stay missing, so
     `parse_config` names them."""
-    cls = cls or Config
     raw: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         key = prefix + f.name
