@@ -47,7 +47,7 @@ from pipeline.core.training import to_unit_float
 from pipeline.stages import paths
 from pipeline.tools import compare
 from pipeline.tracking import names, store
-from pipeline.tracking.rows import read_row, read_rows
+from pipeline.tracking.rows import Row, read_row, read_rows
 
 # ---------------------------------------------------------------------------------------------
 # Runs and their models
@@ -100,13 +100,18 @@ class LoadedRun:
         return torch.argsort(self.kl_per_dim, descending=True)[:count].tolist()
 
 
-def test_split(config: Config, data_hash: str) -> Splits:
-    """The test images of the data a run was trained on (see module docstring)."""
+def test_split(row: Row, data_hash: str) -> Splits:
+    """The test images of the data a run was trained on (see module docstring). The row's params
+    are read only when the workspace's splits are not that data."""
     workspace = store.project_root() / paths.SPLITS
     if workspace.exists():
         splits = load_splits(workspace)
         if content_hash(splits) == data_hash:
             return splits
+    try:
+        config = row.config()
+    except ConfigError as error:
+        raise DataError(f"the run's params are incomplete or malformed ({error})") from None
     with tempfile.TemporaryDirectory(prefix="explorer-data-") as workdir:
         splits = build_splits(config.data, config.seed, Path(workdir))
     if content_hash(splits) != data_hash:
@@ -128,11 +133,7 @@ def load_run(run_id: str, device: str = "cpu") -> LoadedRun:
                                   f"({type(error).__name__}: {str(error)[:200]})") from None
         vae, checkpoint = load_vae(vae_path)
         gans = load_gans(generators_path, vae.arch.latent_dim)
-    try:
-        config = row.config()
-    except ConfigError as error:
-        raise DataError(f"the run's params are incomplete or malformed ({error})") from None
-    splits = test_split(config, checkpoint["config"]["data_hash"])
+    splits = test_split(row, checkpoint["config"]["data_hash"])
     vae = vae.to(device)
     x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)
     mu, logvar = latent.posterior(vae, x_test)
