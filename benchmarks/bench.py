@@ -310,7 +310,7 @@ def main() -> None:
     config = load_config(args.params)
     device = resolve_device(args.device or config.device)
     with tempfile.TemporaryDirectory() as workdir:
-        splits = build_splits(config.data, config.seed, Path(workdir))
+        splits = build_splits(config.data, Path(workdir))
     cpu = platform.processor() or platform.machine()
     gpu = f", {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""
     print(f"machine: {cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, "

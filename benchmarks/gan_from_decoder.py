@@ -3,7 +3,8 @@
     python benchmarks/gan_from_decoder.py [--seeds 0 1 2] [--params FILE]      (make study)
 
 For each seed, the whole chain with the default params.yaml except the seed, in process (no MLflow,
-no files): split, VAE, classifier, both GANs, evaluation. One line per seed: the FID-style scores
+no files): VAE, both GANs, evaluation, on one split with one classifier (the fixed ruler: `data.seed`
+and `classifier.seed` do not change with `seed`). One line per seed: the FID-style scores
 of the evaluation (VAE prior samples, GAN from decoder, GAN from scratch, and the real-data floor),
 the epochs each GAN took to beat the VAE prior score during training, and the wall time.
 """
@@ -23,14 +24,19 @@ from pipeline.stages import evaluate, train_classifier, train_gan, train_vae
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one_seed(seed: int, params: Path) -> dict:
+def ruler(params: Path):
+    """The split and the evaluation classifier, the same for every seed."""
+    config = load_config(params)
+    with tempfile.TemporaryDirectory() as workdir:
+        splits = build_splits(config.data, Path(workdir))
+    return splits, train_classifier.run(config, splits, resolve_device(config.device))
+
+
+def one_seed(seed: int, params: Path, splits, classifier) -> dict:
     config = dataclasses.replace(load_config(params), seed=seed)
     device = resolve_device(config.device)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as workdir:
-        splits = build_splits(config.data, seed, Path(workdir))
     vae = train_vae.run(config, splits, device).model
-    classifier = train_classifier.run(config, splits, device)
     runs, vae_prior_fid = train_gan.run(config, splits, vae, classifier.model, device)
     gan = train_gan.summary(runs, vae_prior_fid)
     gans = {init: (result.generator, result.discriminator) for init, result in runs.items()}
@@ -53,8 +59,9 @@ def main() -> None:
           f"gan.epochs {config.gan.epochs}), FID-style scores from `evaluate` (lower is better)")
     print("seed  classifier_acc  fid_real_train  fid_vae_prior  fid_gan_decoder  fid_gan_scratch  "
           "epochs_to_beat_vae(decoder)  epochs_to_beat_vae(scratch)  seconds")
+    splits, classifier = ruler(args.params)
     for seed in args.seeds:
-        r = one_seed(seed, args.params)
+        r = one_seed(seed, args.params, splits, classifier)
         never = "never"
         print(f"{r['seed']:>4}  {r['accuracy']:>14.4f}  {r['fid_real_train']:>14.2f}  {r['fid_vae_prior']:>13.2f}  "
               f"{r['fid_gan_decoder']:>15.2f}  {r['fid_gan_scratch']:>15.2f}  "

@@ -58,7 +58,7 @@ def test_limit_per_class():
 
 def test_mnist5k_is_the_embedded_digits_split_by_class(tmp_path):
     config = load_config(Path(__file__).resolve().parents[1] / "params.yaml").data
-    splits = data.build_splits(config, seed=0, workdir=tmp_path)
+    splits = data.build_splits(config, workdir=tmp_path)
     assert splits.x_train.shape == (4000, 1, 28, 28) and splits.x_test.shape == (1000, 1, 28, 28)
     assert splits.x_train.dtype == np.uint8 and splits.x_train.max() == 255
     assert np.bincount(splits.y_train).tolist() == [400] * 10

@@ -111,7 +111,7 @@ def test_bad_evaluation_params_fail_before_any_work(evaluated, override, message
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     config = parse_config(merge(repo_params(), TINY))
-    splits = data.build_splits(config.data, config.seed, tmp_path_factory.mktemp("data"))
+    splits = data.build_splits(config.data, tmp_path_factory.mktemp("data"))
     return config, splits
 
 

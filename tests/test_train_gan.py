@@ -85,7 +85,7 @@ def test_snapshot_epochs_are_spread_before_the_last():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     config = parse_config(merge(repo_params(), TINY))
-    splits = data.build_splits(config.data, config.seed, tmp_path_factory.mktemp("data"))
+    splits = data.build_splits(config.data, tmp_path_factory.mktemp("data"))
     classifier = train_classifier.run(config, splits, "cpu").model
     return config, splits, classifier
 

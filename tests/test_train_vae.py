@@ -30,7 +30,7 @@ EXPECTED_OUTPUTS = [
 @pytest.fixture(scope="module")
 def tiny_splits(tmp_path_factory):
     config = parse_config(merge(repo_params(), TINY))
-    return data.build_splits(config.data, config.seed, tmp_path_factory.mktemp("data"))
+    return data.build_splits(config.data, tmp_path_factory.mktemp("data"))
 
 
 def tiny_config(**vae):
@@ -112,7 +112,7 @@ def test_stage_end_to_end_records_one_complete_mlflow_row(project):
     (row,) = project.runs("mnist5k")
     run_file = json.loads((project.root / "outputs/vae/mlflow_run.json").read_text())
     assert row.info.run_id == run_file["run_id"] and row.info.status == "FINISHED"
-    assert row.info.run_name == "vae-gan-ld4-workspace"
+    assert row.info.run_name == "vae-gan-ld4-s0-workspace"
     assert row.data.params["latent_dim"] == "4" and row.data.params["vae.epochs"] == "2"
     assert row.data.tags["pipeline.stages"] == "train_vae" and row.data.tags["dvc.exp_name"] == "workspace"
     assert "git.commit" in row.data.tags
@@ -140,7 +140,7 @@ def test_store_follows_dvc_root(project, tmp_path_factory):
     project.stage("train_vae", env={"DVC_ROOT": str(real_root), "DVC_EXP_NAME": "tiny-exp"})
     assert not project.store.exists() or project.runs("mnist5k") == []
     (row,) = mlflow_rows(real_root / "mlflow.db")
-    assert row.data.tags["dvc.exp_name"] == "tiny-exp" and row.info.run_name == "vae-gan-ld4-tiny-exp"
+    assert row.data.tags["dvc.exp_name"] == "tiny-exp" and row.info.run_name == "vae-gan-ld4-s0-tiny-exp"
     assert (real_root / "mlartifacts").is_dir()
 
 

@@ -90,7 +90,7 @@ def classifier_config(config: Config, image_shape: tuple[int, int, int], num_cla
     architecture = {"image_shape": list(image_shape), "num_classes": num_classes,
                     "feature_dim": config.classifier.feature_dim}
     return {"architecture": architecture, "classifier": dataclasses.asdict(config.classifier),
-            "seed": config.seed, "data_hash": data_hash}
+            "seed": config.classifier.seed, "data_hash": data_hash}
 
 
 def load_classifier(path: Path, data_hash: str | None = None) -> Classifier:

@@ -93,6 +93,7 @@ def rule(**kwargs: Any) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
+    seed: int = rule(kind=int, minimum=0)  # the split's draws: part of the fixed ruler, not the models' seed
     name: str = rule(kind=str, choices=tuple(SOURCES))
     test_fraction: float = rule(kind=float, minimum=0, exclusive_minimum=True, maximum=1, exclusive_maximum=True)
     max_per_class: int = rule(kind=int, minimum=0)  # 0 keeps every image
@@ -115,6 +116,7 @@ class VAEConfig:
 class ClassifierConfig:
     """The CNN whose penultimate layer is the feature space of the FID-style scores."""
 
+    seed: int = rule(kind=int, minimum=0)  # its weights and batches: part of the fixed ruler, not the models' seed
     epochs: int = rule(kind=int, minimum=1)
     batch_size: int = rule(kind=int, minimum=1)
     learning_rate: float = rule(kind=float, minimum=0, exclusive_minimum=True)

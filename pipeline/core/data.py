@@ -206,8 +206,9 @@ SOURCES: dict[str, Source] = {
 }
 
 
-def build_splits(cfg: DataConfig, seed: int, workdir: Path) -> Splits:
-    """Obtain the dataset named in `cfg` and return its checked train/test splits.
+def build_splits(cfg: DataConfig, workdir: Path) -> Splits:
+    """Obtain the dataset named in `cfg` and return its checked train/test splits, drawn from
+    `cfg.seed` (the data's own seed, independent of the models' `seed`).
 
     `workdir` receives downloaded files; the caller deletes it afterwards. A dataset without an
     official split is split here (stratified, `cfg.test_fraction`); one with an official split
@@ -217,14 +218,14 @@ def build_splits(cfg: DataConfig, seed: int, workdir: Path) -> Splits:
     mirror = cfg.mirror or os.environ.get(MIRROR_VARIABLE, "")
     if not source.official_split:
         images, labels = source.load(mirror, workdir)
-        kept = limit_per_class(labels, cfg.max_per_class, seed)
+        kept = limit_per_class(labels, cfg.max_per_class, cfg.seed)
         images, labels = images[kept], labels[kept]
-        train_idx, test_idx = stratified_split(labels, cfg.test_fraction, seed)
+        train_idx, test_idx = stratified_split(labels, cfg.test_fraction, cfg.seed)
         x_train, y_train, x_test, y_test = images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
     else:
         x_train, y_train, x_test, y_test = source.load(mirror, workdir)
-        train_idx = limit_per_class(y_train, cfg.max_per_class, seed)
-        test_idx = limit_per_class(y_test, cfg.max_per_class, seed)
+        train_idx = limit_per_class(y_train, cfg.max_per_class, cfg.seed)
+        test_idx = limit_per_class(y_test, cfg.max_per_class, cfg.seed)
         x_train, y_train, x_test, y_test = x_train[train_idx], y_train[train_idx], x_test[test_idx], y_test[test_idx]
     splits = Splits(cfg.name, x_train, y_train, x_test, y_test)
     check_splits(splits)

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def run(config: Config, workdir: Path) -> tuple[Splits, dict]:
     """The dataset's splits and their facts; downloads go into `workdir`."""
-    splits = build_splits(config.data, config.seed, workdir)
+    splits = build_splits(config.data, workdir)
     return splits, dataset_facts(splits)
 
 
@@ -31,7 +31,7 @@ def main() -> None:
         splits, facts = run(config, Path(workdir))
     log.info("%s: %d train and %d test images of shape %s", splits.name, facts["num_train"],
              facts["num_test"], tuple(facts["image_shape"]))
-    params = {"seed": config.seed, **flatten(config.data, "data.")}
+    params = flatten(config.data, "data.")
     with store.stage_run("download", config, experiment=store.experiment_for("download", config),
                          run_name=f"data-{splits.name}", params=params):
         store.log_dataset(splits, facts)

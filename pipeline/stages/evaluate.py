@@ -130,7 +130,11 @@ def class_probes(vae: VAE, discriminators: dict, x_train, y_train, x_test, y_tes
 
 def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device: str,
         likelihood: str) -> Evaluation:
-    """Measure the VAE and every model's samples; all draws are seeded from `config.seed`.
+    """Measure the VAE and every model's samples.
+
+    The ruler's draws (which test and training images are scored, the uniform-noise set, KID's
+    subsets) come from `data.seed`, so they are the same for every model seed; the models' draws
+    (the codes every generator decodes, the IWAE and gradient samples) come from `seed`.
 
     `gans` maps each GAN's init to its (generator, discriminator). `likelihood` is the
     reconstruction term the VAE was trained with (bce or mse), from its checkpoint.
@@ -142,10 +146,11 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device
     classifier = classifier.to(device).eval()
     x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)
     x_train = to_unit_float(torch.from_numpy(splits.x_train)).to(device)
+    ruler = torch.Generator().manual_seed(config.data.seed)
+    test_pick = torch.randperm(len(x_test), generator=ruler)[:n].to(device)
+    train_pick = torch.randperm(len(x_train), generator=ruler)[:n].to(device)
+    noise_images = torch.rand((n, *splits.image_shape), generator=ruler).to(device)
     draws = torch.Generator().manual_seed(config.seed)
-    test_pick = torch.randperm(len(x_test), generator=draws)[:n].to(device)
-    train_pick = torch.randperm(len(x_train), generator=draws)[:n].to(device)
-    noise_images = torch.rand((n, *splits.image_shape), generator=draws).to(device)
     z = torch.randn(n, config.latent_dim, generator=draws).to(device)  # the same codes for every generator
 
     vae_numbers = vae_test_metrics(vae, x_test, kind=likelihood, iwae_samples=ev.iwae_samples,
@@ -157,7 +162,7 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device
     discriminators = {init: discriminator.to(device).eval() for init, (_, discriminator) in gans.items()}
     sets |= {f"gan_{init}": in_batches(generator, z) for init, generator in generators.items()}
 
-    scorer = Scorer(classifier, x_test, seed=config.seed, kid_subset_size=ev.kid_subset_size,
+    scorer = Scorer(classifier, x_test, seed=config.data.seed, kid_subset_size=ev.kid_subset_size,
                     pr_neighbours=ev.pr_neighbours)
     scores = {}
     for name, images in sets.items():

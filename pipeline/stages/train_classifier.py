@@ -39,7 +39,7 @@ class ClassifierResult:
 def run(config: Config, splits: Splits, device: str) -> ClassifierResult:
     """Train the classifier on the training split; score it on the test split after each epoch."""
     cfg = config.classifier
-    torch.manual_seed(config.seed)
+    torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     model = Classifier(splits.image_shape, splits.num_classes, cfg.feature_dim).to(device)
     optimizer = adam(model.parameters(), lr=cfg.learning_rate)
@@ -47,7 +47,7 @@ def run(config: Config, splits: Splits, device: str) -> ClassifierResult:
     y_train = torch.from_numpy(splits.y_train).to(device)
     x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)
     y_test = torch.from_numpy(splits.y_test).to(device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
     history = []
     started = time.perf_counter()
@@ -71,7 +71,7 @@ def main() -> None:
     device = resolve_device(config.device)
     splits = load_splits(paths.SPLITS)
     facts = dataset_facts(splits)
-    params = {"seed": config.seed, "device": config.device, names.DATA_NAME: config.data.name,
+    params = {"device": config.device, names.DATA_NAME: config.data.name,
               **flatten(config.classifier, "classifier.")}
     with store.stage_run("train_classifier", config, experiment=store.experiment_for("train_classifier", config),
                          run_name=f"classifier-{splits.name}-{store.dvc_exp_name()}", params=params):
