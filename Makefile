@@ -34,24 +34,28 @@ bench: $(VENV)/.installed  ## print training throughput and pipeline wall times
 study: $(VENV)/.installed  ## GAN from the decoder vs from scratch vs VAE samples, over seeds 0-2 (about 3 minutes)
 	python benchmarks/gan_from_decoder.py
 
-# `make sweep JOBS=2 LATENT_DIMS="2 8 32"`; see docs/sweeps.md.
+# `make sweep JOBS=2 LATENT_DIMS="2 8 32" SEEDS="0 1 2"`; see docs/sweeps.md.
 JOBS ?= 1
 LATENT_DIMS ?= 2 4 8 16 32 64
-sweep: $(VENV)/.installed  ## queue one DVC experiment per latent_dim, run them with JOBS workers, wait, compare
-	python -m pipeline.tools.sweep --latent-dims $(LATENT_DIMS) --jobs $(JOBS)
+SEEDS ?=
+SEED_ARGS = $(if $(strip $(SEEDS)),--seeds $(SEEDS))
+sweep: $(VENV)/.installed  ## queue one DVC experiment per latent_dim (and seed), run them with JOBS workers, wait, compare
+	python -m pipeline.tools.sweep --latent-dims $(LATENT_DIMS) $(SEED_ARGS) --jobs $(JOBS)
 
-compare: $(VENV)/.installed  ## print every recorded result as a table, write outputs/comparison.csv
+compare: $(VENV)/.installed  ## print each configuration's mean ± 95% interval over its seeds, write outputs/comparison.csv
 	python -m pipeline.tools.compare
 
 report: $(VENV)/.installed  ## write reports/reflection.md (and .html, figures) from the recorded runs
 	python -m pipeline.tools.report
 
-# The study behind the published report: the latent_dim sweep, then BETAS at BETA_LATENT_DIM, then the report.
+# The study behind the published report: the latent_dim sweep, then BETAS at BETA_LATENT_DIM, each
+# over STUDY_SEEDS, then the report.
 BETAS ?= 0.25 4
 BETA_LATENT_DIM ?= 16
-default-study: $(VENV)/.installed  ## run the default study and write its report into reports/
-	python -m pipeline.tools.sweep --latent-dims $(LATENT_DIMS) --jobs $(JOBS)
-	python -m pipeline.tools.sweep --latent-dims $(BETA_LATENT_DIM) --betas $(BETAS) --jobs $(JOBS)
+STUDY_SEEDS ?= 0 1 2 3 4
+default-study: $(VENV)/.installed  ## run the default study (8 configurations x 5 seeds) and write its report into reports/
+	python -m pipeline.tools.sweep --latent-dims $(LATENT_DIMS) --seeds $(STUDY_SEEDS) --jobs $(JOBS)
+	python -m pipeline.tools.sweep --latent-dims $(BETA_LATENT_DIM) --betas $(BETAS) --seeds $(STUDY_SEEDS) --jobs $(JOBS)
 	python -m pipeline.tools.report
 
 ui: $(VENV)/.installed  ## open the MLflow UI on http://127.0.0.1:5000

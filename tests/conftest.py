@@ -47,14 +47,16 @@ def repo_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def mlflow_runs(store: Path, experiment: str | None = None):
-    """All runs in the sqlite store at `store` (optionally of one experiment), as entities."""
+def mlflow_runs(store: Path, experiment: str | None = None, summaries: bool = False):
+    """All runs in the sqlite store at `store` (optionally of one experiment), as entities; the
+    configurations' summary runs only with `summaries` (then only they)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}")
     experiments = client.search_experiments()
     ids = [e.experiment_id for e in experiments if experiment is None or e.name == experiment]
-    return client.search_runs(ids) if ids else []
+    runs = client.search_runs(ids) if ids else []
+    return [run for run in runs if ("pipeline.summary_of" in run.data.tags) == summaries]
 
 
 class Project:

@@ -120,7 +120,9 @@ def test_a_run_whose_models_are_missing_gets_a_message_naming_it(project, inside
 @pytest.mark.slow
 def test_runs_page_lists_each_run_with_dataset_latent_dim_and_metrics(explored, inside):
     inside(explored)
-    table = open_app("Runs").dataframe[0].value
+    page = open_app("Runs")
+    configurations, table = (frame.value for frame in page.dataframe)
+    assert sorted(configurations["latent_dim"]) == [2, 4] and set(configurations["n"]) == {1}
     ids = run_ids(explored)
     assert sorted(table["latent_dim"]) == [2, 4] and set(table["dataset"]) == {"mnist5k"}
     assert list(table["run_id"]) == [ids[2], ids[4]]  # newest first
@@ -352,7 +354,7 @@ def test_a_row_is_read_for_its_data_only_when_the_workspace_lacks_that_data(proj
     from pipeline.core.errors import DataError
     from pipeline.tracking.rows import Row
 
-    splits = build_splits(load_config().data, 0, project.root)
+    splits = build_splits(load_config().data, project.root)
     save_splits(project.root / "outputs/data/splits.npz", splits)
     old_row = Row("id", "old", "FINISHED", 0, {"latent_dim": "4"}, {}, {})  # recorded by older code: few params
     assert content_hash(explorer.test_split(old_row, content_hash(splits))) == content_hash(splits)

@@ -52,3 +52,39 @@ def test_command_without_a_store_says_so_and_creates_nothing(project):
     result = project.stage("compare", check=False)
     assert result.returncode == 2 and "there is no MLflow store at" in result.stderr
     assert not project.store.exists() and project.files() == []
+
+
+def seeded(latent_dim: str, seed: int, fid: float, beta: str = "1.0", tags: dict | None = None, **extra) -> dict:
+    return {"params": {"latent_dim": latent_dim, "vae.beta": beta, "seed": str(seed), **extra},
+            "metrics": {"eval/scores/vae_prior/fid": fid}, "tags": tags or {}}
+
+
+def test_a_configuration_is_its_seeds_mean_with_the_t_interval_and_n():
+    from pipeline.core.stats import mean_interval
+
+    table = compare.aggregate(rows(
+        seeded("16", 0, 446.0), seeded("8", 0, 565.0), seeded("16", 1, 595.0), seeded("8", 1, 708.0),
+        seeded("16", 2, 363.0), seeded("8", 2, 479.0),
+        seeded("16", 2, 1e6, tags={"pipeline.stages": "train_vae"}),  # incomplete: not a replicate
+        seeded("16", 0, 1e6, **{"vae.epochs": "1"}),  # another configuration
+        seeded("4", 0, 300.0),
+        {"params": {"latent_dim": "16"}, "metrics": {"eval/scores/vae_prior/fid": 1e6},
+         "tags": {"pipeline.summary_of": "x", "pipeline.stages": ""}}))  # a summary run: never a result
+    lines = list(zip(table["latent_dim"], table["n"]))
+    assert lines[:2] == [(4, 1), (8, 3)] and sorted(lines[2:]) == [(16, 1), (16, 3)]
+    at_16 = table[(table["latent_dim"] == 16) & (table["n"] == 3)].iloc[0]
+    expected = mean_interval([446.0, 595.0, 363.0])
+    assert at_16["seeds"] == "0 1 2" and at_16["fid_vae_prior_n"] == 3
+    assert (at_16["fid_vae_prior"], at_16["fid_vae_prior_low"], at_16["fid_vae_prior_high"]) == (
+        expected.mean, expected.low, expected.high)
+    single = table[table["latent_dim"] == 4].iloc[0]
+    assert single["fid_vae_prior"] == 300.0 and single[["fid_vae_prior_low", "fid_vae_prior_high"]].isna().all()
+    assert table["fid_gan_scratch_n"].eq(0).all()
+    text = compare.format_aggregate(table)
+    assert f"{expected.mean:.4g} ± {expected.half_width:.2g}" in text and "\n" in text
+    assert " 300 " in text + " "  # one seed: the value, no interval
+
+
+def test_a_seed_run_twice_counts_once_the_newer_row():
+    table = compare.aggregate(rows(seeded("16", 0, 400.0), seeded("16", 1, 500.0), seeded("16", 0, 410.0)))
+    assert table["n"].tolist() == [2] and table["fid_vae_prior"].tolist() == [455.0]

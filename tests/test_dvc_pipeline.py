@@ -45,10 +45,15 @@ def test_dvc_yaml_declares_every_path_the_stages_write_and_only_known_params():
     assert {str(paths.VAE_CHECKPOINT), str(paths.VAE_RUN), str(paths.CLASSIFIER_CHECKPOINT)} <= set(dvc["train_gan"]["deps"])
     assert {str(paths.GAN_GENERATORS), str(paths.GAN_RUN)} <= set(dvc["evaluate"]["deps"])
     assert "latent_dim" not in dvc["train_classifier"]["params"]  # trained once, shared by every experiment
+    # The ruler (split and classifier) does not move with the models' seed.
+    assert "seed" not in dvc["download"]["params"] and "seed" not in dvc["train_classifier"]["params"]
     params = repo_params()
     for stage in dvc.values():
         for name in stage.get("params", []):
-            assert name in params, f"dvc.yaml names param {name!r} that params.yaml lacks"
+            section = params
+            for part in name.split("."):
+                assert isinstance(section, dict) and part in section, f"dvc.yaml names param {name!r} that params.yaml lacks"
+                section = section[part]
 
 
 def dvc(root, *args) -> str:
@@ -89,7 +94,7 @@ def test_repro_then_experiment_gives_one_row_per_result(repo):
     assert len(mlflow_runs(repo / "mlflow.db", "classifiers")) == 1  # nor the classifier: no latent_dim in it
 
     assert rows["8"].data.tags["git.dirty"] == "false"  # -S edits params.yaml, which is recorded as params
-    assert rows["8"].info.run_name == f"vae-gan-ld8-{rows['8'].data.tags['dvc.exp_name']}"
+    assert rows["8"].info.run_name == f"vae-gan-ld8-s0-{rows['8'].data.tags['dvc.exp_name']}"
 
     table = list(csv.DictReader(io.StringIO(dvc(repo, "exp", "show", "--csv"))))
     by_latent = {row["latent_dim"]: row for row in table if row["typ"] != "baseline" or row["rev"] != "workspace"}
@@ -97,8 +102,8 @@ def test_repro_then_experiment_gives_one_row_per_result(repo):
     assert float(by_latent["8"]["test_neg_elbo"]) == pytest.approx(rows["8"].data.metrics["vae/test_neg_elbo"])
 
     # The same comparison from MLflow, without the UI: printed, and written as CSV.
-    shown = run_module(repo, "pipeline.tools.compare")
-    assert "vae-gan-ld4-workspace" in shown and rows["8"].info.run_name in shown
+    shown = run_module(repo, "pipeline.tools.compare", "--runs")
+    assert "vae-gan-ld4-s0-workspace" in shown and rows["8"].info.run_name in shown
     compared = list(csv.DictReader((repo / "outputs" / "comparison.csv").open()))
     assert [row["latent_dim"] for row in compared] == ["4", "8"]
     for row in compared:
@@ -139,20 +144,49 @@ def test_changing_a_gan_or_evaluation_param_reruns_only_the_stages_after_it(repo
 
 
 @pytest.mark.slow
+def test_a_new_seed_reruns_the_models_on_the_same_ruler(repo):
+    dvc(repo, "repro")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "seed 0")
+    log = dvc(repo, "exp", "run", "-S", "seed=1")
+    assert {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")} == {
+        "train_vae", "train_gan", "evaluate"}
+    assert len(mlflow_runs(repo / "mlflow.db", "datasets")) == 1  # the split was not redrawn
+    assert len(mlflow_runs(repo / "mlflow.db", "classifiers")) == 1  # nor the classifier retrained
+    (old, new) = newest_rows(repo, 2)
+    assert (old.data.params["seed"], new.data.params["seed"]) == ("0", "1")
+    # One ruler: the same real images in the same feature space score the same floor for both seeds.
+    floor = "eval/scores/real_train/fid"
+    assert new.data.metrics[floor] == old.data.metrics[floor]
+    assert new.data.metrics["eval/scores/vae_prior/fid"] != old.data.metrics["eval/scores/vae_prior/fid"]
+    assert new.data.tags[names.CONFIGURATION_TAG] == old.data.tags[names.CONFIGURATION_TAG]
+
+
+@pytest.mark.slow
 def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
     head = git(repo, "rev-parse", "HEAD").strip()
-    out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "3", "--jobs", "2")
-    assert "sweep of 2 values with 2 worker(s)" in out
+    out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "--seeds", "0", "1", "--jobs", "2")
+    assert "sweep of 2 experiments with 2 worker(s)" in out
     rows = mlflow_runs(repo / "mlflow.db", "mnist5k")
-    assert sorted(run.data.params["latent_dim"] for run in rows) == ["2", "3"]  # none lost, none twice
+    assert sorted(run.data.params["seed"] for run in rows) == ["0", "1"]  # none lost, none twice
     threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
     for run in rows:
         assert run.info.status == "FINISHED"
         assert run.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
         assert run.data.tags["dvc.exp_name"].startswith("sweep-")
-        assert run.data.tags["dvc.exp_name"].endswith(f"-ld{run.data.params['latent_dim']}")
+        assert run.data.tags["dvc.exp_name"].endswith(f"-ld2-s{run.data.params['seed']}")
         assert run.data.tags["dvc.baseline_rev"] == head
         assert run.data.tags["pipeline.threads"] == threads
+    # The two seeds are one configuration: one summary run with their mean and interval, both nested under it.
+    (summary,) = mlflow_runs(repo / "mlflow.db", "mnist5k", summaries=True)
+    assert {run.data.tags["mlflow.parentRunId"] for run in rows} == {summary.info.run_id}
+    assert summary.data.tags["pipeline.seeds"] == "0,1" and summary.info.status == "FINISHED"
+    fid = "eval/scores/vae_prior/fid"
+    values = [run.data.metrics[fid] for run in rows]
+    assert summary.data.metrics[fid] == pytest.approx(sum(values) / 2)
+    assert summary.data.metrics[f"{fid}/ci95_low"] < min(values) < max(values) < summary.data.metrics[f"{fid}/ci95_high"]
+    assert summary.data.metrics[f"{fid}/n"] == 2
+    assert re.search(r"ld2-beta1-\w{8} +2 +1 +2 ", out)  # the configuration's line: latent_dim 2, beta 1, n 2
     # No queue worker is left behind: one would hold this test's pipes open for good.
     assert sweep.read_queue(repo).workers == []
     # The shared stages ran once, in the workspace, not once per experiment.
@@ -164,8 +198,9 @@ def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
 
     # The same values again: DVC restores every stage from its run cache, records nothing new,
     # and the sweep reports the rows that already hold those results.
-    out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "3", "--jobs", "2")
+    out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "--seeds", "0", "1", "--jobs", "2")
     assert out.count("computed before (DVC reused those outputs and ran nothing)") == 2
+    assert len(mlflow_runs(repo / "mlflow.db", "mnist5k", summaries=True)) == 1  # updated, not made again
     assert len(mlflow_runs(repo / "mlflow.db", "mnist5k")) == 2
     again = list(csv.DictReader((repo / "outputs" / "sweep.csv").open()))
     assert sorted(row["run_id"] for row in again) == sorted(row["run_id"] for row in table)
@@ -264,7 +299,7 @@ def test_a_real_worker_is_seen_while_it_runs_and_ended_once_the_queue_is_idle(re
 @pytest.mark.slow
 def test_sweep_over_beta_records_one_row_per_pair(repo):
     out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "--betas", "0.5", "2", "--jobs", "2")
-    assert "sweep of 2 values with 2 worker(s)" in out
+    assert "sweep of 2 experiments with 2 worker(s)" in out
     rows = mlflow_runs(repo / "mlflow.db", "mnist5k")
     assert sorted((r.data.params["latent_dim"], r.data.params["vae.beta"]) for r in rows) == [("2", "0.5"), ("2", "2.0")]
     assert sorted(r.data.tags["dvc.exp_name"].split("-", 3)[3] for r in rows) == ["ld2-beta0.5", "ld2-beta2"]
@@ -275,6 +310,8 @@ def test_sweep_over_beta_records_one_row_per_pair(repo):
     (["--latent-dims", "4", "4"], "latent_dim values [4] are given more than once"),
     (["--latent-dims", "4", "--betas", "1", "-1"], "vae.beta = -1.0 is not allowed"),
     (["--latent-dims", "4", "--betas", "2", "2"], "vae.beta values [2.0] are given more than once"),
+    (["--latent-dims", "4", "--seeds", "0", "-1"], "seed = -1 is not allowed"),
+    (["--latent-dims", "4", "--seeds", "3", "3"], "seed values [3] are given more than once"),
 ])
 @pytest.mark.slow
 def test_sweep_refuses_bad_values_before_queueing_anything(repo, args, message):

@@ -14,10 +14,11 @@ from pipeline.app import explorer
 from pipeline.core.config import load_config, resolve_device
 from pipeline.core.errors import PipelineError
 from pipeline.core.images import image_grid
+from pipeline.tools import compare
 from pipeline.tracking import store
 
 PAGES = ("Runs", "Generate", "Reconstruct", "Latent space", "Train")
-SHOWN = ["run", "dataset", "latent_dim", "beta", "recon_mse", "kl", "neg_elbo", "fid_vae_prior", "fid_gan_decoder",
+SHOWN = ["run", "dataset", "latent_dim", "beta", "seed", "recon_mse", "kl", "neg_elbo", "fid_vae_prior", "fid_gan_decoder",
          "fid_gan_scratch", "dvc_exp", "started", "run_id"]
 IMAGE_WIDTH = 84  # pixels per single image on the page
 SLIDER_RANGE = 4.0  # latent sliders run over [-4, 4]: the prior's mass is within about 3
@@ -43,9 +44,14 @@ def choose_run(table: pd.DataFrame) -> str:
 
 
 def runs_page(table: pd.DataFrame, experiment: str) -> None:
+    st.header("Configurations")
+    st.caption(f"Each configuration of experiment {experiment} over its seeds: {compare.AGGREGATE_NOTE}. "
+               "A difference between two configurations is real only where their intervals say so; "
+               "`make compare` prints this table, `make ui` shows it as summary runs with their seeds nested.")
+    st.dataframe(explorer.list_configurations(experiment), hide_index=True)
     st.header("Recorded runs")
-    st.caption(f"Complete rows of experiment {experiment} in {store.shown_uri()}, newest first. "
-               "`make ui` opens the same rows in the MLflow UI; `make compare` prints them.")
+    st.caption(f"Complete rows of experiment {experiment} in {store.shown_uri()}, newest first, one per seed. "
+               "`make ui` opens the same rows in the MLflow UI; `python -m pipeline.tools.compare --runs` prints them.")
     st.dataframe(table[SHOWN], hide_index=True)
 
 

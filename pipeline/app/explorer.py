@@ -66,6 +66,12 @@ def list_runs(experiment: str) -> pd.DataFrame:
     return table.sort_values("started", ascending=False).reset_index(drop=True)
 
 
+def list_configurations(experiment: str) -> pd.DataFrame:
+    """The experiment's configurations as `make compare` prints them: one line each, with n, the
+    seeds, and each headline metric as its seeds' mean ± the half-width of the 95% interval."""
+    return compare.readable_aggregate(compare.aggregate(read_rows(experiment)), list(names.HEADLINE_METRICS))
+
+
 def experiments() -> list[str]:
     """The result experiments in the store (not the datasets' or classifiers'); empty when there is no store."""
     if store.missing_local_store() is not None:
@@ -113,7 +119,7 @@ def test_split(row: Row, data_hash: str) -> Splits:
     except ConfigError as error:
         raise DataError(f"the run's params are incomplete or malformed ({error})") from None
     with tempfile.TemporaryDirectory(prefix="explorer-data-") as workdir:
-        splits = build_splits(config.data, config.seed, Path(workdir))
+        splits = build_splits(config.data, Path(workdir))
     if content_hash(splits) != data_hash:
         raise DataError(f"the {config.data.name} data rebuilt from the run's params does not match the data it was "
                         f"trained on (content hash {data_hash[:12]}); rerun `dvc repro download` with its params")

@@ -1,6 +1,7 @@
 """`python -m pipeline.tools.sweep` (`make sweep`): a sweep over `latent_dim` (and optionally
-`vae.beta`) as queued DVC experiments, run by N queue workers; waits for them and checks that each
-value left exactly one complete MLflow row.
+`vae.beta`, and the model `seed` as the replicate axis) as queued DVC experiments, run by N queue
+workers; waits for them, checks that each point left exactly one complete MLflow row, and prints
+one line per configuration with its seeds' mean and 95% interval.
 
 The steps (check, shared stages once, queue, `dvc queue start`, `follow`, `stop_idle_workers`,
 find each experiment's row) and why the sweep follows DVC's queue itself rather than calling
@@ -29,7 +30,8 @@ from pipeline.core.config import PARAMS_FILE, THREADS_VARIABLE, ConfigError, par
 from pipeline.core.errors import PipelineError
 from pipeline.stages import paths
 from pipeline.tools import compare
-from pipeline.tracking import names, store
+from pipeline.tracking import names, store, summaries
+from pipeline.tracking.rows import configurations, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +49,15 @@ class SweepError(PipelineError):
     """The sweep could not start, or an experiment of it left no complete result."""
 
 
-Point = tuple[int, float | None]  # (latent_dim, vae.beta or None for params.yaml's)
+Point = tuple[int, float | None, int | None]  # (latent_dim, vae.beta, seed); None: params.yaml's
 
 
-def experiment_names(stamp: str, values: list[int], betas: list[float] | None = None) -> dict[Point, str]:
-    """The DVC experiment name of each point: `sweep-<stamp>-ld<value>[-beta<beta>]`."""
-    if not betas:
-        return {(value, None): f"sweep-{stamp}-ld{value}" for value in values}
-    return {(value, beta): f"sweep-{stamp}-ld{value}-beta{beta:g}" for value in values for beta in betas}
+def experiment_names(stamp: str, values: list[int], betas: list[float] | None = None,
+                     seeds: list[int] | None = None) -> dict[Point, str]:
+    """The DVC experiment name of each point: `sweep-<stamp>-ld<value>[-beta<beta>][-s<seed>]`."""
+    return {(value, beta, seed): f"sweep-{stamp}-ld{value}" + (f"-beta{beta:g}" if beta is not None else "")
+            + (f"-s{seed}" if seed is not None else "")
+            for value in values for beta in (betas or [None]) for seed in (seeds or [None])}
 
 
 def threads_per_worker(jobs: int, cores: int) -> int:
@@ -62,14 +65,16 @@ def threads_per_worker(jobs: int, cores: int) -> int:
     return max(1, cores // jobs)
 
 
-def check_values(values: list[int], betas: list[float] | None = None) -> None:
+def check_values(values: list[int], betas: list[float] | None = None, seeds: list[int] | None = None) -> None:
     """Refuse values params.yaml would refuse, and repeats (one experiment per value)."""
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     for value in values:
         parse_config({**raw, "latent_dim": value})  # raises ConfigError naming the key and value
     for beta in betas or []:
         parse_config({**raw, "vae": {**raw.get("vae", {}), "beta": beta}})
-    for name, given in (("latent_dim", values), ("vae.beta", betas or [])):
+    for seed in seeds or []:
+        parse_config({**raw, "seed": seed})
+    for name, given in (("latent_dim", values), ("vae.beta", betas or []), ("seed", seeds or [])):
         repeated = sorted({v for v in given if given.count(v) > 1})
         if repeated:
             raise ConfigError(f"{name} values {repeated} are given more than once; give each value once")
@@ -208,13 +213,15 @@ def stop_idle_workers(look: Callable[[], QueueView], *, wait: float = STOP_WAIT_
     return view.workers
 
 
-def run(values: list[int], betas: list[float] | None, jobs: int, threads: int, env: dict[str, str]) -> dict[Point, str]:
+def run(values: list[int], betas: list[float] | None, seeds: list[int] | None, jobs: int, threads: int,
+        env: dict[str, str]) -> dict[Point, str]:
     """Queue and run the sweep; returns each point's experiment name."""
-    names = experiment_names(time.strftime("%m%d-%H%M%S"), values, betas)
+    names = experiment_names(time.strftime("%m%d-%H%M%S"), values, betas, seeds)
     dvc("repro", *SHARED_STAGES, env=env)
-    for (value, beta), name in names.items():
-        beta_set = ["-S", f"vae.beta={beta}"] if beta is not None else []
-        dvc("exp", "run", "--queue", "--quiet", "-n", name, "-S", f"latent_dim={value}", *beta_set, env=env)
+    for (value, beta, seed), name in names.items():
+        extra = ["-S", f"vae.beta={beta}"] if beta is not None else []
+        extra += ["-S", f"seed={seed}"] if seed is not None else []
+        dvc("exp", "run", "--queue", "--quiet", "-n", name, "-S", f"latent_dim={value}", *extra, env=env)
     log.info("running %d experiments with %d workers, %d threads each (`dvc queue logs -f <name>` shows one's "
              "output as it runs)", len(names), jobs, threads)
     workers_env = {**env, THREADS_VARIABLE: str(threads)}
@@ -253,7 +260,7 @@ def sweep_rows(names: dict[Point, str], experiment: str) -> pd.DataFrame:
     """
     table = compare.load_table(experiment)
     problems, ids = [], []
-    for (value, beta), name in names.items():
+    for (value, beta, seed), name in names.items():
         run_id = result_run_id(name)
         found = table[table["run_id"] == run_id]
         if run_id is None or found.empty:
@@ -263,6 +270,8 @@ def sweep_rows(names: dict[Point, str], experiment: str) -> pd.DataFrame:
             problems.append(f"{name}'s row {run_id} has latent_dim {found['latent_dim'].iloc[0]}, not {value}")
         if beta is not None and found["beta"].iloc[0] != beta:
             problems.append(f"{name}'s row {run_id} has vae.beta {found['beta'].iloc[0]}, not {beta}")
+        if seed is not None and found["seed"].iloc[0] != seed:
+            problems.append(f"{name}'s row {run_id} has seed {found['seed'].iloc[0]}, not {seed}")
         extra = table[(table["dvc_exp"] == name) & (table["run_id"] != run_id)]
         if not extra.empty:
             problems.append(f"{name} recorded {len(extra)} complete row(s) besides its result: {', '.join(extra['run_id'])}")
@@ -280,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="values of latent_dim (default: %(default)s)")
     parser.add_argument("--betas", type=float, nargs="+", metavar="B",
                         help="values of vae.beta, each run with every latent_dim (default: params.yaml's)")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                        help="model seeds, each run with every other point: the replicates whose mean and "
+                             "interval the table shows (default: params.yaml's seed)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="queue workers at once (default 1)")
     parser.add_argument("--threads", type=int,
                         help="CPU threads per stage (default: PIPELINE_THREADS, else the cores divided by --jobs)")
@@ -289,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--jobs and --threads must be at least 1")
 
     config = load_config()
-    check_values(args.latent_dims, args.betas)
+    check_values(args.latent_dims, args.betas, args.seeds)
     check_git()
     store.check_server()
     threads = (args.threads or thread_limit(dict(os.environ))
@@ -298,16 +310,22 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     start = time.perf_counter()
-    names = run(args.latent_dims, args.betas, args.jobs, threads, env)
+    names = run(args.latent_dims, args.betas, args.seeds, args.jobs, threads, env)
     seconds = time.perf_counter() - start
     rows = sweep_rows(names, config.experiment_name)
     print(compare.format_table(rows))
     for row in rows[~rows["dvc_exp"].isin(list(names.values()))].itertuples():
-        print(f"latent_dim {row.latent_dim}, beta {row.beta:g}: computed before (DVC reused those outputs and ran nothing), "
-              f"so its row is the earlier {row.run}")
+        print(f"latent_dim {row.latent_dim}, beta {row.beta:g}, seed {row.seed}: computed before (DVC reused those "
+              f"outputs and ran nothing), so its row is the earlier {row.run}")
+    # The sweep's configurations, over every seed recorded for them (earlier sweeps' too).
+    recorded = read_rows(config.experiment_name)
+    swept = set(rows["configuration"])
+    groups = [group for group in configurations(recorded) if group.id in swept]
+    summaries.record(config.experiment_name, groups, recorded)
+    print(compare.format_aggregate(compare.aggregate([row for group in groups for row in group.rows])))
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(args.csv, index=False)
-    print(f"sweep of {len(names)} values with {args.jobs} worker(s), {threads} thread(s) each: "
+    print(f"sweep of {len(names)} experiments with {args.jobs} worker(s), {threads} thread(s) each: "
           f"{seconds:.0f} s; table written to {args.csv}")
 
 

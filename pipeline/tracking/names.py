@@ -4,6 +4,9 @@ explains the row model these names serve."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 STAGES = ("download", "train_vae", "train_classifier", "train_gan", "evaluate")  # dvc.yaml's, in order
 
 DATA_EXPERIMENT = "datasets"  # one row per prepared dataset
@@ -38,9 +41,26 @@ FORKED_TAG = "pipeline.forked_from"  # the row a new row copied its upstream rec
 HOST_TAG, PID_TAG, THREADS_TAG = "pipeline.host", "pipeline.pid", "pipeline.threads"
 COMMIT_TAG, DIRTY_TAG = "git.commit", "git.dirty"
 EXP_NAME_TAG, BASELINE_TAG = "dvc.exp_name", "dvc.baseline_rev"
+CONFIGURATION_TAG = "pipeline.configuration"  # on a result row: its configuration (configuration_id)
+SUMMARY_TAG = "pipeline.summary_of"  # on a configuration's summary run: the configuration it aggregates
+SEEDS_TAG = "pipeline.seeds"  # on a summary run: the seeds of its rows, comma-separated
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a row under this run
 
 # Params read back by name (every param is recorded under its dotted params.yaml key)
-LATENT_DIM, BETA, DATA_NAME = "latent_dim", "vae.beta", "data.name"
+LATENT_DIM, BETA, DATA_NAME, SEED = "latent_dim", "vae.beta", "data.name", "seed"
+
+
+def configuration_id(params: dict[str, str]) -> str:
+    """What a result row's replicates share: every param but the model `seed`, as a short name,
+    `ld<latent_dim>-beta<vae.beta>-<8 hex digits of the hash of all those params>`. Rows with the
+    same id differ only in their seed; the hash tells apart configurations that differ elsewhere."""
+    shared = {key: str(value) for key, value in sorted(params.items()) if key != SEED}
+    digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
+    try:
+        readable = f"ld{int(shared[LATENT_DIM])}-beta{float(shared[BETA]):g}-"
+    except (KeyError, ValueError):
+        readable = ""
+    return readable + digest
 
 # The headline numbers of a result, by the short name tables show them under.
 HEADLINE_METRICS = {
@@ -55,3 +75,11 @@ HEADLINE_METRICS = {
     "fid_gan_decoder": metric("evaluate", "scores", "gan_decoder", "fid"),
     "fid_gan_scratch": metric("evaluate", "scores", "gan_scratch", "fid"),
 }
+
+# What a configuration's summary run aggregates over its seeds: the headline numbers, and the
+# precision, recall and sharpness of each model's samples (the report's VAE-against-GAN claims).
+SUMMARY_METRICS = [
+    *HEADLINE_METRICS.values(),
+    *(metric("evaluate", "scores", images, measure) for images in ("vae_prior", "gan_decoder", "gan_scratch")
+      for measure in ("precision", "recall", "sharpness")),
+]

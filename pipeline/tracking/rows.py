@@ -1,6 +1,7 @@
 """The one reader of recorded results: MLflow rows as `Row`s, whether a row is a complete result,
-and the Config a row was recorded with. `make compare`, the sweep, the report and the explorer all
-read rows through here."""
+the Config a row was recorded with, and rows grouped into `Configuration`s (replicates that differ
+only in their seed). `make compare`, the sweep, the report and the explorer all read rows through
+here."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from pipeline.core.config import Config, config_from_params
 from pipeline.core.errors import TrackingError
+from pipeline.core.stats import Interval, mean_interval
 from pipeline.tracking import names, store
 
 SEARCH_LIMIT = 50_000  # MLflow's largest page of search results
@@ -43,6 +45,21 @@ class Row:
         return self.status == "FINISHED" and set(names.RESULT_STAGES) <= set(self.stages)
 
     @property
+    def is_summary(self) -> bool:
+        """A configuration's summary run (pipeline.tracking.summaries), not a result."""
+        return names.SUMMARY_TAG in self.tags
+
+    @property
+    def configuration(self) -> str:
+        """What this row's replicates share (names.configuration_id), computed from its params so
+        that rows recorded before the tag existed group too."""
+        return names.configuration_id(self.params)
+
+    @property
+    def seed(self) -> int:
+        return int(self.params[names.SEED])
+
+    @property
     def latent_dim(self) -> int:
         return int(self.params[names.LATENT_DIM])
 
@@ -61,6 +78,56 @@ class Row:
     def config(self) -> Config:
         """The Config this row was recorded with; ConfigError names a missing or malformed param."""
         return config_from_params(self.params)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """The complete rows of one configuration, one per seed (the newest where a seed was run
+    twice: the same seed repeats a result, it does not replicate it), by seed."""
+
+    id: str
+    rows: tuple[Row, ...]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [row.seed for row in self.rows]
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @property
+    def params(self) -> dict[str, str]:
+        """The params every row shares (all but the seed)."""
+        return {key: value for key, value in self.rows[0].params.items() if key != names.SEED}
+
+    @property
+    def latent_dim(self) -> int:
+        return self.rows[0].latent_dim
+
+    @property
+    def beta(self) -> float:
+        return self.rows[0].beta
+
+    def values(self, key: str) -> dict[int, float]:
+        """Metric `key` of each row that has it, by seed."""
+        return {row.seed: row.metrics[key] for row in self.rows if key in row.metrics}
+
+    def interval(self, key: str) -> Interval | None:
+        """The mean of metric `key` over the seeds with its 95% t-interval (pipeline.core.stats);
+        None when no row has it."""
+        values = self.values(key)
+        return mean_interval(list(values.values())) if values else None
+
+
+def configurations(rows: list[Row]) -> list[Configuration]:
+    """The complete result rows grouped by configuration, sorted by latent_dim, beta, then id."""
+    groups: dict[str, dict[int, Row]] = {}
+    for row in sorted(rows, key=lambda row: row.start_time):
+        if row.complete and not row.is_summary:
+            groups.setdefault(row.configuration, {})[row.seed] = row  # newer replaces older
+    found = [Configuration(key, tuple(by_seed[seed] for seed in sorted(by_seed))) for key, by_seed in groups.items()]
+    return sorted(found, key=lambda c: (c.latent_dim, c.beta, c.id))
 
 
 def open_experiment(experiment: str):

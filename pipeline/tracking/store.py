@@ -168,8 +168,8 @@ def experiment_for(stage: str, config: Config) -> str:
 
 
 def run_name(config: Config) -> str:
-    """A result row's name: `vae-gan-ld<latent_dim>-<DVC experiment name or 'workspace'>`."""
-    return f"vae-gan-ld{config.latent_dim}-{dvc_exp_name()}"
+    """A result row's name: `vae-gan-ld<latent_dim>-s<seed>-<DVC experiment name or 'workspace'>`."""
+    return f"vae-gan-ld{config.latent_dim}-s{config.seed}-{dvc_exp_name()}"
 
 
 def process_alive(pid: int) -> bool:
@@ -302,6 +302,8 @@ def stage_run(
             mlflow.set_tag(names.FORKED_TAG, upstream.info.run_id)
         mlflow.set_tags(context_tags(stage))
         mlflow.log_params({k: v for k, v in params.items() if k not in active.data.params})
+        if names.STAGE_EXPERIMENT[stage] is None:  # a result row: tag what its replicates share
+            mlflow.set_tag(names.CONFIGURATION_TAG, names.configuration_id(params))
         try:
             yield active
         except (KeyboardInterrupt, Terminated):  # Ctrl-C, or SIGTERM (see pipeline.stages.cli)

@@ -1,0 +1,73 @@
+"""Each configuration's summary in MLflow: a parent run holding the mean and 95% interval of every
+summarised metric over the configuration's seeds, with the seeds' result rows nested under it, so
+the MLflow UI shows replicates and their interval without any other tool (docs/tracking.md).
+
+A summary run is FINISHED and carries no stages, so no reader takes it for a result
+(`Row.complete`); `Row.is_summary` tells it apart. It is found again by its tag and updated in
+place when seeds are added: `make compare` and the sweep call `record`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pipeline.tracking import names
+from pipeline.tracking.rows import Configuration, Row, open_experiment
+
+LOW, HIGH, COUNT = "ci95_low", "ci95_high", "n"  # suffixes of a summarised metric's interval and count
+BATCH = 1000  # MLflow's largest log_batch
+
+
+def summary_name(configuration: Configuration) -> str:
+    seeds = configuration.n
+    return f"{configuration.id} ({seeds} seed{'s' if seeds != 1 else ''})"
+
+
+def summary_metrics(configuration: Configuration) -> dict[str, float]:
+    """What a summary run logs: under each metric's own key the mean over the seeds (so the UI
+    shows it in the same column as the seeds' values), and `<key>/ci95_low`, `<key>/ci95_high`,
+    `<key>/n`; with one seed, the mean and n only."""
+    logged: dict[str, float] = {}
+    for key in names.SUMMARY_METRICS:
+        interval = configuration.interval(key)
+        if interval is None:
+            continue
+        logged[key] = interval.mean
+        logged[f"{key}/{COUNT}"] = interval.n
+        if interval.has_interval:
+            logged[f"{key}/{LOW}"], logged[f"{key}/{HIGH}"] = interval.low, interval.high
+    return logged
+
+
+def record(experiment: str, configurations: list[Configuration], rows: list[Row]) -> dict[str, str]:
+    """Create or update the summary run of each configuration in `experiment` and nest its rows
+    under it; `rows` are the experiment's rows as read (to find the existing summaries). Returns
+    each configuration's summary run id."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client, experiment_id = open_experiment(experiment)
+    existing = {row.tags[names.SUMMARY_TAG]: row.run_id for row in sorted(rows, key=lambda r: r.start_time)
+                if row.is_summary}
+    now = int(time.time() * 1000)
+    ids = {}
+    for configuration in configurations:
+        run_id = existing.get(configuration.id)
+        if run_id is None:
+            run = client.create_run(experiment_id, run_name=summary_name(configuration),
+                                    tags={names.SUMMARY_TAG: configuration.id,
+                                          names.CONFIGURATION_TAG: configuration.id})
+            run_id = run.info.run_id
+            params = [Param(key, value) for key, value in configuration.params.items()]  # fixed for good
+            for start in range(0, len(params), 100):  # MLflow's params per batch
+                client.log_batch(run_id, params=params[start : start + 100])
+            client.set_terminated(run_id)
+        metrics = [Metric(key, value, now, 0) for key, value in summary_metrics(configuration).items()]
+        for start in range(0, len(metrics), BATCH):
+            client.log_batch(run_id, metrics=metrics[start : start + BATCH])
+        client.log_batch(run_id, tags=[RunTag(names.RUN_NAME_TAG, summary_name(configuration)),
+                                       RunTag(names.SEEDS_TAG, ",".join(map(str, configuration.seeds)))])
+        for row in configuration.rows:
+            if row.tags.get(names.PARENT_TAG) != run_id:
+                client.set_tag(row.run_id, names.PARENT_TAG, run_id)
+        ids[configuration.id] = run_id
+    return ids
