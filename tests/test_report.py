@@ -10,18 +10,19 @@ import mlflow
 import pytest
 from conftest import UP_TO_GAN, Project, tiny_project
 
+from pipeline.core import stats
 from pipeline.tools.report import numbers, runs, sections
-from pipeline.tracking.rows import Row
+from pipeline.tracking.rows import Configuration, Row
 
 RESULT_STAGES = ("train_vae", "train_gan", "evaluate")
 
 
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory) -> Project:
-    """Three tiny runs (latent_dim 4, latent_dim 2, latent_dim 4 with beta 4) and the report from them,
-    built with params.yaml back at latent_dim 4, beta 1."""
+    """Four tiny runs (latent_dim 4 at seeds 0 and 1, latent_dim 2, latent_dim 4 with beta 4) and the
+    report from them, built with params.yaml back at latent_dim 4, beta 1, seed 0."""
     project = tiny_project(tmp_path_factory.mktemp("report"), (*UP_TO_GAN, "evaluate"))
-    for overrides in ({"latent_dim": 2}, {"vae": {"beta": 4.0}}):
+    for overrides in ({"seed": 1}, {"latent_dim": 2}, {"vae": {"beta": 4.0}}):
         project.write_params(overrides)
         for stage in RESULT_STAGES:
             project.stage(stage)
@@ -42,7 +43,7 @@ def prose(markdown: str) -> str:
     return "\n".join(line for line in markdown.splitlines() if not line.startswith("#"))
 
 
-NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?(?![\w])")
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?(?![\w%])")  # not 95%: the chosen confidence
 
 
 @pytest.mark.slow
@@ -58,12 +59,15 @@ def test_report_answers_each_question_and_every_figure_it_links_exists(reported)
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted({link.split("/")[1] for link in links})
     html = (out / "reflection.html").read_text()
     assert all('<img alt="' in html and f'src="{link}"' in html for link in links)
-    # Three runs, named with latent_dim and commit; the sweep and beta branches were taken.
+    # Four runs, named with latent_dim and commit; the sweep and beta branches were taken.
     runs = reported.runs("mnist5k")
-    assert len(runs) == 3 and all(f"`{r.data.tags['mlflow.runName']}`" in text for r in runs)
+    assert len(runs) == 4 and all(f"`{r.data.tags['mlflow.runName']}`" in text for r in runs)
     assert all(f"`{r.data.tags['git.commit'][:8]}`" in text for r in runs)
     assert "figures/latent_scatter.png" in text and "figures/reconstructions.png" in text
-    assert "raising beta from 1.0 to 4.0" in text and "Only latent_dim" not in text
+    assert "The KL at beta 4.0 minus at beta 1.0 is" in text and "Only latent_dim" not in text
+    # latent_dim 4 has two seeds: its numbers come with an interval, and its two GANs are paired.
+    assert "the GAN from the decoder minus the GAN from scratch is" in text and "paired over 2 seeds" in text
+    assert "from one seed a side: no interval can be given" in text  # latent_dim 2 and beta 4 have one seed
 
 
 @pytest.mark.slow
@@ -91,6 +95,13 @@ def test_every_number_matches_the_run_it_cites(reported):
             assert len(set(entry["run_ids"])) == expected
         elif entry["kind"] == "ratio":
             expected = metric(entry["run_id"], entry["key"]) / metric(entry["over_run_id"], entry["over_key"])
+        elif entry["kind"] in ("mean", "half_width"):
+            interval = stats.mean_interval([metric(run_id, entry["key"]) for run_id in entry["run_ids"]])
+            expected = interval.mean if entry["kind"] == "mean" else interval.half_width
+        elif entry["kind"] == "difference":
+            interval = stats.difference({int(s): metric(r, entry["a_key"]) for s, r in entry["a"].items()},
+                                        {int(s): metric(r, entry["b_key"]) for s, r in entry["b"].items()})
+            expected = {"mean": interval.mean, "low": interval.low, "high": interval.high}[entry["bound"]]
         elif entry["kind"] == "rises":
             values = [p.value for p in sorted(store.get_metric_history(entry["run_id"], entry["key"]),
                                               key=lambda p: p.step)]
@@ -100,7 +111,7 @@ def test_every_number_matches_the_run_it_cites(reported):
         assert entry["value"] == pytest.approx(expected, rel=1e-12), entry
         # The text shows that value, rounded to the digits it shows.
         assert float(entry["text"]) == pytest.approx(expected, rel=5e-3, abs=5e-4), entry
-    assert kinds == {"metric", "param", "count", "ratio", "rises"}
+    assert kinds == {"metric", "param", "count", "ratio", "rises", "mean", "half_width", "difference"}
 
 
 @pytest.mark.slow
@@ -116,15 +127,17 @@ def test_one_run_report_says_what_a_sweep_would_add(reported, tmp_path):
     store = client(reported)
     rows = [Row.from_mlflow(run) for run in store.search_runs([store.get_experiment_by_name("mnist5k").experiment_id])]
     usable, outdated = runs.usable(rows)
-    assert len(usable) == 3 and outdated == []
+    assert len(usable) == 4 and outdated == []
     reference = {k: v for k, v in usable[0].params.items()}
-    only = [r for r in usable if r.latent_dim == 4 and r.beta == 1.0]
-    study = runs.select(only, {**reference, "latent_dim": "4", "vae.beta": "1.0"}, "mnist5k")
-    assert study.by_latent_dim == only == study.by_beta == [study.main]
+    only = [r for r in usable if r.latent_dim == 4 and r.beta == 1.0 and r.seed == 0]
+    study = runs.select(only, {**reference, "latent_dim": "4", "vae.beta": "1.0", "seed": "0"}, "mnist5k")
+    assert [c.rows for c in study.by_latent_dim] == [tuple(only)] == [c.rows for c in study.by_beta]
+    assert study.runs == only == [study.main]
     (tmp_path / "figures").mkdir()
     text, cited = sections.build(study, numbers.Source(store, tmp_path / "downloads"), tmp_path / "figures")
     assert "Only latent_dim 4 has been run" in text and "make sweep" in text
     assert "Every run here has beta 1.0" in text and "dvc exp run -S latent_dim=2" in text
+    assert "no interval can be given" in text and 'make sweep SEEDS="0 1 2 3 4"' in text
     assert not (tmp_path / "figures/latent_dim.png").exists()
     assert {e["run_id"] for e in cited if "run_id" in e} == {study.main.run_id}
 
@@ -138,11 +151,47 @@ def test_selection_takes_the_newest_run_per_value_and_ignores_other_settings():
     rows = [record("old4", 1), record("new4", 2), record("ld8", 3, latent_dim="8"), record("seed1", 4, seed="1"),
             record("beta4", 5, **{"vae.beta": "4.0"}), record("beta4ld8", 6, latent_dim="8", **{"vae.beta": "4.0"})]
     study = runs.select(rows, reference, "x")
-    assert study.main.run_id == "new4"
-    assert [r.run_id for r in study.by_latent_dim] == ["new4", "ld8"]
-    assert [r.run_id for r in study.by_beta] == ["new4", "beta4"]
+    assert study.main.run_id == "new4"  # params.yaml's seed, newest
+    assert [[r.run_id for r in c.rows] for c in study.by_latent_dim] == [["new4", "seed1"], ["ld8"]]
+    assert [[r.run_id for r in c.rows] for c in study.by_beta] == [["new4", "seed1"], ["beta4"]]
+    assert runs.select(rows, {**reference, "seed": "7"}, "x").main.run_id == "new4"  # another seed: its lowest
     with pytest.raises(runs.ReportError, match="no complete run with params.yaml's settings"):
-        runs.select(rows, {**reference, "seed": "7"}, "x")
+        runs.select(rows, {**reference, "gan.epochs": "7"}, "x")
+
+
+def configuration(values: dict[int, float], key: str = "eval/scores/vae_prior/fid") -> Configuration:
+    made = [Row(f"id{seed}-{value}", f"run{seed}", "FINISHED", seed, {"seed": str(seed)}, {key: value}, {})
+            for seed, value in values.items()]
+    return Configuration("c", tuple(made))
+
+
+def said(a: dict[int, float], b: dict[int, float]) -> tuple[str, list[dict]]:
+    cited = numbers.Numbers(source=None)
+    key = "eval/scores/vae_prior/fid"
+    _, text = sections.contrast(cited, configuration(a), key, configuration(b), key, "at 8", "at 16")
+    return text, cited.entries
+
+
+def test_a_difference_whose_interval_includes_zero_is_one_the_runs_cannot_tell():
+    text, cited = said({0: 565.0, 1: 708.0, 2: 479.0}, {0: 600.0, 1: 590.0, 2: 560.0})
+    interval = stats.difference({0: 565.0, 1: 708.0, 2: 479.0}, {0: 600.0, 1: 590.0, 2: 560.0})
+    assert interval.includes(0.0)
+    assert text.startswith(f"at 8 minus at 16 is {numbers.readable(interval.mean)} (95% CI ")
+    assert "paired over 3 seeds" in text and "the runs cannot tell them apart at these seeds" in text
+    assert {e["bound"] for e in cited if e["kind"] == "difference"} == {"mean", "low", "high"}
+
+
+def test_a_difference_whose_interval_excludes_zero_is_stated_with_its_interval():
+    text, _ = said({0: 565.0, 1: 708.0, 2: 479.0}, {0: 444.0, 1: 608.0, 2: 370.0})  # the issue's paired example
+    interval = stats.difference({0: 565.0, 1: 708.0, 2: 479.0}, {0: 444.0, 1: 608.0, 2: 370.0})
+    assert f"is {numbers.readable(interval.mean)} (95% CI {numbers.readable(interval.low)} to " \
+           f"{numbers.readable(interval.high)}, paired over 3 seeds): the interval excludes zero" in text
+    assert "cannot tell" not in text
+
+
+def test_one_seed_a_side_gives_no_interval_and_says_what_a_seed_sweep_adds():
+    text, _ = said({0: 565.0}, {0: 444.0})
+    assert "from one seed a side: no interval can be given" in text and "make sweep SEEDS=" in text
 
 
 def test_rises_counts_setbacks_and_readable_drops_the_exponent():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, mlflow_runs, repo_params
 
-from pipeline.core.config import parse_config
+from pipeline.core.config import flatten, parse_config
 from pipeline.core.errors import TrackingError
 from pipeline.tracking import names
 from pipeline.tracking import store as tracking
@@ -191,3 +191,44 @@ def test_an_interrupted_stage_ends_its_row_killed_or_leaves_it_to_the_next_stage
     row = rows(project)[active.info.run_id]
     assert row.info.status == "RUNNING" and row.data.tags["pipeline.pid"] == str(os.getpid())
     assert mlflow.active_run() is None  # nothing left for MLflow to end again (as FAILED, or FINISHED at exit)
+
+
+def test_each_configuration_gets_one_summary_run_with_its_seeds_nested_and_updated_in_place(project, record):
+    from pipeline.tracking import summaries
+    from pipeline.tracking.rows import configurations, read_rows
+
+    fid = names.HEADLINE_METRICS["fid_vae_prior"]
+
+    def result(seed: int, value: float) -> str:
+        params = {**{k: str(v) for k, v in flatten(parse_config(repo_params())).items()}, "seed": str(seed)}
+        row = record("train_vae", 1.0, params=params)
+        record("train_gan", 2.0, upstream=row, params=params)
+        with mlflow.start_run(run_id=record("evaluate", 3.0, upstream=row, params=params)):
+            mlflow.log_metric(fid, value)
+        return row
+
+    ids = [result(0, 400.0), result(1, 500.0)]
+    tagged = {run.data.tags[names.CONFIGURATION_TAG] for run in project.runs("rows")}
+    assert len(tagged) == 1  # two seeds, one configuration
+    recorded = read_rows("rows")
+    (summary_id,) = summaries.record("rows", configurations(recorded), recorded).values()
+    runs = {run.info.run_id: run for run in mlflow_runs(project.store, "rows", summaries=True)}
+    assert list(runs) == [summary_id] and runs[summary_id].info.status == "FINISHED"
+    summary = runs[summary_id].data
+    assert summary.metrics[fid] == 450.0 and summary.metrics[f"{fid}/n"] == 2
+    assert (summary.metrics[f"{fid}/ci95_low"], summary.metrics[f"{fid}/ci95_high"]) == pytest.approx(
+        (450.0 - 12.706204736 * 50.0, 450.0 + 12.706204736 * 50.0))  # t(0.975, 1) * s / sqrt(2)
+    assert summary.tags["pipeline.seeds"] == "0,1" and summary.tags["mlflow.runName"].endswith("(2 seeds)")
+    assert "seed" not in summary.params and summary.params["latent_dim"] == str(repo_params()["latent_dim"])
+    assert {run.info.run_id: run.data.tags.get("mlflow.parentRunId") for run in project.runs("rows")} == {
+        ids[0]: summary_id, ids[1]: summary_id}
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project.store}")
+    assert client.get_experiment_by_name("rows").tags[names.EXPERIMENT_KIND_TAG] == names.TRAINING_KIND
+
+    ids.append(result(2, 600.0))  # a third seed: the same summary, updated
+    recorded = read_rows("rows")
+    assert summaries.record("rows", configurations(recorded), recorded) == {runs[summary_id].data.tags[
+        names.SUMMARY_TAG]: summary_id}
+    (again,) = mlflow_runs(project.store, "rows", summaries=True)
+    assert again.data.metrics[fid] == 500.0 and again.data.tags["pipeline.seeds"] == "0,1,2"
+    assert mlflow_runs(project.store, "rows")[0].data.tags["mlflow.parentRunId"] == summary_id

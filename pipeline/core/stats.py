@@ -7,7 +7,8 @@ are only 10 distinct resamples, and its interval is too narrow (it uses the plug
 normal-like quantile where a t quantile with n - 1 degrees of freedom is due). Student's t-interval,
 mean ± t(0.975, n - 1) · s / √n, is exact when the seed-to-seed spread is normal and stays close
 to its nominal coverage for moderate departures. `benchmarks/interval_coverage.py` measures both
-on synthetic data; `tests/test_stats.py` checks the t-interval's coverage.
+on synthetic data (docs/benchmarks.md has the figures: the bootstrap covers the true mean far less
+often than 95% at these n); `tests/test_stats.py` checks the t-interval's coverage.
 
 A difference is paired when both sides were run at the same seeds: the two GANs of one run, or two
 configurations swept over the same seeds. The seed then fixes the same weights' starting draws and

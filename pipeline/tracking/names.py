@@ -45,6 +45,9 @@ CONFIGURATION_TAG = "pipeline.configuration"  # on a result row: its configurati
 SUMMARY_TAG = "pipeline.summary_of"  # on a configuration's summary run: the configuration it aggregates
 SEEDS_TAG = "pipeline.seeds"  # on a summary run: the seeds of its rows, comma-separated
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a row under this run
+# MLflow's own experiment tag: the UI (3.x) shows an experiment of another kind, or of none, in its
+# GenAI view, which hides training runs; every experiment here says it holds model training.
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 # Params read back by name (every param is recorded under its dotted params.yaml key)
 LATENT_DIM, BETA, DATA_NAME, SEED = "latent_dim", "vae.beta", "data.name", "seed"

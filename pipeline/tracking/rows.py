@@ -121,10 +121,13 @@ class Configuration:
 
 
 def configurations(rows: list[Row]) -> list[Configuration]:
-    """The complete result rows grouped by configuration, sorted by latent_dim, beta, then id."""
+    """The complete result rows grouped by configuration, sorted by latent_dim, beta, then id. A row
+    without the params that place it (seed, latent_dim, vae.beta) was not recorded by the stages
+    and is left out."""
     groups: dict[str, dict[int, Row]] = {}
+    placed = {names.SEED, names.LATENT_DIM, names.BETA}
     for row in sorted(rows, key=lambda row: row.start_time):
-        if row.complete and not row.is_summary:
+        if row.complete and not row.is_summary and placed <= set(row.params):
             groups.setdefault(row.configuration, {})[row.seed] = row  # newer replaces older
     found = [Configuration(key, tuple(by_seed[seed] for seed in sorted(by_seed))) for key, by_seed in groups.items()]
     return sorted(found, key=lambda c: (c.latent_dim, c.beta, c.id))

@@ -114,13 +114,16 @@ def ensure_experiment(name: str) -> str:
     mlflow, client = connect()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if names.EXPERIMENT_KIND_TAG not in experiment.tags:  # made by older code
+            client.set_experiment_tag(experiment.experiment_id, names.EXPERIMENT_KIND_TAG, names.TRAINING_KIND)
         return experiment.experiment_id
     # With the default local store, keep artifacts at the project root too; a tracking server
     # chooses its own. (Not judged by MLFLOW_TRACKING_URI alone: set_tracking_uri sets it.)
     local = tracking_uri() == default_tracking_uri()
     location = (project_root() / "mlartifacts").as_uri() if local else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={names.EXPERIMENT_KIND_TAG: names.TRAINING_KIND})
     except mlflow.exceptions.MlflowException:
         # Another process created it between our lookup and our create.
         experiment = client.get_experiment_by_name(name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.tracking import names
+from pipeline.tracking import names, store
 from pipeline.tracking.rows import Configuration, Row, open_experiment
 
 LOW, HIGH, COUNT = "ci95_low", "ci95_high", "n"  # suffixes of a summarised metric's interval and count
@@ -46,6 +46,7 @@ def record(experiment: str, configurations: list[Configuration], rows: list[Row]
     from mlflow.entities import Metric, Param, RunTag
 
     client, experiment_id = open_experiment(experiment)
+    store.ensure_experiment(experiment)  # an experiment made by older code gets the training kind (names.py)
     existing = {row.tags[names.SUMMARY_TAG]: row.run_id for row in sorted(rows, key=lambda r: r.start_time)
                 if row.is_summary}
     now = int(time.time() * 1000)

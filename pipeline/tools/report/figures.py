@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.tools.report.numbers import Source
 from pipeline.tracking.names import HEADLINE_METRICS as HEADLINE
-from pipeline.tracking.rows import Row
+from pipeline.tracking.rows import Configuration, Row
 
 SOURCES = {  # image sets of the evaluation, as the report names them
     "real_train": "real training images",
@@ -65,9 +65,16 @@ def figure_kl_per_dim(source: Source, runs: list[Row], path: Path) -> None:
     _save(figure, path)
 
 
-def figure_latent_dim(runs: list[Row], path: Path) -> None:
+def _mean_and_error(configurations: list[Configuration], key: str) -> tuple[list[float], list[float]]:
+    """Each configuration's mean of `key` and the half-width of its 95% interval (0 with one seed)."""
+    intervals = [c.interval(key) for c in configurations]
+    return ([i.mean for i in intervals], [i.half_width if i.has_interval else 0.0 for i in intervals])
+
+
+def figure_latent_dim(configurations: list[Configuration], path: Path) -> None:
+    """Each measure against latent_dim: the mean over the seeds, error bars the 95% interval."""
     plt = _pyplot()
-    dims = [r.latent_dim for r in runs]
+    dims = [c.latent_dim for c in configurations]
     figure, panels = plt.subplots(2, 2, figsize=(9, 6.5))
     plots = [
         (panels[0, 0], "reconstruction MSE per pixel", {"VAE": HEADLINE["recon_mse"]}),
@@ -77,14 +84,18 @@ def figure_latent_dim(runs: list[Row], path: Path) -> None:
          {SOURCES[name]: f"eval/scores/{name}/fid" for name in
           ("vae_reconstructions", "vae_prior", "gan_decoder", "gan_scratch", "real_train")}),
     ]
+    seeds = sorted({c.n for c in configurations})
     for axes, label, series in plots:
         for name, key in series.items():
-            axes.plot(dims, [r.metrics[key] for r in runs], marker="o", label=name)
+            means, errors = _mean_and_error(configurations, key)
+            axes.errorbar(dims, means, yerr=errors, marker="o", capsize=3, label=name)
         axes.set(xlabel="latent_dim", ylabel=label)
         axes.set_xscale("log", base=2)
         axes.minorticks_off()
         axes.set_xticks(dims, [str(d) for d in dims])
         axes.legend(fontsize=7)
+    figure.suptitle(f"mean over {'-'.join(map(str, (seeds[0], seeds[-1])) if len(seeds) > 1 else seeds)} seeds; "
+                    "error bars: 95% t-interval", fontsize=9)
     _save(figure, path)
 
 
@@ -137,18 +148,17 @@ def figure_panels(source: Source, run: Row, names: dict[str, str], path: Path) -
     _save(figure, path)
 
 
-def figure_scores(run: Row, path: Path) -> None:
+def figure_scores(configuration: Configuration, path: Path) -> None:
+    """Precision against recall of each image set: the mean over the seeds, error bars the 95% interval."""
     plt = _pyplot()
     names = [n for n in SOURCES if n != "noise"]
     figure, axes = plt.subplots(figsize=(5.5, 4))
     for name in names:
-        precision, recall = (run.metrics[f"eval/scores/{name}/{m}"] for m in ("precision", "recall"))
-        axes.scatter(recall, precision, s=40)
+        (precision,), (precision_error,) = _mean_and_error([configuration], f"eval/scores/{name}/precision")
+        (recall,), (recall_error,) = _mean_and_error([configuration], f"eval/scores/{name}/recall")
+        axes.errorbar(recall, precision, xerr=recall_error, yerr=precision_error, marker="o", capsize=3)
         axes.annotate(SOURCES[name], (recall, precision), fontsize=8, xytext=(4, 4), textcoords="offset points")
     axes.set(xlabel="recall (variety of the data covered)", ylabel="precision (samples that look real)",
-             xlim=(0, 1.05), ylim=(0, 1.05), title=f"Precision and recall, {run.name}")
+             xlim=(0, 1.05), ylim=(0, 1.05),
+             title=f"Precision and recall, latent_dim {configuration.latent_dim}, {configuration.n} seed(s)")
     _save(figure, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# The text

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.core.stats import Interval, difference
 from pipeline.tools.report.runs import ReportError
-from pipeline.tracking.rows import Row
+from pipeline.tracking.rows import Configuration, Row
 
 
 class Source:
@@ -62,7 +63,9 @@ class Numbers:
 
     Every method returns the text to put in the report. An entry's `kind` says how to recompute
     it: metric (a row's latest value, or the value at `step` of its history), param, count (of
-    the runs listed), ratio (of two metrics), rises (of a metric's history, see `rises`).
+    the runs listed), ratio (of two metrics), rises (of a metric's history, see `rises`), mean and
+    half_width (of a metric over the runs listed, pipeline.core.stats.mean_interval), difference
+    (`bound` mean, low or high of pipeline.core.stats.difference between two sets of runs by seed).
     """
 
     def __init__(self, source: Source):
@@ -96,6 +99,42 @@ class Numbers:
     def rises(self, run: Row, key: str) -> str:
         value = rises([v for _, v in self.source.history(run, key)])
         return self._add(str(value), value, kind="rises", run_id=run.run_id, key=key)
+
+    def mean(self, configuration: Configuration, key: str, fmt: str | None = None) -> str:
+        """`446.3 ± 95.12`: the mean of `key` over the configuration's seeds and the half-width of its
+        95% interval; the mean alone with one seed."""
+        interval = configuration.interval(key)
+        if interval is None:
+            raise ReportError(f"no run of configuration {configuration.id} has metric {key}")
+        run_ids = [r.run_id for r in configuration.rows if key in r.metrics]
+        text = self._add(readable(interval.mean, fmt), interval.mean, kind="mean", run_ids=run_ids, key=key)
+        if not interval.has_interval:
+            return text
+        half = interval.half_width
+        return text + " ± " + self._add(readable(half, fmt), half, kind="half_width", run_ids=run_ids, key=key)
+
+    def difference(self, a: Configuration, a_key: str, b: Configuration, b_key: str,
+                   fmt: str | None = None) -> tuple[Interval, str]:
+        """mean(a's `a_key`) - mean(b's `b_key`) with its 95% interval, paired by seed where the two
+        share seeds (pipeline.core.stats.difference); and its text, `110 (95% CI 60 to 160, paired
+        over 3 seeds)`."""
+        a_runs = {r.seed: r for r in a.rows if a_key in r.metrics}
+        b_runs = {r.seed: r for r in b.rows if b_key in r.metrics}
+        interval = difference({s: r.metrics[a_key] for s, r in a_runs.items()},
+                              {s: r.metrics[b_key] for s, r in b_runs.items()})
+        where = {"a": {str(s): r.run_id for s, r in a_runs.items()}, "a_key": a_key,
+                 "b": {str(s): r.run_id for s, r in b_runs.items()}, "b_key": b_key}
+
+        def bound(name: str, value: float) -> str:
+            return self._add(readable(value, fmt), value, kind="difference", bound=name, **where)
+
+        text = bound("mean", interval.mean)
+        if not interval.has_interval:
+            return interval, text
+        shared = [a_runs[s] for s in sorted(set(a_runs) & set(b_runs))]
+        how = (f"paired over {self.count(shared)} seeds" if interval.paired else
+               f"unpaired, {self.count(list(a_runs.values()))} and {self.count(list(b_runs.values()))} seeds")
+        return interval, f"{text} (95% CI {bound('low', interval.low)} to {bound('high', interval.high)}, {how})"
 
     def steps(self, run: Row, key: str) -> int:
         """The last step of a metric's history (an epoch count), to look values up at; not cited itself."""

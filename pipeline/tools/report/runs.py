@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 
 from pipeline.core.errors import PipelineError
 from pipeline.tracking.names import HEADLINE_METRICS as HEADLINE
-from pipeline.tracking.rows import Row
+from pipeline.tracking.names import SEED
+from pipeline.tracking.rows import Configuration, Row
 
-IGNORED_PARAMS = {"device", "tracking.experiment"}  # where a run ran and under which name, not what it did
+# Where a run ran and under which name, not what it did; and the seed, the replicate axis.
+IGNORED_PARAMS = {"device", "tracking.experiment", SEED}
 # Metrics every run in the report must hold (older rows lack the later ones).
 REQUIRED = (
     "vae/encoder_grad_reconstruction", "vae/encoder_grad_kl", "vae/test_neg_elbo",
@@ -34,18 +36,37 @@ def usable(rows: list[Row]) -> tuple[list[Row], list[Row]]:
 @dataclass
 class Study:
     experiment: str
-    main: Row
-    by_latent_dim: list[Row]  # one per latent_dim, ascending
-    by_beta: list[Row]  # one per beta at the main run's latent_dim, ascending
+    main: Row  # the main configuration's run at params.yaml's seed (else its lowest): the one-run figures
+    main_config: Configuration  # the configuration at params.yaml's latent_dim and beta, over its seeds
+    by_latent_dim: list[Configuration]  # one per latent_dim, ascending
+    by_beta: list[Configuration]  # one per beta at the main configuration's latent_dim, ascending
     outdated: list[Row] = field(default_factory=list)
+
+    @property
+    def configurations(self) -> list[Configuration]:
+        """Every configuration the report cites, each once, the main one first."""
+        seen = {}
+        for configuration in [self.main_config, *self.by_latent_dim, *self.by_beta]:
+            seen.setdefault(configuration.id, configuration)
+        return list(seen.values())
 
     @property
     def runs(self) -> list[Row]:
         """Every run the report cites, each once, main run first."""
-        seen = {}
-        for run in [self.main, *self.by_latent_dim, *self.by_beta]:
-            seen.setdefault(run.run_id, run)
+        seen = {self.main.run_id: self.main}
+        for configuration in self.configurations:
+            for run in configuration.rows:
+                seen.setdefault(run.run_id, run)
         return list(seen.values())
+
+    @property
+    def one_per_latent_dim(self) -> list[Row]:
+        """Each latent_dim's run at the main run's seed: for what one run per latent_dim shows."""
+        return [self.at_main_seed(c) for c in self.by_latent_dim]
+
+    def at_main_seed(self, configuration: Configuration) -> Row:
+        """The configuration's run at the main run's seed (else its lowest seed): where one run shows it."""
+        return next((r for r in configuration.rows if r.seed == self.main.seed), configuration.rows[0])
 
 
 def _matches(run: Row, reference: dict[str, str], free: set[str]) -> bool:
@@ -53,24 +74,29 @@ def _matches(run: Row, reference: dict[str, str], free: set[str]) -> bool:
     return all(run.params.get(key) == reference.get(key) for key in keys)
 
 
-def _newest_per(runs: list[Row], key: Callable[[Row], float]) -> list[Row]:
-    newest: dict[float, Row] = {}
+def _configurations(runs: list[Row], key: Callable[[Row], float]) -> list[Configuration]:
+    """One configuration per value of `key`, ascending: its runs by seed, the newest per seed."""
+    by_value: dict[float, dict[int, Row]] = {}
     for run in sorted(runs, key=lambda r: r.start_time):
-        newest[key(run)] = run
-    return [newest[k] for k in sorted(newest)]
+        by_value.setdefault(key(run), {})[run.seed] = run
+    return [Configuration(max(rows.values(), key=lambda r: r.start_time).configuration,
+                          tuple(rows[seed] for seed in sorted(rows)))
+            for value, rows in sorted(by_value.items())]
 
 
 def select(records: list[Row], reference: dict[str, str], experiment: str,
            outdated: list[Row] | None = None) -> Study:
     """The runs the report is built from (see the package docstring). `reference` is params.yaml
     flattened as the stages log it ({"vae.beta": "1.0", ...})."""
-    by_latent_dim = _newest_per([r for r in records if _matches(r, reference, {"latent_dim"})], lambda r: r.latent_dim)
+    by_latent_dim = _configurations([r for r in records if _matches(r, reference, {"latent_dim"})],
+                                    lambda r: r.latent_dim)
     if not by_latent_dim:
         raise ReportError(f"experiment {experiment!r} holds no complete run with params.yaml's settings "
                           f"({len(records)} complete run(s) differ in other params, {len(outdated or [])} were "
                           "recorded by older code): run `make repro` (or `make sweep`) first")
-    at_reference = [r for r in by_latent_dim if r.params["latent_dim"] == reference["latent_dim"]]
-    main = at_reference[0] if at_reference else max(by_latent_dim, key=lambda r: r.start_time)
-    reference_at_main = {**reference, "latent_dim": main.params["latent_dim"]}
-    by_beta = _newest_per([r for r in records if _matches(r, reference_at_main, {"vae.beta"})], lambda r: r.beta)
-    return Study(experiment, main, by_latent_dim, by_beta, list(outdated or []))
+    at_reference = [c for c in by_latent_dim if str(c.latent_dim) == reference["latent_dim"]]
+    main_config = at_reference[0] if at_reference else max(by_latent_dim, key=lambda c: c.rows[-1].start_time)
+    main = next((r for r in main_config.rows if str(r.seed) == reference.get(SEED)), main_config.rows[0])
+    reference_at_main = {**reference, "latent_dim": str(main_config.latent_dim)}
+    by_beta = _configurations([r for r in records if _matches(r, reference_at_main, {"vae.beta"})], lambda r: r.beta)
+    return Study(experiment, main, main_config, by_latent_dim, by_beta, list(outdated or []))

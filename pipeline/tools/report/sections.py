@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.core.stats import Interval
 from pipeline.tools.report.figures import (
     SOURCES,
     figure_gan_curves,
@@ -20,7 +21,7 @@ from pipeline.tools.report.figures import (
 from pipeline.tools.report.numbers import Numbers, Source
 from pipeline.tools.report.runs import ReportError, Study
 from pipeline.tracking.names import HEADLINE_METRICS as HEADLINE
-from pipeline.tracking.rows import Row
+from pipeline.tracking.rows import Configuration, Row
 
 FIGURES, NUMBERS = "figures", "reflection.numbers.json"
 
@@ -29,20 +30,49 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def _argmin(runs: list[Row], key: str) -> Row:
-    return min(runs, key=lambda r: r.metrics[key])
+SEED_SWEEP = ("a seed sweep (`make sweep SEEDS=\"0 1 2 3 4\"`) would say whether it is larger than the "
+              "seed-to-seed spread")
+
+
+def contrast(n: Numbers, a: Configuration, a_key: str, b: Configuration, b_key: str, a_label: str, b_label: str,
+             fmt: str | None = None) -> tuple[Interval, str]:
+    """A difference stated only as far as its interval allows: `a_label minus b_label is d (95% CI
+    ...)`, then whether the runs tell the two apart, cannot tell at these seeds, or (one seed a
+    side) cannot give an interval at all."""
+    interval, text = n.difference(a, a_key, b, b_key, fmt)
+    said = f"{a_label} minus {b_label} is {text}"
+    if not interval.has_interval:
+        return interval, f"{said}, from one seed a side: no interval can be given; {SEED_SWEEP}."
+    if interval.excludes_zero:
+        return interval, f"{said}: the interval excludes zero, so the runs tell them apart."
+    return interval, f"{said}: the interval includes zero, so the runs cannot tell them apart at these seeds."
+
+
+def _best(configurations: list[Configuration], key: str) -> Configuration:
+    """The configuration with the lowest mean of `key`."""
+    return min(configurations, key=lambda c: c.interval(key).mean)
 
 
 def section_runs(study: Study, n: Numbers) -> str:
-    rows = [[f"`{r.name}`", n.param(r, "latent_dim"), n.param(r, "vae.beta"), f"`{r.commit}`",
+    configs = [[n.param(c.rows[0], "latent_dim"), n.param(c.rows[0], "vae.beta"), n.count(list(c.rows)),
+                ", ".join(n.param(r, "seed") for r in c.rows), f"`{c.id}`"] for c in study.configurations]
+    rows = [[f"`{r.name}`", n.param(r, "latent_dim"), n.param(r, "vae.beta"), n.param(r, "seed"), f"`{r.commit}`",
              f"`{r.tags.get('dvc.exp_name', '')}`", f"`{r.run_id}`"] for r in study.runs]
     text = [
         "## The runs",
         f"Built from {n.count(study.runs)} complete run{'s' if len(study.runs) > 1 else ''} of the MLflow "
-        f"experiment `{study.experiment}`, those that "
-        "share the settings of `params.yaml` apart from `latent_dim` (and `vae.beta` for the beta comparison). "
-        f"The main run, used where one run answers, is `{study.main.name}`.",
-        _table(["run", "latent_dim", "beta", "commit", "DVC experiment", "MLflow run id"], rows),
+        f"experiment `{study.experiment}`, those that share the settings of `params.yaml` apart from `latent_dim` "
+        "(and `vae.beta` for the beta comparison) and the model `seed`. Runs that differ only in their seed are "
+        "replicates of one configuration; the split and the evaluation classifier (`data.seed`, `classifier.seed`) "
+        "are the same for all of them, so every score is measured with one ruler. A configuration's number is the "
+        "mean over its seeds, written `mean ± half-width` of its 95% t-interval (`pipeline/core/stats.py` says why "
+        "a t-interval at these few seeds); a difference between two configurations run at the same seeds is "
+        "paired by seed. Each configuration and its seeds:",
+        _table(["latent_dim", "beta", "seeds (n)", "seeds", "configuration"], configs),
+        f"The main run, used where one run illustrates, is `{study.main.name}` (seed {n.param(study.main, 'seed')}). "
+        "Bit-for-bit reruns hold on the same machine and software; on another CPU the numbers differ in the last "
+        "digits, so a rerun elsewhere should fall inside these intervals rather than match them. Every run:",
+        _table(["run", "latent_dim", "beta", "seed", "commit", "DVC experiment", "MLflow run id"], rows),
     ]
     if study.outdated:
         text.append(f"Left out: {n.count(study.outdated)} complete run(s) in the experiment recorded by older code "
@@ -90,7 +120,7 @@ def section_reparameterisation(study: Study, n: Numbers, fig: Callable[[str], st
 
 def latent_plane_run(study: Study) -> Row | None:
     """The run with latent_dim 2, whose latent plane the report shows, if there is one."""
-    return next((r for r in study.by_latent_dim if r.latent_dim == 2), None)
+    return next((r for r in study.one_per_latent_dim if r.latent_dim == 2), None)
 
 
 def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str], str]) -> str:
@@ -109,19 +139,20 @@ def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str
         f"{n.param(m, 'latent_dim')} dimensions are active (the variance over test images of their posterior mean "
         "is above `0.01`, Burda et al.).",
     ]
-    if len(study.by_latent_dim) > 1:
+    if len(study.one_per_latent_dim) > 1:
         rows = [[n.param(r, "latent_dim"), n.metric(r, HEADLINE["kl"]), n.metric(r, HEADLINE["active_units"], ".0f"),
                  n.metric(r, "eval/vae/kl_per_dim", step=min(source.history(r, "eval/vae/kl_per_dim"),
                                                               key=lambda p: p[1])[0])]
-                for r in study.by_latent_dim]
-        widest = study.by_latent_dim[-1]
+                for r in study.one_per_latent_dim]
+        widest = study.one_per_latent_dim[-1]
         widest_kl = source.history(widest, "eval/vae/kl_per_dim")
-        all_active = all(r.metrics[HEADLINE["active_units"]] == r.latent_dim for r in study.by_latent_dim)
+        all_active = all(r.metrics[HEADLINE["active_units"]] == r.latent_dim for r in study.one_per_latent_dim)
         spread = (f"At latent_dim {n.param(widest, 'latent_dim')} the weakest dimension carries "
                   f"{n.metric(widest, 'eval/vae/kl_per_dim', step=min(widest_kl, key=lambda p: p[1])[0])} nats and "
                   f"the strongest {n.metric(widest, 'eval/vae/kl_per_dim', step=max(widest_kl, key=lambda p: p[1])[0])}"
                   f", for a total of {n.metric(widest, HEADLINE['kl'])} nats.")
-        text += [_table(["latent_dim", "KL (nats)", "active units", "weakest dimension's KL (nats)"], rows),
+        text += [f"Each latent_dim's run at seed {n.param(m, 'seed')}:",
+                 _table(["latent_dim", "KL (nats)", "active units", "weakest dimension's KL (nats)"], rows),
                  ("Every dimension passes the active-unit threshold in every run: the count alone shows no "
                   "collapse here. " if all_active else
                   "In the wider runs some dimensions are inactive: the KL term has pushed them back to the prior. ")
@@ -144,111 +175,128 @@ def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str
 
 
 def section_beta(study: Study, n: Numbers) -> str:
-    runs = study.by_beta
-    if len(runs) < 2:
+    configs = study.by_beta
+    if len(configs) < 2:
         return (f"**Beta.** Every run here has beta {n.param(study.main, 'vae.beta')}. Runs with another beta at the "
                 "same latent_dim (`dvc exp run -S vae.beta=4`, `-S vae.beta=0.25`) would show the trade here: a larger "
                 "beta buys a latent space closer to the prior with worse reconstructions.")
-    rows = [[n.param(r, "vae.beta"), n.metric(r, HEADLINE["recon_mse"]), n.metric(r, HEADLINE["kl"]),
-             n.metric(r, HEADLINE["active_units"], ".0f"), n.metric(r, HEADLINE["fid_vae_prior"]),
-             n.metric(r, "eval/scores/vae_prior/sharpness", ".3g")] for r in runs]
-    low, high = runs[0], runs[-1]
-    mse_up = high.metrics[HEADLINE["recon_mse"]] > low.metrics[HEADLINE["recon_mse"]]
+    rows = [[n.param(c.rows[0], "vae.beta"), n.count(list(c.rows)), n.mean(c, HEADLINE["recon_mse"]),
+             n.mean(c, HEADLINE["kl"]), n.mean(c, HEADLINE["active_units"], ".3g"), n.mean(c, HEADLINE["fid_vae_prior"]),
+             n.mean(c, "eval/scores/vae_prior/sharpness", ".3g")] for c in configs]
+    low, high = configs[0], configs[-1]
     fid_key = HEADLINE["fid_vae_prior"]
-    best = _argmin(runs, fid_key)
-    kl_low_units = high.metrics[HEADLINE["active_units"]] == high.latent_dim
+    best = _best(configs, fid_key)
+
+    def label(c: Configuration) -> str:
+        return f"beta {n.param(c.rows[0], 'vae.beta')}"
+
+    _, mse = contrast(n, high, HEADLINE["recon_mse"], low, HEADLINE["recon_mse"], f"the reconstruction MSE at {label(high)}",
+                      f"at {label(low)}")
+    _, kl = contrast(n, high, HEADLINE["kl"], low, HEADLINE["kl"], f"The KL at {label(high)}", f"at {label(low)}")
+    others = [contrast(n, c, fid_key, best, fid_key, f"at {label(c)}", f"at {label(best)}")[1] for c in configs
+              if c is not best]
     return "\n\n".join([
-        f"**Beta.** At latent_dim {n.param(study.main, 'latent_dim')}, raising beta from {n.param(low, 'vae.beta')} "
-        f"to {n.param(high, 'vae.beta')} took the KL from {n.metric(low, HEADLINE['kl'])} to "
-        f"{n.metric(high, HEADLINE['kl'])} nats and the reconstruction MSE from "
-        f"{n.metric(low, HEADLINE['recon_mse'])} to {n.metric(high, HEADLINE['recon_mse'])}"
-        + (", the expected trade" if mse_up else ", against the expected trade")
-        + f"; the prior samples' FID-style score went from {n.metric(low, fid_key)} to {n.metric(high, fid_key)}, "
-        f"and was best at beta {n.param(best, 'vae.beta')} ({n.metric(best, fid_key)})"
-        + (", between the ends. That is the textbook's trade-off: weak KL pressure leaves gaps between the "
-           "posteriors where prior samples land, strong pressure blurs what the decoder draws (see the sharpness "
-           "column)." if best not in (low, high) else ".")
-        + (f" At beta {n.param(high, 'vae.beta')} every dimension still counts as active, with only "
-           f"{n.metric(high, HEADLINE['kl'])} nats of KL between them: the active-unit threshold does not register "
-           "this squeeze." if kl_low_units else ""),
-        _table(["beta", "recon MSE/pixel", "KL (nats)", "active units", "FID-style, VAE samples",
+        f"**Beta.** At latent_dim {n.param(study.main, 'latent_dim')}, each beta over its seeds (the expected trade: "
+        "a larger beta pulls the posteriors towards the prior, so less KL and worse reconstructions):",
+        _table(["beta", "seeds", "recon MSE/pixel", "KL (nats)", "active units", "FID-style, VAE samples",
                 "sharpness, VAE samples"], rows),
+        f"{kl} {mse[0].upper() + mse[1:]}",
+        f"The prior samples' FID-style score has its lowest mean at {label(best)}. Against it, the score "
+        + " ".join(others),
     ])
 
 
 def section_latent_dim(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str:
-    runs = study.by_latent_dim
+    configs = study.by_latent_dim
     head = "## 3. How latent_dim affects reconstruction and samples"
-    if len(runs) < 2:
-        m = study.main
+    if len(configs) < 2:
+        m = study.main_config
         return "\n\n".join([head, (
-            f"Only latent_dim {n.param(m, 'latent_dim')} has been run with these settings (reconstruction MSE "
-            f"{n.metric(m, HEADLINE['recon_mse'])}, negative ELBO {n.metric(m, HEADLINE['neg_elbo'])} nats). "
+            f"Only latent_dim {n.param(m.rows[0], 'latent_dim')} has been run with these settings (reconstruction MSE "
+            f"{n.mean(m, HEADLINE['recon_mse'])}, negative ELBO {n.mean(m, HEADLINE['neg_elbo'])} nats). "
             "A sweep (`make sweep`, or `dvc exp run --queue -S latent_dim=2,8,32` and `dvc queue start`) would add "
             "a table and plots of each measure against latent_dim, reconstructions side by side, and the point "
             "where more capacity stops giving better samples.")])
     keys = [HEADLINE["recon_mse"], HEADLINE["kl"], HEADLINE["neg_elbo"], HEADLINE["iwae_nll"],
             HEADLINE["fid_vae_recon"], HEADLINE["fid_vae_prior"], HEADLINE["fid_gan_decoder"]]
-    rows = [[n.param(r, "latent_dim")] + [n.metric(r, k) for k in keys] for r in runs]
-    best_mse, best_elbo = _argmin(runs, keys[0]), _argmin(runs, HEADLINE["neg_elbo"])
-    best_prior = _argmin(runs, HEADLINE["fid_vae_prior"])
-    smallest, largest = runs[0], runs[-1]
-    turn = (f"Beyond latent_dim {n.param(best_prior, 'latent_dim')} the extra capacity gives no better samples: the "
-            f"VAE samples' score rises to {n.metric(largest, HEADLINE['fid_vae_prior'])} at latent_dim "
-            f"{n.param(largest, 'latent_dim')}." if best_prior is not largest else
-            "The samples improved up to the largest latent_dim run, so the turn lies beyond this sweep.")
+    rows = [[n.param(c.rows[0], "latent_dim"), n.count(list(c.rows))] + [n.mean(c, k) for k in keys] for c in configs]
+    prior = HEADLINE["fid_vae_prior"]
+    best_mse, best_elbo, best_prior = _best(configs, keys[0]), _best(configs, HEADLINE["neg_elbo"]), _best(configs, prior)
+    smallest = configs[0]
+
+    def label(c: Configuration) -> str:
+        return f"latent_dim {n.param(c.rows[0], 'latent_dim')}"
+
+    _, mse = contrast(n, smallest, keys[0], best_mse, keys[0], f"At {label(smallest)} the reconstruction MSE",
+                      f"at {label(best_mse)}")
+    told, untold = [], []
+    for c in configs:
+        if c is best_prior:
+            continue
+        interval, text = contrast(n, c, prior, best_prior, prior, f"at {label(c)}", f"at {label(best_prior)}")
+        (told if interval.excludes_zero else untold).append((c, text))
+    turn = (f"Where it turns: the VAE samples' score has its lowest mean at {label(best_prior)}. "
+            + (f"The runs tell it apart from {', '.join(label(c) for c, _ in told)}; "
+               if told else "The runs tell it apart from no other latent_dim; ")
+            + (f"they cannot tell it from {', '.join(label(c) for c, _ in untold)}, so the turn lies somewhere "
+               "among those. " if untold else "it is the turn. ")
+            + "Each difference, paired by seed where the seeds are shared: " + " ".join(text for _, text in told + untold))
     return "\n\n".join([
         head,
         "**Claim.** More latent dimensions let the VAE reconstruct better, but samples from the prior stop "
-        "improving " + ("before reconstructions do. " if best_prior.latent_dim < best_mse.latent_dim else
-                        "only where reconstructions stop too (in these runs they turn together). ")
-        + f"Reconstruction MSE falls from "
-        f"{n.metric(smallest, keys[0])} at latent_dim {n.param(smallest, 'latent_dim')} to its lowest, "
-        f"{n.metric(best_mse, keys[0])}, at latent_dim {n.param(best_mse, 'latent_dim')}; the negative ELBO is lowest "
-        f"({n.metric(best_elbo, HEADLINE['neg_elbo'])} nats) at latent_dim {n.param(best_elbo, 'latent_dim')}; the "
-        f"prior samples score best ({n.metric(best_prior, HEADLINE['fid_vae_prior'])}) at latent_dim "
-        f"{n.param(best_prior, 'latent_dim')}. {turn}",
-        _table(["latent_dim", "recon MSE/pixel", "KL (nats)", "neg. ELBO (nats)", "IWAE NLL (nats)",
+        "improving sooner. Each configuration over its seeds (mean ± half-width of the 95% interval):",
+        _table(["latent_dim", "seeds", "recon MSE/pixel", "KL (nats)", "neg. ELBO (nats)", "IWAE NLL (nats)",
                 "FID-style, reconstructions", "FID-style, VAE samples", "FID-style, GAN from decoder"], rows),
-        fig("latent_dim.png", "Each measure against latent_dim"),
-        "The same test images and their reconstructions (from the posterior mean) at each latent_dim:",
+        f"**Evidence.** The reconstruction MSE has its lowest mean at {label(best_mse)}, the negative ELBO at "
+        f"{label(best_elbo)}. {mse}",
+        turn,
+        fig("latent_dim.png", "Each measure against latent_dim, mean and 95% interval over the seeds"),
+        "The same test images and their reconstructions (from the posterior mean) at each latent_dim, from the runs "
+        "at the main run's seed:",
         fig("reconstructions.png", "Reconstructions side by side"),
     ])
 
 
 def section_gan(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str:
-    m = study.main
+    m, c = study.main, study.main_config
     final = n.steps(m, "gan/decoder/fid")
-    d_final, s_final = m.metrics[HEADLINE["fid_gan_decoder"]], m.metrics[HEADLINE["fid_gan_scratch"]]
+    decoder, scratch, prior = HEADLINE["fid_gan_decoder"], HEADLINE["fid_gan_scratch"], HEADLINE["fid_vae_prior"]
+    _, against_scratch = contrast(n, c, decoder, c, scratch, "the GAN from the decoder", "the GAN from scratch")
+    _, against_vae = contrast(n, c, decoder, c, prior, "The GAN from the decoder", "the VAE's own samples")
     text = [
         "## 4. The VAE decoder as a GAN generator",
         "**Claim.** The decoder already maps `N(0, I)` to digit-like images, so as a generator it starts where a "
-        "GAN from scratch has to get to; adversarial training then sharpens it. "
-        + ("In the main run it ends ahead of the same GAN trained from scratch." if d_final < s_final else
-           "In the main run, though, the GAN from scratch ends ahead: the head start did not last."),
-        f"**Evidence.** In `{m.name}` (FID-style score of {n.param(m, 'gan.fid_samples')} samples from one fixed "
-        f"noise, against the test split) the decoder-started generator scores "
+        "GAN from scratch has to get to; adversarial training then sharpens it.",
+        f"**Evidence: one run.** In `{m.name}` (FID-style score of {n.param(m, 'gan.fid_samples')} samples from one "
+        f"fixed noise, against the test split) the decoder-started generator scores "
         f"{n.metric(m, 'gan/decoder/fid', step=0)} before any GAN training (these are the VAE's own samples), "
         f"against {n.metric(m, 'gan/scratch/fid', step=0)} for the random generator. After "
         f"{n.param(m, 'gan.epochs')} epochs they score {n.metric(m, 'gan/decoder/fid', step=final)} and "
-        f"{n.metric(m, 'gan/scratch/fid', step=final)}. On the evaluation's samples the GAN from the decoder scores "
-        f"{n.metric(m, HEADLINE['fid_gan_decoder'])} and the GAN from scratch "
-        f"{n.metric(m, HEADLINE['fid_gan_scratch'])}, "
-        f"against {n.metric(m, HEADLINE['fid_vae_prior'])} for the VAE's samples and "
-        f"{n.metric(m, HEADLINE['fid_real'])} for real training images (the floor).",
+        f"{n.metric(m, 'gan/scratch/fid', step=final)}.",
         fig("gan_training.png", "FID-style score and discriminator outputs per epoch"),
+        f"**Evidence: over the seeds.** On the evaluation's samples at latent_dim {n.param(m, 'latent_dim')}, the GAN "
+        f"from the decoder scores {n.mean(c, decoder)}, the GAN from scratch {n.mean(c, scratch)}, the VAE's samples "
+        f"{n.mean(c, prior)} and real training images {n.mean(c, HEADLINE['fid_real'])} (the floor). The two GANs of "
+        f"a run share its seed, so their difference is paired: {against_scratch} "
+        f"{against_vae}",
         fig("samples.png", "VAE samples, GAN from the decoder and GAN from scratch, from the same noise"),
     ]
     if len(study.by_latent_dim) > 1:
-        runs = study.by_latent_dim
-        wins = [r for r in runs if r.metrics[HEADLINE["fid_gan_decoder"]] < r.metrics[HEADLINE["fid_gan_scratch"]]]
-        rows = [[n.param(r, "latent_dim"), n.metric(r, HEADLINE["fid_vae_prior"]),
-                 n.metric(r, HEADLINE["fid_gan_decoder"]), n.metric(r, HEADLINE["fid_gan_scratch"])] for r in runs]
-        improves = [r for r in runs
-                    if r.metrics[HEADLINE["fid_gan_decoder"]] < r.metrics[HEADLINE["fid_vae_prior"]]]
-        text += [f"Across the sweep, the GAN from the decoder beats the GAN from scratch at {n.count(wins)} of "
-                 f"{n.count(runs)} latent_dims, and improves on the VAE's own samples at {n.count(improves)}:",
-                 _table(["latent_dim", "FID-style, VAE samples", "GAN from decoder", "GAN from scratch"], rows)]
+        lines, wins, losses = [], [], []
+        for conf in study.by_latent_dim:
+            interval, said = n.difference(conf, decoder, conf, scratch)
+            verdict = ("no interval (one seed)" if not interval.has_interval else
+                       "decoder better" if interval.high < 0 else "scratch better" if interval.low > 0 else
+                       "cannot tell")
+            (wins if verdict == "decoder better" else losses if verdict == "scratch better" else []).append(conf)
+            lines.append([n.param(conf.rows[0], "latent_dim"), n.count(list(conf.rows)), n.mean(conf, prior),
+                          n.mean(conf, decoder), n.mean(conf, scratch), said, verdict])
+        text += [f"Across the sweep, the GAN from the decoder beats the GAN from scratch, by an interval of the paired "
+                 f"difference that excludes zero, at {n.count([x.rows[0] for x in wins])} of "
+                 f"{n.count([x.rows[0] for x in study.by_latent_dim])} latent_dims, and the GAN from scratch beats it at "
+                 f"{n.count([x.rows[0] for x in losses])}; at the rest the runs cannot tell:",
+                 _table(["latent_dim", "seeds", "FID-style, VAE samples", "GAN from decoder", "GAN from scratch",
+                         "decoder minus scratch", "verdict"], lines)]
     return "\n\n".join(text)
 
 
@@ -294,44 +342,41 @@ def section_encoder_discriminator(study: Study, n: Numbers, fig: Callable[[str, 
 
 
 def section_strengths(study: Study, n: Numbers) -> str:
-    m = study.main
+    m, c = study.main, study.main_config
     names = ["real_train", "vae_reconstructions", "vae_prior", "gan_decoder", "gan_scratch"]
 
-    def score(name: str, measure: str, fmt: str = ".3g") -> str:
-        return n.metric(m, f"eval/scores/{name}/{measure}", fmt)
+    def key(name: str, measure: str) -> str:
+        return f"eval/scores/{name}/{measure}"
 
-    rows = [[SOURCES[name], score(name, "fid", ".4g"), score(name, "precision"), score(name, "recall"),
-             score(name, "classes", ".0f"), score(name, "label_entropy"), score(name, "sharpness")] for name in names]
-    sharp = {name: m.metrics[f"eval/scores/{name}/sharpness"] for name in names}
-    recall = {name: m.metrics[f"eval/scores/{name}/recall"] for name in names}
-    gans_sharper = min(sharp["gan_decoder"], sharp["gan_scratch"]) > sharp["vae_prior"]
-    vae_covers_more = recall["vae_prior"] > max(recall["gan_decoder"], recall["gan_scratch"])
+    def mean(name: str, measure: str, fmt: str = ".3g") -> str:
+        return n.mean(c, key(name, measure), fmt)
+
+    rows = [[SOURCES[name], mean(name, "fid", ".4g"), mean(name, "precision"), mean(name, "recall"),
+             mean(name, "classes", ".3g"), mean(name, "label_entropy"), mean(name, "sharpness")] for name in names]
+
+    def versus(measure: str, a: str, b: str) -> str:
+        text = contrast(n, c, key(a, measure), c, key(b, measure), SOURCES[a], SOURCES[b], ".3g")[1]
+        return text[0].upper() + text[1:]
+
     return "\n\n".join([
         "## 6. Strengths and weaknesses, as these runs show them",
         "**Claim (the textbook's).** VAEs train stably and cover the data but give blurry samples; GANs give sharp "
-        "samples but train unstably and drop modes. Here is what the main run says about each part.",
+        f"samples but train unstably and drop modes. Here is what the main configuration's seeds ({n.count(list(c.rows))}) "
+        "say about each part (mean ± half-width of the 95% interval; the image sets of one run share its "
+        "seed, so each difference below is paired):",
         _table(["images", "FID-style", "precision", "recall", "classes", "label entropy (nats)", "sharpness"], rows),
-        f"**Blur against sharpness.** Sharpness is the variance of the image Laplacian: real training images "
-        f"{score('real_train', 'sharpness')}, VAE samples {score('vae_prior', 'sharpness')}, VAE reconstructions "
-        f"{score('vae_reconstructions', 'sharpness')}, GAN samples {score('gan_decoder', 'sharpness')} (from the "
-        f"decoder) and {score('gan_scratch', 'sharpness')} (from scratch). "
-        + ("The VAE blurs and the GANs do not, as the textbook says." if gans_sharper else
-           "Against the textbook, the GAN samples are not sharper than the VAE's here."),
-        f"**Mode coverage.** Recall, the share of real images whose neighbourhood the samples reach, is "
-        f"{score('vae_prior', 'recall')} for the VAE's samples, {score('gan_decoder', 'recall')} for the GAN from "
-        f"the decoder and {score('gan_scratch', 'recall')} for the GAN from scratch; the samples fall into "
-        f"{score('vae_prior', 'classes', '.0f')}, {score('gan_decoder', 'classes', '.0f')} and "
-        f"{score('gan_scratch', 'classes', '.0f')} classes. "
-        + ("The VAE covers more of the data, as the textbook says." if vae_covers_more else
-           "Against the textbook, a GAN covers more of the data than the VAE's samples do here; the VAE's samples "
-           f"also have the lower precision ({score('vae_prior', 'precision')}): many fall between the data's "
-           "modes rather than on them."),
-        f"**Stability.** Over the {n.param(m, 'vae.epochs')} epochs of the VAE's training the test negative "
-        f"ELBO went up from one epoch to the next {n.rises(m, 'vae/test_neg_elbo')} times; over the GANs' "
-        f"{n.param(m, 'gan.epochs')} epochs the FID-style score went up {n.rises(m, 'gan/decoder/fid')} times (from "
-        f"the decoder) and {n.rises(m, 'gan/scratch/fid')} times (from scratch). The VAE's loss is a bound that each step "
-        "lowers on average; the GAN's two players chase each other, and a better discriminator can make the samples "
-        "worse for a while.",
+        "**Blur against sharpness.** Sharpness is the variance of the image Laplacian (higher is sharper). "
+        f"{versus('sharpness', 'gan_decoder', 'vae_prior')} {versus('sharpness', 'gan_scratch', 'vae_prior')}",
+        "**Mode coverage.** Recall is the share of real images whose neighbourhood the samples reach; precision the "
+        "share of samples that fall in the real images' neighbourhoods. In recall: "
+        f"{versus('recall', 'vae_prior', 'gan_decoder')} {versus('recall', 'vae_prior', 'gan_scratch')} "
+        f"In precision: {versus('precision', 'vae_prior', 'gan_decoder')}",
+        f"**Stability (one run, `{m.name}`).** Over the {n.param(m, 'vae.epochs')} epochs of the VAE's training the "
+        f"test negative ELBO went up from one epoch to the next {n.rises(m, 'vae/test_neg_elbo')} times; over the "
+        f"GANs' {n.param(m, 'gan.epochs')} epochs the FID-style score went up {n.rises(m, 'gan/decoder/fid')} times "
+        f"(from the decoder) and {n.rises(m, 'gan/scratch/fid')} times (from scratch). The VAE's loss is a bound that "
+        "each step lowers on average; the GAN's two players chase each other, and a better discriminator can make "
+        "the samples worse for a while.",
     ])
 
 
@@ -346,7 +391,7 @@ def build(study: Study, source: Source, figures: Path) -> tuple[str, list[dict]]
         return f"![{alt}]({FIGURES}/{name})"
 
     figure_gradients(source, m, figures / "gradients.png")
-    figure_kl_per_dim(source, study.by_latent_dim, figures / "kl_per_dim.png")
+    figure_kl_per_dim(source, study.one_per_latent_dim, figures / "kl_per_dim.png")
     figure_gan_curves(source, m, figures / "gan_training.png")
     figure_panels(source, m, {"vae_prior": "VAE samples", "gan_decoder": "GAN from the decoder",
                               "gan_scratch": "GAN from scratch"}, figures / "samples.png")
@@ -357,13 +402,15 @@ def build(study: Study, source: Source, figures: Path) -> tuple[str, list[dict]]
             shutil.copy(source.artifact(two, f"eval/{name}"), figures / name)
     if len(study.by_latent_dim) > 1:
         figure_latent_dim(study.by_latent_dim, figures / "latent_dim.png")
-        figure_reconstructions(source, study.by_latent_dim, figures / "reconstructions.png")
-    figure_scores(m, figures / "precision_recall.png")
+        figure_reconstructions(source, study.one_per_latent_dim, figures / "reconstructions.png")
+    figure_scores(study.main_config, figures / "precision_recall.png")
 
     sections = [
         f"# Reflection: a VAE and a GAN on `{m.params['data.name']}`",
         "Written by `make report` from the recorded runs; do not edit by hand. Every number in the "
-        f"text is read from the run it names; `{NUMBERS}` lists each one with its run and metric. FID-style scores "
+        f"text is read from the runs it names; `{NUMBERS}` lists each one with its runs and metric. A comparison "
+        "between configurations is stated with the 95% interval of the difference, and where that interval "
+        "includes zero the text says the runs cannot tell. FID-style scores "
         "are Fréchet distances in the feature space of the project's own digit classifier: comparable between "
         "these runs, not with published FIDs. Lower is better.",
         section_runs(study, n),
@@ -372,6 +419,7 @@ def build(study: Study, source: Source, figures: Path) -> tuple[str, list[dict]]
         section_latent_dim(study, n, fig),
         section_gan(study, n, fig),
         section_encoder_discriminator(study, n, fig),
-        section_strengths(study, n) + "\n\n" + fig("precision_recall.png", "Precision against recall per image set"),
+        section_strengths(study, n) + "\n\n" + fig("precision_recall.png",
+                                                     "Precision against recall per image set, mean and 95% interval"),
     ]
     return "\n\n".join(sections) + "\n", n.entries
