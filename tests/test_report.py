@@ -109,8 +109,9 @@ def test_every_number_matches_the_run_it_cites(reported):
         else:
             raise AssertionError(f"unknown kind {entry['kind']}")
         assert entry["value"] == pytest.approx(expected, rel=1e-12), entry
-        # The text shows that value, rounded to the digits it shows.
-        assert float(entry["text"]) == pytest.approx(expected, rel=5e-3, abs=5e-4), entry
+        # The text shows that value, rounded to the digits it shows (a half-width to two).
+        rel = 5e-2 if entry["kind"] == "half_width" else 5e-3
+        assert float(entry["text"]) == pytest.approx(expected, rel=rel, abs=5e-4), entry
     assert kinds == {"metric", "param", "count", "ratio", "rises", "mean", "half_width", "difference"}
 
 
@@ -192,6 +193,10 @@ def test_a_difference_whose_interval_excludes_zero_is_stated_with_its_interval()
 def test_one_seed_a_side_gives_no_interval_and_says_what_a_seed_sweep_adds():
     text, _ = said({0: 565.0}, {0: 444.0})
     assert "from one seed a side: no interval can be given" in text and "make sweep SEEDS=" in text
+
+
+def test_a_half_width_shows_two_significant_digits_without_an_exponent():
+    assert [numbers.two_digits(v) for v in (146.7, 33.14, 0.0005912, 0.0)] == ["150", "33", "0.00059", "0"]
 
 
 def test_rises_counts_setbacks_and_readable_drops_the_exponent():

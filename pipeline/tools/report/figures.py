@@ -94,8 +94,8 @@ def figure_latent_dim(configurations: list[Configuration], path: Path) -> None:
         axes.minorticks_off()
         axes.set_xticks(dims, [str(d) for d in dims])
         axes.legend(fontsize=7)
-    figure.suptitle(f"mean over {'-'.join(map(str, (seeds[0], seeds[-1])) if len(seeds) > 1 else seeds)} seeds; "
-                    "error bars: 95% t-interval", fontsize=9)
+    counts = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"
+    figure.suptitle(f"mean over {counts} seeds per latent_dim; error bars: 95% t-interval", fontsize=9)
     _save(figure, path)
 
 

@@ -58,6 +58,12 @@ def readable(value: float, fmt: str | None = None) -> str:
     return format(value, fmt)
 
 
+def two_digits(value: float) -> str:
+    """An interval's half-width as the text shows it: two significant digits, no exponent from 1
+    up (150, 33, 0.00059): its own uncertainty makes more digits noise."""
+    return f"{float(f'{value:.2g}'):g}"
+
+
 class Numbers:
     """Formats each number the text uses and records its source, so it can be checked.
 
@@ -111,7 +117,7 @@ class Numbers:
         if not interval.has_interval:
             return text
         half = interval.half_width
-        return text + " ± " + self._add(readable(half, fmt), half, kind="half_width", run_ids=run_ids, key=key)
+        return text + " ± " + self._add(two_digits(half), half, kind="half_width", run_ids=run_ids, key=key)
 
     def difference(self, a: Configuration, a_key: str, b: Configuration, b_key: str,
                    fmt: str | None = None) -> tuple[Interval, str]:
