@@ -81,7 +81,7 @@ def test_a_configuration_is_its_seeds_mean_with_the_t_interval_and_n():
     assert single["fid_vae_prior"] == 300.0 and single[["fid_vae_prior_low", "fid_vae_prior_high"]].isna().all()
     assert table["fid_gan_scratch_n"].eq(0).all()
     text = compare.format_aggregate(table)
-    assert f"{expected.mean:.4g} ± {expected.half_width:.2g}" in text and "\n" in text
+    assert f"{expected.mean:.4g} ± {compare.two_digits(expected.half_width)}" in text and "\n" in text
     assert " 300 " in text + " "  # one seed: the value, no interval
 
 

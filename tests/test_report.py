@@ -11,6 +11,7 @@ import pytest
 from conftest import UP_TO_GAN, Project, tiny_project
 
 from pipeline.core import stats
+from pipeline.tools import compare
 from pipeline.tools.report import numbers, runs, sections
 from pipeline.tracking.rows import Configuration, Row
 
@@ -196,7 +197,7 @@ def test_one_seed_a_side_gives_no_interval_and_says_what_a_seed_sweep_adds():
 
 
 def test_a_half_width_shows_two_significant_digits_without_an_exponent():
-    assert [numbers.two_digits(v) for v in (146.7, 33.14, 0.0005912, 0.0)] == ["150", "33", "0.00059", "0"]
+    assert [compare.two_digits(v) for v in (146.7, 33.14, 0.0005912, 0.0)] == ["150", "33", "0.00059", "0"]
 
 
 def test_rises_counts_setbacks_and_readable_drops_the_exponent():

@@ -94,11 +94,17 @@ def format_table(table: pd.DataFrame, include_incomplete: bool = False) -> str:
     return table[shown].to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.5g}")
 
 
+def two_digits(value: float) -> str:
+    """An interval's half-width as tables and the report show it: two significant digits, no
+    exponent from 1 up (150, 33, 0.00059): its own uncertainty makes more digits noise."""
+    return f"{float(f'{value:.2g}'):g}"
+
+
 def mean_and_half_width(mean: float, low: float, high: float) -> str:
-    """`446.3 ± 95.12`: the mean, and the interval's half-width (none with one seed)."""
+    """`446.3 ± 95`: the mean, and the interval's half-width (none with one seed)."""
     if pd.isna(mean):
         return "-"
-    return f"{mean:.4g}" if pd.isna(low) else f"{mean:.4g} ± {(high - low) / 2:.2g}"
+    return f"{mean:.4g}" if pd.isna(low) else f"{mean:.4g} ± {two_digits((high - low) / 2)}"
 
 
 AGGREGATE_NOTE = "mean ± half-width of the 95% t-interval over n seeds (no interval with n = 1)"

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from pipeline.core.stats import Interval, difference
+from pipeline.tools.compare import two_digits
 from pipeline.tools.report.runs import ReportError
 from pipeline.tracking.rows import Configuration, Row
 
@@ -56,12 +57,6 @@ def readable(value: float, fmt: str | None = None) -> str:
     if fmt is None:
         fmt = ".0f" if abs(value) >= 1000 else ".4g"
     return format(value, fmt)
-
-
-def two_digits(value: float) -> str:
-    """An interval's half-width as the text shows it: two significant digits, no exponent from 1
-    up (150, 33, 0.00059): its own uncertainty makes more digits noise."""
-    return f"{float(f'{value:.2g}'):g}"
 
 
 class Numbers:
