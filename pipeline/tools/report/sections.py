@@ -240,7 +240,8 @@ def section_latent_dim(study: Study, n: Numbers, fig: Callable[[str, str], str])
                if told else "The runs tell it apart from no other latent_dim; ")
             + (f"they cannot tell it from {', '.join(label(c) for c, _ in untold)}, so the turn lies somewhere "
                "among those. " if untold else "it is the turn. ")
-            + "Each difference, paired by seed where the seeds are shared: " + " ".join(text for _, text in told + untold))
+            + "Each difference, paired by seed where the seeds are shared: "
+            + " ".join(text[0].upper() + text[1:] for _, text in told + untold))
     return "\n\n".join([
         head,
         "**Claim.** More latent dimensions let the VAE reconstruct better, but samples from the prior stop "
