@@ -71,8 +71,7 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE, paire
     mean = math.fsum(values) / n
     if n == 1:
         return Interval(mean, math.nan, math.nan, 1, confidence, paired)
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    half = _t_quantile(confidence, n - 1) * sd / math.sqrt(n)
+    half = _t_quantile(confidence, n - 1) * math.sqrt(_variance(values)) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, confidence, paired)
 
 

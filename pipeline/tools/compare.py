@@ -51,11 +51,6 @@ def comparison(rows: list[Row], include_incomplete: bool = False) -> pd.DataFram
     return table.sort_values("latent_dim", kind="stable").reset_index(drop=True)
 
 
-def load_table(experiment: str, include_incomplete: bool = False) -> pd.DataFrame:
-    """The comparison table of `experiment` in the store (a missing store or experiment raises)."""
-    return comparison(read_rows(experiment), include_incomplete)
-
-
 def aggregate(rows: list[Row]) -> pd.DataFrame:
     """One line per configuration (pipeline.tracking.rows.configurations): n, its seeds, and for
     each headline metric the mean over the seeds with its 95% t-interval, as the columns `<metric>`,

@@ -31,7 +31,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.stages import paths
 from pipeline.tools import compare
 from pipeline.tracking import names, store, summaries
-from pipeline.tracking.rows import configurations, read_rows
+from pipeline.tracking.rows import Row, configurations, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -251,14 +251,15 @@ def result_run_id(name: str) -> str | None:
         return None
 
 
-def sweep_rows(names: dict[Point, str], experiment: str) -> pd.DataFrame:
-    """The comparison rows of the sweep's results, one per point, after checking them.
+def sweep_rows(names: dict[Point, str], recorded: list[Row]) -> pd.DataFrame:
+    """The comparison rows of the sweep's results, one per point, after checking them; `recorded`
+    are the experiment's rows as read.
 
     A value computed before (the baseline's own value, or any earlier experiment's, which DVC
     restores from its run cache) runs no stage and records no new row: its result is the
     earlier row, which its outputs point to.
     """
-    table = compare.load_table(experiment)
+    table = compare.comparison(recorded)
     problems, ids = [], []
     for (value, beta, seed), name in names.items():
         run_id = result_run_id(name)
@@ -312,13 +313,13 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     names = run(args.latent_dims, args.betas, args.seeds, args.jobs, threads, env)
     seconds = time.perf_counter() - start
-    rows = sweep_rows(names, config.experiment_name)
+    recorded = read_rows(config.experiment_name)
+    rows = sweep_rows(names, recorded)
     print(compare.format_table(rows))
     for row in rows[~rows["dvc_exp"].isin(list(names.values()))].itertuples():
         print(f"latent_dim {row.latent_dim}, beta {row.beta:g}, seed {row.seed}: computed before (DVC reused those "
               f"outputs and ran nothing), so its row is the earlier {row.run}")
     # The sweep's configurations, over every seed recorded for them (earlier sweeps' too).
-    recorded = read_rows(config.experiment_name)
     swept = set(rows["configuration"])
     groups = [group for group in configurations(recorded) if group.id in swept]
     summaries.record(config.experiment_name, groups, recorded)

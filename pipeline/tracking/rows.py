@@ -5,6 +5,7 @@ here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from pipeline.core.config import Config, config_from_params
@@ -120,16 +121,24 @@ class Configuration:
         return mean_interval(list(values.values())) if values else None
 
 
+def replicates(rows: list[Row], key: Callable[[Row], Hashable]) -> dict[Hashable, Configuration]:
+    """`rows` grouped by `key`, each group a Configuration of its rows by seed, the newest row per
+    seed, named after its newest row's configuration."""
+    groups: dict[Hashable, dict[int, Row]] = {}
+    for row in sorted(rows, key=lambda row: row.start_time):
+        groups.setdefault(key(row), {})[row.seed] = row  # newer replaces older
+    return {value: Configuration(max(by_seed.values(), key=lambda row: row.start_time).configuration,
+                                 tuple(by_seed[seed] for seed in sorted(by_seed)))
+            for value, by_seed in groups.items()}
+
+
 def configurations(rows: list[Row]) -> list[Configuration]:
     """The complete result rows grouped by configuration, sorted by latent_dim, beta, then id. A row
     without the params that place it (seed, latent_dim, vae.beta) was not recorded by the stages
     and is left out."""
-    groups: dict[str, dict[int, Row]] = {}
     placed = {names.SEED, names.LATENT_DIM, names.BETA}
-    for row in sorted(rows, key=lambda row: row.start_time):
-        if row.complete and not row.is_summary and placed <= set(row.params):
-            groups.setdefault(row.configuration, {})[row.seed] = row  # newer replaces older
-    found = [Configuration(key, tuple(by_seed[seed] for seed in sorted(by_seed))) for key, by_seed in groups.items()]
+    results = [row for row in rows if row.complete and not row.is_summary and placed <= set(row.params)]
+    found = replicates(results, lambda row: row.configuration).values()
     return sorted(found, key=lambda c: (c.latent_dim, c.beta, c.id))
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pipeline.core.errors import PipelineError
 from pipeline.tracking.names import HEADLINE_METRICS as HEADLINE
 from pipeline.tracking.names import SEED
-from pipeline.tracking.rows import Configuration, Row
+from pipeline.tracking.rows import Configuration, Row, replicates
 
 # Where a run ran and under which name, not what it did; and the seed, the replicate axis.
 IGNORED_PARAMS = {"device", "tracking.experiment", SEED}
@@ -75,13 +75,8 @@ def _matches(run: Row, reference: dict[str, str], free: set[str]) -> bool:
 
 
 def _configurations(runs: list[Row], key: Callable[[Row], float]) -> list[Configuration]:
-    """One configuration per value of `key`, ascending: its runs by seed, the newest per seed."""
-    by_value: dict[float, dict[int, Row]] = {}
-    for run in sorted(runs, key=lambda r: r.start_time):
-        by_value.setdefault(key(run), {})[run.seed] = run
-    return [Configuration(max(rows.values(), key=lambda r: r.start_time).configuration,
-                          tuple(rows[seed] for seed in sorted(rows)))
-            for value, rows in sorted(by_value.items())]
+    """One configuration per value of `key`, ascending (rows.replicates: the newest run per seed)."""
+    return [configuration for _, configuration in sorted(replicates(runs, key).items())]
 
 
 def select(records: list[Row], reference: dict[str, str], experiment: str,

@@ -283,15 +283,16 @@ def section_gan(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str
         fig("samples.png", "VAE samples, GAN from the decoder and GAN from scratch, from the same noise"),
     ]
     if len(study.by_latent_dim) > 1:
-        lines, wins, losses = [], [], []
+        lines, verdicts = [], {}
         for conf in study.by_latent_dim:
             interval, said = n.difference(conf, decoder, conf, scratch)
-            verdict = ("no interval (one seed)" if not interval.has_interval else
-                       "decoder better" if interval.high < 0 else "scratch better" if interval.low > 0 else
-                       "cannot tell")
-            (wins if verdict == "decoder better" else losses if verdict == "scratch better" else []).append(conf)
+            verdicts[conf.id] = ("no interval (one seed)" if not interval.has_interval else
+                                 "decoder better" if interval.high < 0 else "scratch better" if interval.low > 0 else
+                                 "cannot tell")
             lines.append([n.param(conf.rows[0], "latent_dim"), n.count(list(conf.rows)), n.mean(conf, prior),
-                          n.mean(conf, decoder), n.mean(conf, scratch), said, verdict])
+                          n.mean(conf, decoder), n.mean(conf, scratch), said, verdicts[conf.id]])
+        wins = [c for c in study.by_latent_dim if verdicts[c.id] == "decoder better"]
+        losses = [c for c in study.by_latent_dim if verdicts[c.id] == "scratch better"]
         text += [f"Across the sweep, the GAN from the decoder beats the GAN from scratch, by an interval of the paired "
                  f"difference that excludes zero, at {n.count([x.rows[0] for x in wins])} of "
                  f"{n.count([x.rows[0] for x in study.by_latent_dim])} latent_dims, and the GAN from scratch beats it at "
