@@ -266,7 +266,7 @@ def test_training_from_the_app_records_a_new_run_and_refuses_a_second_at_once(re
     assert new_run.info.run_id in app.success[0].value
     app.sidebar.radio(key="page").set_value("Runs").run()
     assert app.sidebar.selectbox(key="run_id").value == new_run.info.run_id  # the new run is selected
-    assert new_run.info.run_id in set(app.dataframe[0].value["run_id"])
+    assert new_run.info.run_id in set(app.dataframe[1].value["run_id"])
 
     # The same params again: DVC restores their outputs, records nothing, and the page says so.
     app.sidebar.radio(key="page").set_value("Train").run()
