@@ -25,9 +25,9 @@ def test_rows_are_sorted_by_latent_dim_as_a_number_and_metrics_named_plainly():
         {"params": {"latent_dim": "4"}, "metrics": {"eval/vae/kl": 10.0, "eval/scores/vae_prior/fid": 7.0}},
         {"params": {"latent_dim": "16"}, "metrics": {"eval/vae/kl": 20.0, "eval/scores/vae_prior/fid": 8.0}}))
     assert list(table["latent_dim"]) == [4, 16, 32]  # not "16" < "32" < "4"
-    assert list(table["kl"]) == [10.0, 20.0, 30.0] and list(table["fid_vae_prior"]) == [7.0, 8.0, 9.0]
+    assert list(table["kl"]) == [10.0, 20.0, 30.0] and list(table["fid_vae"]) == [7.0, 8.0, 9.0]
     assert list(table.columns) == list(compare.COLUMNS)
-    assert table["fid_gan_scratch"].isna().all()  # no run logged it: empty, not an error
+    assert table["fid_scratch"].isna().all()  # no run logged it: empty, not an error
     assert set(table["commit"]) == {"01234567"}
 
 
@@ -74,12 +74,12 @@ def test_a_configuration_is_its_seeds_mean_with_the_t_interval_and_n():
     assert lines[:2] == [(4, 1), (8, 3)] and sorted(lines[2:]) == [(16, 1), (16, 3)]
     at_16 = table[(table["latent_dim"] == 16) & (table["n"] == 3)].iloc[0]
     expected = mean_interval([446.0, 595.0, 363.0])
-    assert at_16["seeds"] == "0 1 2" and at_16["fid_vae_prior_n"] == 3
-    assert (at_16["fid_vae_prior"], at_16["fid_vae_prior_low"], at_16["fid_vae_prior_high"]) == (
+    assert at_16["seeds"] == "0 1 2" and at_16["fid_vae_n"] == 3
+    assert (at_16["fid_vae"], at_16["fid_vae_low"], at_16["fid_vae_high"]) == (
         expected.mean, expected.low, expected.high)
     single = table[table["latent_dim"] == 4].iloc[0]
-    assert single["fid_vae_prior"] == 300.0 and single[["fid_vae_prior_low", "fid_vae_prior_high"]].isna().all()
-    assert table["fid_gan_scratch_n"].eq(0).all()
+    assert single["fid_vae"] == 300.0 and single[["fid_vae_low", "fid_vae_high"]].isna().all()
+    assert table["fid_scratch_n"].eq(0).all()
     text = compare.format_aggregate(table)
     assert f"{expected.mean:.4g} ± {compare.two_digits(expected.half_width)}" in text and "\n" in text
     assert " 300 " in text + " "  # one seed: the value, no interval
@@ -87,4 +87,4 @@ def test_a_configuration_is_its_seeds_mean_with_the_t_interval_and_n():
 
 def test_a_seed_run_twice_counts_once_the_newer_row():
     table = compare.aggregate(rows(seeded("16", 0, 400.0), seeded("16", 1, 500.0), seeded("16", 0, 410.0)))
-    assert table["n"].tolist() == [2] and table["fid_vae_prior"].tolist() == [455.0]
+    assert table["n"].tolist() == [2] and table["fid_vae"].tolist() == [455.0]

@@ -40,7 +40,10 @@ def test_dvc_yaml_declares_every_path_the_stages_write_and_only_known_params():
     assert declared("train_gan") == {str(p) for p in (paths.GAN_GENERATORS, paths.GAN_SAMPLES, paths.GAN_RUN,
                                                        paths.GAN_METRICS, paths.GAN_HISTORY)}
     assert declared("evaluate") == {str(p) for p in (paths.EVAL_FIGURES, paths.EVAL_RUN, paths.EVAL_METRICS,
-                                                      paths.EVAL_KL_PER_DIM)}
+                                                      paths.EVAL_DETAILS, paths.EVAL_KL_PER_DIM)}
+    # DVC's metrics are the headline numbers only; every stage's detail is a plain output.
+    assert [stage for stage in dvc if "metrics" in dvc[stage]] == ["evaluate"]
+    assert dvc["evaluate"]["metrics"] == [str(paths.EVAL_METRICS)]
     assert str(paths.SPLITS) in dvc["train_vae"]["deps"]
     assert {str(paths.VAE_CHECKPOINT), str(paths.VAE_RUN), str(paths.CLASSIFIER_CHECKPOINT)} <= set(dvc["train_gan"]["deps"])
     assert {str(paths.GAN_GENERATORS), str(paths.GAN_RUN)} <= set(dvc["evaluate"]["deps"])
@@ -109,7 +112,7 @@ def test_repro_then_experiment_gives_one_row_per_result(repo):
     for row in compared:
         metrics = rows[row["latent_dim"]].data.metrics
         assert float(row["recon_mse"]) == metrics["eval/vae/recon_mse_per_pixel"]
-        assert float(row["fid_gan_decoder"]) == metrics["eval/scores/gan_decoder/fid"]
+        assert float(row["fid_decoder"]) == metrics["eval/scores/gan_decoder/fid"]
 
 
 def repro_with(repo, section: str, key: str, value) -> set[str]:
@@ -144,11 +147,11 @@ def test_changing_a_gan_or_evaluation_param_reruns_only_the_stages_after_it(repo
 
 
 @pytest.mark.slow
-def test_a_new_seed_reruns_the_models_on_the_same_ruler(repo):
+def test_a_new_seed_reruns_the_models_on_the_same_ruler(repo, monkeypatch):
     dvc(repo, "repro")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "seed 0")
-    log = dvc(repo, "exp", "run", "-S", "seed=1")
+    log = dvc(repo, "exp", "run", "-n", "s1", "-S", "seed=1")
     assert {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")} == {
         "train_vae", "train_gan", "evaluate"}
     assert len(mlflow_runs(repo / "mlflow.db", "datasets")) == 1  # the split was not redrawn
@@ -160,6 +163,18 @@ def test_a_new_seed_reruns_the_models_on_the_same_ruler(repo):
     assert new.data.metrics[floor] == old.data.metrics[floor]
     assert new.data.metrics["eval/scores/vae_prior/fid"] != old.data.metrics["eval/scores/vae_prior/fid"]
     assert new.data.tags[names.CONFIGURATION_TAG] == old.data.tags[names.CONFIGURATION_TAG]
+
+    # `dvc exp show` in a 160-column terminal: its pager shows the table's first 160 columns, which
+    # hold the experiment's name, the headline metrics and the study's axes. DVC's metrics are the
+    # headline numbers only.
+    monkeypatch.setenv("COLUMNS", "2000")  # the whole table's width, as the pager gets it
+    header, *rows = [line[:160] for line in dvc(repo, "exp", "show", "--no-pager").splitlines() if line.strip(" ─")]
+    assert header.split()[:13] == ["Experiment", "Created", *sorted(names.SHOWN_FIRST), "latent_dim", "seed",
+                                   "vae.beta"]
+    assert any("[s1]" in row for row in rows)
+    (workspace,) = json.loads(dvc(repo, "metrics", "show", "--json")).values()
+    assert list(workspace["data"]) == ["outputs/eval/metrics.json"]
+    assert set(workspace["data"]["outputs/eval/metrics.json"]["data"]) == set(names.SHOWN_FIRST)
 
 
 @pytest.mark.slow

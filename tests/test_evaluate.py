@@ -14,6 +14,7 @@ from pipeline.core import data
 from pipeline.core.config import parse_config
 from pipeline.core.models import VAE, VAEArchitecture
 from pipeline.stages import evaluate, train_classifier
+from pipeline.tracking import names
 
 SETS = {"real_train", "noise", "vae_reconstructions", "vae_prior", "gan_decoder", "gan_scratch"}
 
@@ -25,7 +26,7 @@ def evaluated(tmp_path_factory):
 
 @pytest.mark.slow
 def test_evaluation_measures_the_vae_and_every_set_with_its_scale(evaluated):
-    metrics = json.loads((evaluated.root / "outputs/eval/metrics.json").read_text())
+    metrics = json.loads((evaluated.root / "outputs/eval/details.json").read_text())
     assert set(metrics["scores"]) == SETS and metrics["num_samples"] == 60
     vae = metrics["vae"]
     assert vae["iwae_samples"] == 4 and 0 <= vae["active_units"] <= 4
@@ -65,7 +66,7 @@ def test_evaluation_lands_in_the_row_of_the_vae_and_gan(evaluated):
     ids = {json.loads((evaluated.root / f"outputs/{s}/mlflow_run.json").read_text())["run_id"]
            for s in ("vae", "gan", "eval")}
     assert ids == {row.info.run_id}
-    metrics = json.loads((evaluated.root / "outputs/eval/metrics.json").read_text())
+    metrics = json.loads((evaluated.root / "outputs/eval/details.json").read_text())
     assert row.data.metrics["eval/scores/gan_decoder/fid"] == pytest.approx(metrics["scores"]["gan_decoder"]["fid"])
     assert row.data.metrics["eval/vae/iwae_nll"] == pytest.approx(metrics["vae"]["iwae_nll"])
     assert row.data.metrics["eval/probes/encoder"] == metrics["probes"]["encoder"]
@@ -78,6 +79,10 @@ def test_evaluation_lands_in_the_row_of_the_vae_and_gan(evaluated):
     artifacts = {a.path for a in client.list_artifacts(row.info.run_id, "eval")}
     assert {"eval/gan_decoder.png", "eval/vae_prior.png", "eval/reconstructions.png", "eval/test_images.png",
             "eval/kl_per_dim.csv"} <= artifacts
+    # DVC's metrics file holds the headline numbers only, by their short names, as recorded in the row.
+    headline = json.loads((evaluated.root / "outputs/eval/metrics.json").read_text())
+    assert list(headline) == list(names.SHOWN_FIRST)
+    assert headline == {short: row.data.metrics[names.HEADLINE_METRICS[short]] for short in names.SHOWN_FIRST}
     (classifier_run,) = evaluated.runs("classifiers")
     assert classifier_run.data.metrics["classifier/test_accuracy"] == metrics["classifier_test_accuracy"]
 
@@ -85,7 +90,7 @@ def test_evaluation_lands_in_the_row_of_the_vae_and_gan(evaluated):
 @pytest.mark.slow
 def test_rerun_reproduces_metrics_and_figures(evaluated):
     out = evaluated.root / "outputs/eval"
-    files = ["metrics.json", "kl_per_dim.csv", *(f"figures/{p.name}" for p in (out / "figures").iterdir())]
+    files = ["metrics.json", "details.json", "kl_per_dim.csv", *(f"figures/{p.name}" for p in (out / "figures").iterdir())]
     first = {name: (out / name).read_bytes() for name in files}
     evaluated.stage("evaluate")
     assert {name: (out / name).read_bytes() for name in files} == first

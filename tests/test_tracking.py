@@ -197,7 +197,7 @@ def test_each_configuration_gets_one_summary_run_with_its_seeds_nested_and_updat
     from pipeline.tracking import summaries
     from pipeline.tracking.rows import configurations, read_rows
 
-    fid = names.HEADLINE_METRICS["fid_vae_prior"]
+    fid = names.HEADLINE_METRICS["fid_vae"]
 
     def result(seed: int, value: float) -> str:
         params = {**{k: str(v) for k, v in flatten(parse_config(repo_params())).items()}, "seed": str(seed)}

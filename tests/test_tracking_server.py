@@ -16,6 +16,7 @@ import pytest
 from conftest import UP_TO_GAN, free_port, tiny_project, wait_until_healthy
 
 from pipeline.stages import paths
+from pipeline.tracking import names
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +56,12 @@ def test_pipeline_records_everything_into_a_tracking_server(server, tmp_path):
     (row,) = client.search_runs([client.get_experiment_by_name("mnist5k").experiment_id])
     assert row.info.status == "FINISHED" and row.data.params["latent_dim"] == "4"
     assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
-    evaluation = json.loads((tmp_path / paths.EVAL_METRICS).read_text())
+    evaluation = json.loads((tmp_path / paths.EVAL_DETAILS).read_text())
     assert row.data.metrics["eval/vae/kl"] == evaluation["vae"]["kl"]
     assert row.data.metrics["eval/scores/gan_decoder/fid"] == evaluation["scores"]["gan_decoder"]["fid"]
+    headline = json.loads((tmp_path / paths.EVAL_METRICS).read_text())  # DVC's metrics: the headline only
+    assert list(headline) == list(names.SHOWN_FIRST)
+    assert headline["fid_decoder"] == evaluation["scores"]["gan_decoder"]["fid"]
     assert len(client.search_runs([client.get_experiment_by_name("datasets").experiment_id])) == 1
 
     # Artifacts went through the server into its artifact store, and come back byte for byte.

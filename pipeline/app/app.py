@@ -18,8 +18,8 @@ from pipeline.tools import compare
 from pipeline.tracking import store
 
 PAGES = ("Runs", "Generate", "Reconstruct", "Latent space", "Train")
-SHOWN = ["run", "dataset", "latent_dim", "beta", "seed", "recon_mse", "kl", "neg_elbo", "fid_vae_prior", "fid_gan_decoder",
-         "fid_gan_scratch", "dvc_exp", "started", "run_id"]
+SHOWN = ["run", "dataset", "latent_dim", "beta", "seed", "recon_mse", "kl", "neg_elbo", "fid_vae", "fid_decoder",
+         "fid_scratch", "dvc_exp", "started", "run_id"]
 IMAGE_WIDTH = 84  # pixels per single image on the page
 SLIDER_RANGE = 4.0  # latent sliders run over [-4, 4]: the prior's mass is within about 3
 

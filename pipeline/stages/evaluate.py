@@ -249,8 +249,8 @@ def main() -> None:
         result = run(config, splits, vae, classifier, gans, device, likelihood)
         seconds = time.perf_counter() - started
         metrics = {"classifier_test_accuracy": classifier_accuracy, **result.metrics}
-        prefix = names.STAGE_METRIC_PREFIX["evaluate"]
-        mlflow.log_metrics(flat_metrics(metrics, prefix) | {names.metric("evaluate", "seconds"): seconds})
+        flat = flat_metrics(metrics, names.STAGE_METRIC_PREFIX["evaluate"])
+        mlflow.log_metrics(flat | {names.metric("evaluate", "seconds"): seconds})
         for row in result.kl_per_dim:
             mlflow.log_metric(names.metric("evaluate", "vae", "kl_per_dim"), row["kl"], step=row["dim"])
 
@@ -260,7 +260,8 @@ def main() -> None:
             if result.latent_means is not None:
                 save_latent_scatter(figures / "latent_scatter.png", result.latent_means, splits.y_test)
         write_csv(paths.EVAL_KL_PER_DIM, result.kl_per_dim)
-        write_json(paths.EVAL_METRICS, metrics)
+        write_json(paths.EVAL_DETAILS, metrics)
+        write_json(paths.EVAL_METRICS, names.shown_first(flat))
         mlflow.log_artifacts(str(paths.EVAL_FIGURES), artifact_path="eval")
         mlflow.log_artifact(str(paths.EVAL_KL_PER_DIM), artifact_path="eval")
         store.write_run_file(paths.EVAL_RUN, active)

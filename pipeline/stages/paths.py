@@ -30,7 +30,8 @@ GAN_METRICS = GAN_DIR / "metrics.json"
 GAN_HISTORY = GAN_DIR / "history.csv"
 
 EVAL_DIR = Path("outputs/eval")
-EVAL_METRICS = EVAL_DIR / "metrics.json"
+EVAL_METRICS = EVAL_DIR / "metrics.json"  # the headline numbers only (names.SHOWN_FIRST): DVC's metrics
+EVAL_DETAILS = EVAL_DIR / "details.json"  # every number the evaluation measured, nested
 EVAL_KL_PER_DIM = EVAL_DIR / "kl_per_dim.csv"
 EVAL_FIGURES = EVAL_DIR / "figures"  # grids per model, interpolation, traversal; latent plane when latent_dim is 2
 EVAL_RUN = EVAL_DIR / "mlflow_run.json"

@@ -78,9 +78,9 @@ def aggregate(rows: list[Row]) -> pd.DataFrame:
 
 # What the printed tables show; the CSVs have every column.
 PRINTED = ["run", "latent_dim", "beta", "seed", "recon_mse", "kl", "neg_elbo", "active_units", "fid_real",
-           "fid_vae_prior", "fid_gan_decoder", "fid_gan_scratch", "commit"]
-PRINTED_AGGREGATE = ["recon_mse", "kl", "neg_elbo", "active_units", "fid_real", "fid_vae_prior", "fid_gan_decoder",
-                     "fid_gan_scratch"]
+           "fid_vae", "fid_decoder", "fid_scratch", "commit"]
+PRINTED_AGGREGATE = ["recon_mse", "kl", "neg_elbo", "active_units", "fid_real", "fid_vae", "fid_decoder",
+                     "fid_scratch"]
 
 
 def format_table(table: pd.DataFrame, include_incomplete: bool = False) -> str:

@@ -17,7 +17,7 @@ REQUIRED = (
     "vae/encoder_grad_reconstruction", "vae/encoder_grad_kl", "vae/test_neg_elbo",
     "gan/decoder/fid", "gan/scratch/fid", "gan/vae_prior_fid",
     HEADLINE["recon_mse"], HEADLINE["kl"], HEADLINE["neg_elbo"], HEADLINE["iwae_nll"], HEADLINE["active_units"],
-    HEADLINE["fid_gan_decoder"], HEADLINE["fid_gan_scratch"], "eval/scores/vae_prior/sharpness",
+    HEADLINE["fid_decoder"], HEADLINE["fid_scratch"], "eval/scores/vae_prior/sharpness",
     "eval/reparameterisation/score_function", "eval/probes/encoder", "eval/discriminators/decoder/real_train",
 )
 

@@ -181,10 +181,10 @@ def section_beta(study: Study, n: Numbers) -> str:
                 "same latent_dim (`dvc exp run -S vae.beta=4`, `-S vae.beta=0.25`) would show the trade here: a larger "
                 "beta buys a latent space closer to the prior with worse reconstructions.")
     rows = [[n.param(c.rows[0], "vae.beta"), n.count(list(c.rows)), n.mean(c, HEADLINE["recon_mse"]),
-             n.mean(c, HEADLINE["kl"]), n.mean(c, HEADLINE["active_units"], ".3g"), n.mean(c, HEADLINE["fid_vae_prior"]),
+             n.mean(c, HEADLINE["kl"]), n.mean(c, HEADLINE["active_units"], ".3g"), n.mean(c, HEADLINE["fid_vae"]),
              n.mean(c, "eval/scores/vae_prior/sharpness", ".3g")] for c in configs]
     low, high = configs[0], configs[-1]
-    fid_key = HEADLINE["fid_vae_prior"]
+    fid_key = HEADLINE["fid_vae"]
     best = _best(configs, fid_key)
 
     def label(c: Configuration) -> str:
@@ -218,9 +218,9 @@ def section_latent_dim(study: Study, n: Numbers, fig: Callable[[str, str], str])
             "a table and plots of each measure against latent_dim, reconstructions side by side, and the point "
             "where more capacity stops giving better samples.")])
     keys = [HEADLINE["recon_mse"], HEADLINE["kl"], HEADLINE["neg_elbo"], HEADLINE["iwae_nll"],
-            HEADLINE["fid_vae_recon"], HEADLINE["fid_vae_prior"], HEADLINE["fid_gan_decoder"]]
+            HEADLINE["fid_recon"], HEADLINE["fid_vae"], HEADLINE["fid_decoder"]]
     rows = [[n.param(c.rows[0], "latent_dim"), n.count(list(c.rows))] + [n.mean(c, k) for k in keys] for c in configs]
-    prior = HEADLINE["fid_vae_prior"]
+    prior = HEADLINE["fid_vae"]
     best_mse, best_elbo, best_prior = _best(configs, keys[0]), _best(configs, HEADLINE["neg_elbo"]), _best(configs, prior)
     smallest = configs[0]
 
@@ -261,7 +261,7 @@ def section_latent_dim(study: Study, n: Numbers, fig: Callable[[str, str], str])
 def section_gan(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str:
     m, c = study.main, study.main_config
     final = n.steps(m, "gan/decoder/fid")
-    decoder, scratch, prior = HEADLINE["fid_gan_decoder"], HEADLINE["fid_gan_scratch"], HEADLINE["fid_vae_prior"]
+    decoder, scratch, prior = HEADLINE["fid_decoder"], HEADLINE["fid_scratch"], HEADLINE["fid_vae"]
     _, against_scratch = contrast(n, c, decoder, c, scratch, "the GAN from the decoder", "the GAN from scratch")
     _, against_vae = contrast(n, c, decoder, c, prior, "The GAN from the decoder", "the VAE's own samples")
     text = [
