@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: repro test test-fast lint bench study sweep compare report default-study ui app clean
+.PHONY: repro plots test test-fast lint bench study sweep compare report default-study ui app clean
 
 # The environment is built once; later runs reuse it (and need no network). The project itself is
 # installed editable, so `import pipeline` works from any folder and edits take effect at once.
@@ -16,8 +16,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --editable .
 	touch $@
 
-repro: $(VENV)/.installed  ## run the pipeline on the embedded data
+# `dvc plots show` renders into this template (.dvc/config), which carries its charting library.
+PLOTS_TEMPLATE := .dvc/plots/offline.html
+$(PLOTS_TEMPLATE): $(VENV)/.installed pipeline/tools/plots_template.py
+	python -m pipeline.tools.plots_template $@
+
+repro: $(VENV)/.installed $(PLOTS_TEMPLATE)  ## run the pipeline on the embedded data
 	dvc repro
+
+plots: $(PLOTS_TEMPLATE)  ## draw the workspace's curves and image grids into dvc_plots/index.html (no network)
+	dvc plots show
 
 test: lint  ## lint, then the whole test suite (what CI runs: .ci/run)
 	python -m pytest
@@ -45,7 +53,7 @@ sweep: $(VENV)/.installed  ## queue one DVC experiment per latent_dim (and seed)
 compare: $(VENV)/.installed  ## print each configuration's mean ± 95% interval over its seeds, write outputs/comparison.csv
 	python -m pipeline.tools.compare
 
-report: $(VENV)/.installed  ## write reports/reflection.md (and .html, figures) from the recorded runs
+report: $(VENV)/.installed  ## write outputs/report/reflection.md (and .html, figures) from the recorded runs
 	python -m pipeline.tools.report
 
 # The study behind the published report: the latent_dim sweep, then BETAS at BETA_LATENT_DIM, each
@@ -56,10 +64,11 @@ STUDY_SEEDS ?= 0 1 2 3 4
 default-study: $(VENV)/.installed  ## run the default study (8 configurations x 5 seeds) and write its report into reports/
 	python -m pipeline.tools.sweep --latent-dims $(LATENT_DIMS) --seeds $(STUDY_SEEDS) --jobs $(JOBS)
 	python -m pipeline.tools.sweep --latent-dims $(BETA_LATENT_DIM) --betas $(BETAS) --seeds $(STUDY_SEEDS) --jobs $(JOBS)
-	python -m pipeline.tools.report
+	python -m pipeline.tools.report --output reports --main-latent-dim $(BETA_LATENT_DIM)
 
-ui: $(VENV)/.installed  ## open the MLflow UI on http://127.0.0.1:5000
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+UI_PORT ?= 5000
+ui: $(VENV)/.installed  ## the MLflow UI on http://127.0.0.1:5000: prints each experiment's runs page, headline columns first
+	python -m pipeline.tools.ui --port $(UI_PORT)
 
 # The explorer binds to this machine only; see the README before exposing it.
 APP_PORT ?= 8501

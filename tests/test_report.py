@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -49,7 +51,7 @@ NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?(?![\w%])")  # not 
 
 @pytest.mark.slow
 def test_report_answers_each_question_and_every_figure_it_links_exists(reported):
-    out = reported.root / "reports"
+    out = reported.root / "outputs/report"
     text = (out / "reflection.md").read_text()
     for heading in ("## The runs", "## 1. Why the reparameterisation trick", "## 2. How the KL term",
                     "## 3. How latent_dim", "## 4. The VAE decoder as a GAN generator",
@@ -73,7 +75,7 @@ def test_report_answers_each_question_and_every_figure_it_links_exists(reported)
 
 @pytest.mark.slow
 def test_every_number_matches_the_run_it_cites(reported):
-    numbers = json.loads((reported.root / "reports/reflection.numbers.json").read_text())
+    numbers = json.loads((reported.root / "outputs/report/reflection.numbers.json").read_text())
     store = client(reported)
     runs = {r.info.run_id: r for r in reported.runs("mnist5k")}
 
@@ -118,8 +120,8 @@ def test_every_number_matches_the_run_it_cites(reported):
 
 @pytest.mark.slow
 def test_every_number_in_the_text_is_one_the_report_cited(reported):
-    text = prose((reported.root / "reports/reflection.md").read_text())
-    cited = {entry["text"] for entry in json.loads((reported.root / "reports/reflection.numbers.json").read_text())}
+    text = prose((reported.root / "outputs/report/reflection.md").read_text())
+    cited = {entry["text"] for entry in json.loads((reported.root / "outputs/report/reflection.numbers.json").read_text())}
     uncited = [token for token in NUMBER.findall(text) if token not in cited]
     assert uncited == []
 
@@ -157,7 +159,7 @@ def test_selection_takes_the_newest_run_per_value_and_ignores_other_settings():
     assert [[r.run_id for r in c.rows] for c in study.by_latent_dim] == [["new4", "seed1"], ["ld8"]]
     assert [[r.run_id for r in c.rows] for c in study.by_beta] == [["new4", "seed1"], ["beta4"]]
     assert runs.select(rows, {**reference, "seed": "7"}, "x").main.run_id == "new4"  # another seed: its lowest
-    with pytest.raises(runs.ReportError, match="no complete run with params.yaml's settings"):
+    with pytest.raises(runs.ReportError, match="no complete run with the settings of params.yaml"):
         runs.select(rows, {**reference, "gan.epochs": "7"}, "x")
 
 
@@ -208,18 +210,47 @@ def test_rises_counts_setbacks_and_readable_drops_the_exponent():
 
 @pytest.mark.slow
 def test_no_matching_run_is_refused_and_writes_nothing(reported):
-    before = {p: p.stat().st_mtime_ns for p in (reported.root / "reports").rglob("*")}
+    before = {p: p.stat().st_mtime_ns for p in (reported.root / "outputs/report").rglob("*")}
     reported.write_params({"gan": {"epochs": 3}})
     try:
         result = reported.stage("report", check=False)
     finally:
         reported.write_params()
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "no complete run with params.yaml's settings" in result.stderr
-    assert {p: p.stat().st_mtime_ns for p in (reported.root / "reports").rglob("*")} == before
+    assert "no complete run with the settings of params.yaml (not in git)" in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in (reported.root / "outputs/report").rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_the_main_configuration_comes_from_the_committed_settings_not_the_last_experiment(reported, tmp_path):
+    """In git, an experiment run in the workspace leaves its values in params.yaml: the report still
+    picks the study's committed settings and says so; --main-latent-dim chooses another; nothing is
+    written outside --output."""
+    root = reported.root
+    environment = reported.environment({"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+                                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"})
+    for command in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "study"]):
+        subprocess.run(["git", *command], cwd=root, env=environment, check=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    before = {p: p.stat().st_mtime_ns for p in (root / "outputs/report").rglob("*")}
+    reported.write_params({"latent_dim": 2})  # as `dvc exp run -S latent_dim=2` leaves it
+    try:
+        for argv, main in (([], "ld4-beta1-"), (["--main-latent-dim", "2"], "ld2-beta1-")):
+            out = tmp_path / main
+            result = subprocess.run([sys.executable, "-m", "pipeline.tools.report", "--output", str(out), *argv],
+                                    cwd=root, env=environment, capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+            text = (out / "reflection.md").read_text()
+            assert f"the settings of `params.yaml` as committed at `{commit}`" in text
+            assert re.search(rf"The main configuration, `{main}\w{{8}}`", text)
+            assert ("from `--main-latent-dim`" in text) == bool(argv)
+    finally:
+        reported.write_params()
+    assert {p: p.stat().st_mtime_ns for p in (root / "outputs/report").rglob("*")} == before
+    assert not (root / "reports").exists()  # the published folder is written only when asked
 
 
 def test_no_store_is_refused_without_creating_one(project):
     result = project.stage("report", check=False)
     assert result.returncode == 2 and "there is no MLflow store" in result.stderr
-    assert not project.store.exists() and not (project.root / "reports").exists()
+    assert not project.store.exists() and not (project.root / "outputs/report").exists()

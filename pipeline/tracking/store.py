@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from pipeline.core.config import Config, flatten
 from pipeline.core.errors import Terminated, TrackingError, without_credentials
 from pipeline.core.io import read_json, write_json
-from pipeline.tracking import names
+from pipeline.tracking import names, views
 
 log = logging.getLogger(__name__)
 
@@ -109,21 +110,35 @@ def connect():
         return mlflow, mlflow.MlflowClient()  # the client's store creates and migrates the database
 
 
+def experiment_tags(name: str, existing: dict[str, str] | None = None) -> dict[str, str]:
+    """The tags experiment `name` must carry that it lacks (or holds out of date): every experiment
+    says it holds model training (names.py); a result experiment also carries the UI's saved view of
+    the headline numbers (views.py)."""
+    existing = existing or {}
+    tags = {}
+    if existing.get(names.EXPERIMENT_KIND_TAG) != names.TRAINING_KIND:
+        tags[names.EXPERIMENT_KIND_TAG] = names.TRAINING_KIND
+    if name not in (names.DATA_EXPERIMENT, names.CLASSIFIER_EXPERIMENT) and not views.is_current(
+            existing.get(views.VIEW_TAG)):
+        tags[views.VIEW_TAG] = views.envelope(int(time.time() * 1000))
+    return tags
+
+
 def ensure_experiment(name: str) -> str:
-    """The id of experiment `name`, created (with artifacts beside the local store) if missing."""
+    """The id of experiment `name`, created (with artifacts beside the local store) if missing, with
+    its tags brought up to date (experiment_tags)."""
     mlflow, client = connect()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
-        if names.EXPERIMENT_KIND_TAG not in experiment.tags:  # made by older code
-            client.set_experiment_tag(experiment.experiment_id, names.EXPERIMENT_KIND_TAG, names.TRAINING_KIND)
+        for key, value in experiment_tags(name, experiment.tags).items():  # made by older code
+            client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     # With the default local store, keep artifacts at the project root too; a tracking server
     # chooses its own. (Not judged by MLFLOW_TRACKING_URI alone: set_tracking_uri sets it.)
     local = tracking_uri() == default_tracking_uri()
     location = (project_root() / "mlartifacts").as_uri() if local else None
     try:
-        return client.create_experiment(name, artifact_location=location,
-                                        tags={names.EXPERIMENT_KIND_TAG: names.TRAINING_KIND})
+        return client.create_experiment(name, artifact_location=location, tags=experiment_tags(name))
     except mlflow.exceptions.MlflowException:
         # Another process created it between our lookup and our create.
         experiment = client.get_experiment_by_name(name)

@@ -36,11 +36,12 @@ def usable(rows: list[Row]) -> tuple[list[Row], list[Row]]:
 @dataclass
 class Study:
     experiment: str
-    main: Row  # the main configuration's run at params.yaml's seed (else its lowest): the one-run figures
-    main_config: Configuration  # the configuration at params.yaml's latent_dim and beta, over its seeds
+    main: Row  # the main configuration's run at the settings' seed (else its lowest): the one-run figures
+    main_config: Configuration  # the configuration at the settings' latent_dim and beta, over its seeds
     by_latent_dim: list[Configuration]  # one per latent_dim, ascending
     by_beta: list[Configuration]  # one per beta at the main configuration's latent_dim, ascending
     outdated: list[Row] = field(default_factory=list)
+    source: str = "`params.yaml`"  # where the settings that picked the runs came from (markdown)
 
     @property
     def configurations(self) -> list[Configuration]:
@@ -80,13 +81,13 @@ def _configurations(runs: list[Row], key: Callable[[Row], float]) -> list[Config
 
 
 def select(records: list[Row], reference: dict[str, str], experiment: str,
-           outdated: list[Row] | None = None) -> Study:
+           outdated: list[Row] | None = None, source: str = "`params.yaml`") -> Study:
     """The runs the report is built from (see the package docstring). `reference` is params.yaml
     flattened as the stages log it ({"vae.beta": "1.0", ...})."""
     by_latent_dim = _configurations([r for r in records if _matches(r, reference, {"latent_dim"})],
                                     lambda r: r.latent_dim)
     if not by_latent_dim:
-        raise ReportError(f"experiment {experiment!r} holds no complete run with params.yaml's settings "
+        raise ReportError(f"experiment {experiment!r} holds no complete run with the settings of {source.replace('`', '')} "
                           f"({len(records)} complete run(s) differ in other params, {len(outdated or [])} were "
                           "recorded by older code): run `make repro` (or `make sweep`) first")
     at_reference = [c for c in by_latent_dim if str(c.latent_dim) == reference["latent_dim"]]
@@ -94,4 +95,4 @@ def select(records: list[Row], reference: dict[str, str], experiment: str,
     main = next((r for r in main_config.rows if str(r.seed) == reference.get(SEED)), main_config.rows[0])
     reference_at_main = {**reference, "latent_dim": str(main_config.latent_dim)}
     by_beta = _configurations([r for r in records if _matches(r, reference_at_main, {"vae.beta"})], lambda r: r.beta)
-    return Study(experiment, main, main_config, by_latent_dim, by_beta, list(outdated or []))
+    return Study(experiment, main, main_config, by_latent_dim, by_beta, list(outdated or []), source)

@@ -61,7 +61,7 @@ def section_runs(study: Study, n: Numbers) -> str:
     text = [
         "## The runs",
         f"Built from {n.count(study.runs)} complete run{'s' if len(study.runs) > 1 else ''} of the MLflow "
-        f"experiment `{study.experiment}`, those that share the settings of `params.yaml` apart from `latent_dim` "
+        f"experiment `{study.experiment}`, those that share the settings of {study.source} apart from `latent_dim` "
         "(and `vae.beta` for the beta comparison) and the model `seed`. Runs that differ only in their seed are "
         "replicates of one configuration; the split and the evaluation classifier (`data.seed`, `classifier.seed`) "
         "are the same for all of them, so every score is measured with one ruler. A configuration's number is the "
@@ -69,7 +69,8 @@ def section_runs(study: Study, n: Numbers) -> str:
         "a t-interval at these few seeds); a difference between two configurations run at the same seeds is "
         "paired by seed. Each configuration and its seeds:",
         _table(["latent_dim", "beta", "seeds (n)", "seeds", "configuration"], configs),
-        f"The main run, used where one run illustrates, is `{study.main.name}` (seed {n.param(study.main, 'seed')}). "
+        f"The main configuration, `{study.main_config.id}`, is the one at those settings' `latent_dim` and `vae.beta`; "
+        f"its run used where one run illustrates is `{study.main.name}` (seed {n.param(study.main, 'seed')}). "
         "Bit-for-bit reruns hold on the same machine and software; on another CPU the numbers differ in the last "
         "digits, so a rerun elsewhere should fall inside these intervals rather than match them. Every run:",
         _table(["run", "latent_dim", "beta", "seed", "commit", "DVC experiment", "MLflow run id"], rows),
