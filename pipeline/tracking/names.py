@@ -45,8 +45,8 @@ CONFIGURATION_TAG = "pipeline.configuration"  # on a result row: its configurati
 SUMMARY_TAG = "pipeline.summary_of"  # on a configuration's summary run: the configuration it aggregates
 SEEDS_TAG = "pipeline.seeds"  # on a summary run: the seeds of its rows, comma-separated
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a row under this run
-# MLflow's own experiment tag: the UI (3.x) shows an experiment of another kind, or of none, in its
-# GenAI view, which hides training runs; every experiment here says it holds model training.
+# MLflow's own experiment tag: every experiment here says it holds model training. (MLflow 3.17's
+# sidebar does not follow it but the URL's workflowType: views.runs_path, docs/results.md.)
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 # Params read back by name (every param is recorded under its dotted params.yaml key)
