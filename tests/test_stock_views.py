@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import TINY, copy_repo, free_port, git, merge, mlflow_runs, open_browser, repo_params, wait_until_healthy
+from conftest import TINY, copy_repo, free_port, merge, mlflow_runs, open_browser, repo_params, wait_until_healthy
 
 from pipeline.tracking import names, views
 
@@ -28,10 +28,17 @@ def reproduced(tmp_path_factory):
     env |= {"PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
             "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "test",
             "GIT_COMMITTER_EMAIL": "t@example.com"}
-    git(root, "init", "-q")
-    for command in (["-m", "pipeline.tools.plots_template"], ["-m", "dvc", "repro"]):
-        result = subprocess.run([sys.executable, *command], cwd=root, env=env, capture_output=True, text=True)
+    def run(*command: str) -> None:
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "pipeline.tools.plots_template")
+    run(sys.executable, "-m", "dvc", "repro")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "seed 0")
+    run(sys.executable, "-m", "dvc", "exp", "run", "-n", "s1", "-S", "seed=1")  # a replicate
+    run(sys.executable, "-m", "pipeline.tools.compare")  # the configuration's summary run, with its interval
     return root, env
 
 
@@ -83,7 +90,7 @@ def test_mlflow_ui_as_make_ui_starts_it_lands_on_the_runs_with_the_headline_colu
     from selenium.webdriver.support.ui import WebDriverWait
 
     root, env = reproduced
-    (row,) = mlflow_runs(root / "mlflow.db", "mnist5k")
+    (summary,) = mlflow_runs(root / "mlflow.db", "mnist5k", summaries=True)
     port = free_port()
     log = tmp_path / "ui.log"
     with open(log, "wb") as output:
@@ -93,26 +100,27 @@ def test_mlflow_ui_as_make_ui_starts_it_lands_on_the_runs_with_the_headline_colu
     try:
         wait_until_healthy(server, f"http://127.0.0.1:{port}/health", log.read_text, seconds=120)
         printed = [line.split()[-1] for line in log.read_text().splitlines() if line.startswith("  mnist5k: ")]
-        experiment_id = row.info.experiment_id
+        experiment_id = summary.info.experiment_id
         assert printed == [f"http://127.0.0.1:{port}/{views.runs_path(experiment_id)}"]
         # A light server: the one process `mlflow ui` runs as, and its one worker.
         children = subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 2
 
         # Wide enough for the table to draw every column it holds (it draws only those in view).
-        browser = open_browser(tmp_path / "profile", size="3600,1000")
+        browser = open_browser(tmp_path / "profile", size="4800,1000")
         browser.get(printed[0])
 
         def headers(driver):
             shown = [cell.text for cell in driver.find_elements(By.CSS_SELECTOR, "[data-testid^='sort-header-']")]
-            return shown if names.HEADLINE_METRICS["fid_scratch"] in shown else False
+            return shown if names.HEADLINE_METRICS["fid_scratch"] + views.HALF_WIDTH in shown else False
 
         shown = WebDriverWait(browser, 60, poll_frequency=1).until(headers)
-        # The params first, then the headline metrics, in that order.
-        wanted = [*views.SHOWN_PARAMS, *views.headline_metric_keys()]
+        # The params first, then each headline metric and its interval's half-width, in that order.
+        wanted = [*views.SHOWN_PARAMS, *(f"{key}{suffix}" for key in views.headline_metric_keys()
+                                         for suffix in ("", views.HALF_WIDTH))]
         assert [header for header in shown if header in wanted] == wanted
         body = browser.find_element(By.TAG_NAME, "body").text
-        assert row.info.run_name in body  # the run's row, not the GenAI pages
+        assert summary.info.run_name in body  # the configuration's summary row (its seeds folded under it)
         assert "Headline numbers" in body  # the saved view, by name
         # The sidebar is the model-training one (GenAI's lists Overview, Sessions, Prompts, ...).
         sidebar = browser.find_element(By.CSS_SELECTOR, "nav, aside").text.splitlines()
@@ -129,7 +137,7 @@ def test_mlflow_ui_as_make_ui_starts_it_lands_on_the_runs_with_the_headline_colu
         charts = text.split(marker, 1)[1]
         titles = [line for line in charts.splitlines() if line.startswith("eval/")]
         assert titles[:len(names.SHOWN_FIRST)] == views.headline_metric_keys()
-        assert f"{row.data.metrics[names.HEADLINE_METRICS['kl']]:.2f}" in charts.split(titles[2])[0]
+        assert f"{summary.data.metrics[names.HEADLINE_METRICS['kl']]:.2f}" in charts.split(titles[2])[0]
         keep(browser, "mlflow-ui-charts.png")
     finally:
         if browser is not None:

@@ -218,6 +218,7 @@ def test_each_configuration_gets_one_summary_run_with_its_seeds_nested_and_updat
     assert summary.metrics[fid] == 450.0 and summary.metrics[f"{fid}/n"] == 2
     assert (summary.metrics[f"{fid}/ci95_low"], summary.metrics[f"{fid}/ci95_high"]) == pytest.approx(
         (450.0 - 12.706204736 * 50.0, 450.0 + 12.706204736 * 50.0))  # t(0.975, 1) * s / sqrt(2)
+    assert summary.metrics[f"{fid}/ci95_half_width"] == pytest.approx(12.706204736 * 50.0)  # the UI's ± column
     assert summary.tags["pipeline.seeds"] == "0,1" and summary.tags["mlflow.runName"].endswith("(2 seeds)")
     assert "seed" not in summary.params and summary.params["latent_dim"] == str(repo_params()["latent_dim"])
     assert {run.info.run_id: run.data.tags.get("mlflow.parentRunId") for run in project.runs("rows")} == {

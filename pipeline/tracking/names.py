@@ -89,6 +89,9 @@ def shown_first(metrics: dict[str, float]) -> dict[str, float]:
     return {short: metrics[HEADLINE_METRICS[short]] for short in SHOWN_FIRST}
 
 
+# Suffixes of a summarised metric in a summary run: `<key>/ci95_low` ... (summaries.summary_metrics).
+CI_LOW, CI_HIGH, CI_HALF_WIDTH, CI_COUNT = "ci95_low", "ci95_high", "ci95_half_width", "n"
+
 # What a configuration's summary run aggregates over its seeds: the headline numbers, and the
 # precision, recall and sharpness of each model's samples (the report's VAE-against-GAN claims).
 SUMMARY_METRICS = [

@@ -14,7 +14,7 @@ import time
 from pipeline.tracking import names, store
 from pipeline.tracking.rows import Configuration, Row, open_experiment
 
-LOW, HIGH, COUNT = "ci95_low", "ci95_high", "n"  # suffixes of a summarised metric's interval and count
+LOW, HIGH, HALF, COUNT = names.CI_LOW, names.CI_HIGH, names.CI_HALF_WIDTH, names.CI_COUNT
 BATCH = 1000  # MLflow's largest log_batch
 
 
@@ -26,7 +26,7 @@ def summary_name(configuration: Configuration) -> str:
 def summary_metrics(configuration: Configuration) -> dict[str, float]:
     """What a summary run logs: under each metric's own key the mean over the seeds (so the UI
     shows it in the same column as the seeds' values), and `<key>/ci95_low`, `<key>/ci95_high`,
-    `<key>/n`; with one seed, the mean and n only."""
+    `<key>/ci95_half_width`, `<key>/n`; with one seed, the mean and n only."""
     logged: dict[str, float] = {}
     for key in names.SUMMARY_METRICS:
         interval = configuration.interval(key)
@@ -36,6 +36,7 @@ def summary_metrics(configuration: Configuration) -> dict[str, float]:
         logged[f"{key}/{COUNT}"] = interval.n
         if interval.has_interval:
             logged[f"{key}/{LOW}"], logged[f"{key}/{HIGH}"] = interval.low, interval.high
+            logged[f"{key}/{HALF}"] = interval.half_width
     return logged
 
 

@@ -21,6 +21,7 @@ VIEW_NAME = "Headline numbers"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
 SECTION = "Headline numbers"
 SHOWN_PARAMS = (names.LATENT_DIM, names.BETA, names.SEED)
+HALF_WIDTH = f"/{names.CI_HALF_WIDTH}"  # the ± of a summary run's mean
 
 
 def column(kind: str, key: str) -> str:
@@ -33,12 +34,15 @@ def headline_metric_keys() -> list[str]:
 
 
 def columns() -> list[str]:
-    return [column("params", key) for key in SHOWN_PARAMS] + [column("metrics", key) for key in headline_metric_keys()]
+    """The params, then each headline metric followed by its interval's half-width (a configuration's
+    summary run holds it; a seed's row leaves it empty)."""
+    metrics = [column("metrics", f"{key}{suffix}") for key in headline_metric_keys() for suffix in ("", HALF_WIDTH)]
+    return [column("params", key) for key in SHOWN_PARAMS] + metrics
 
 
 def state() -> dict:
-    """The runs page's UI state and search facets: the shown params and the headline metrics as the
-    table's columns; a first chart section with one bar chart per headline metric.
+    """The runs page's UI state and search facets: the shown params and the headline metrics (each with
+    its half-width) as the table's columns; a first chart section with one bar chart per headline metric.
     MLflow adds every other metric's chart, in sections after it."""
     charts = [{"type": "BAR", "uuid": f"{VIEW_ID}-{short}", "metricKey": names.HEADLINE_METRICS[short],
                "metricSectionId": VIEW_ID, "runsCountToCompare": 10, "deleted": False, "isGenerated": False}
@@ -50,7 +54,7 @@ def state() -> dict:
         # UI state
         "selectedColumns": columns(),
         "columnOrder": columns(),  # the params first, then the metrics in SHOWN_FIRST's order
-        "columnWidths": {key: 180 for key in columns()[len(SHOWN_PARAMS):]},  # wide enough for a metric's name
+        "columnWidths": {key: 130 if key.endswith(f"{HALF_WIDTH}`") else 180 for key in columns()[len(SHOWN_PARAMS):]},
         "runsHiddenMode": "FIRST_10_RUNS",
         "compareRunCharts": charts,
         "compareRunSections": [{"uuid": VIEW_ID, "name": SECTION, "display": True, "isReordered": True,
