@@ -102,7 +102,7 @@ def test_repro_then_experiment_gives_one_row_per_result(repo):
     table = list(csv.DictReader(io.StringIO(dvc(repo, "exp", "show", "--csv"))))
     by_latent = {row["latent_dim"]: row for row in table if row["typ"] != "baseline" or row["rev"] != "workspace"}
     assert set(by_latent) == {"4", "8"}
-    assert float(by_latent["8"]["test_neg_elbo"]) == pytest.approx(rows["8"].data.metrics["vae/test_neg_elbo"])
+    assert float(by_latent["8"]["neg_elbo"]) == pytest.approx(rows["8"].data.metrics["eval/vae/neg_elbo"])
 
     # The same comparison from MLflow, without the UI: printed, and written as CSV.
     shown = run_module(repo, "pipeline.tools.compare", "--runs")
