@@ -68,7 +68,7 @@ default-study: $(VENV)/.installed  ## run the default study (8 configurations x 
 
 UI_PORT ?= 5000
 ui: $(VENV)/.installed  ## the MLflow UI on http://127.0.0.1:5000: prints each experiment's runs page, headline columns first
-	python -m pipeline.tools.ui --port $(UI_PORT)
+	python -m pipeline.tools.ui --host 127.0.0.1 --port $(UI_PORT)
 
 # The explorer binds to this machine only; see the README before exposing it.
 APP_PORT ?= 8501
