@@ -117,8 +117,10 @@ def test_mlflow_ui_as_make_ui_starts_it_lands_on_the_runs_with_the_headline_colu
                                          for suffix in ("", views.HALF_WIDTH))]
 
         def headers(driver):
-            cells = driver.find_elements(By.CSS_SELECTOR, "[data-testid^='sort-header-']")
-            shown = [cell.text for cell in sorted(cells, key=lambda cell: cell.rect["x"])]
+            shown = driver.execute_script("""
+                return Array.from(document.querySelectorAll("[data-testid^='sort-header-']"))
+                    .sort((a, b) => a.getBoundingClientRect().left - b.getBoundingClientRect().left)
+                    .map(cell => cell.textContent);""")
             seen.append([header for header in shown if header in wanted])
             return seen[-1] == wanted
 
