@@ -5,7 +5,7 @@
 It brings every result experiment's tags up to date first (the training kind and the saved view of
 the headline numbers, pipeline/tracking/views.py), then runs `mlflow ui` with one worker and without
 MLflow's job runner (GenAI jobs this project has none of), and prints each experiment's address:
-the runs table and charts in that view, in the model-training sidebar. docs/tracking.md explains.
+the runs table and charts in that view, in the model-training sidebar. docs/results.md explains.
 """
 
 from __future__ import annotations

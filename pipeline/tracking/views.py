@@ -5,9 +5,9 @@ order. Its "Save & share view" feature stores a view as an experiment tag,
 `mlflow.sharedViewState.<id>`, whose value is a JSON envelope `{name, createdAt, state}`, `state`
 being the page's UI state as JSON (MLflow writes it deflate-compressed; plain JSON is read too).
 The URL `#/experiments/<id>/runs?viewStateShareKey=<id>` opens it, and the view is listed in the
-page's saved views. That format is the UI's own, not a documented API: MLflow's version is pinned in
-requirements.txt's comment and tests/test_mlflow_ui.py opens the view in a browser, so a change
-shows up as a failing test. docs/tracking.md says what a user sees.
+page's saved views. That format is the UI's own, not a documented API: it was read from MLflow
+3.17.2 (requirements.txt's comment names the versions tested), and tests/test_stock_views.py opens
+the view in a browser, so a change in a later MLflow shows up as a failing test. docs/results.md says what a user sees.
 """
 
 from __future__ import annotations
