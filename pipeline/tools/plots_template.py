@@ -30,7 +30,7 @@ PAGE = """<!DOCTYPE html>
     </script>
     <script type="text/javascript">
         // DVC's page calls vegaEmbed(element, spec) once per chart: draw each as SVG, whose marks
-        // can be inspected (tests/test_dvc_plots.py counts them) and print sharply.
+        // can be inspected (tests/test_stock_views.py counts them) and print sharply.
         const bundledEmbed = window.vegaEmbed;
         window.vegaEmbed = (element, spec, options) =>
             bundledEmbed(element, spec, Object.assign({{renderer: "svg"}}, options));

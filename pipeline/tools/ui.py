@@ -32,7 +32,7 @@ def result_experiments() -> list[tuple[str, str]]:
     _, client = store.connect()
     found = []
     for experiment in client.search_experiments():
-        if experiment.name in (names.DATA_EXPERIMENT, names.CLASSIFIER_EXPERIMENT, "Default"):
+        if experiment.name in (*names.OWN_EXPERIMENTS, "Default"):  # "Default": MLflow's own, empty here
             continue
         found.append((experiment.name, store.ensure_experiment(experiment.name)))
     return found
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the UI shows the local store, whatever the shell says
-    path = store.project_root() / "mlflow.db"
+    path = store.default_store()
     if not path.exists():
         raise TrackingError(f"no MLflow store at {path}: run `make repro` first, then `make ui`")
     base = f"http://{args.host}:{args.port}/"

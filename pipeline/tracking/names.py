@@ -21,6 +21,7 @@ STAGE_EXPERIMENT: dict[str, str | None] = {
     "evaluate": None,
 }
 RESULT_STAGES = tuple(stage for stage in STAGES if STAGE_EXPERIMENT[stage] is None)
+OWN_EXPERIMENTS = tuple(name for name in STAGE_EXPERIMENT.values() if name is not None)  # not result experiments
 
 # Each stage's metrics are named `<prefix>/<name>`: how a new row knows which metrics to copy.
 STAGE_METRIC_PREFIX = {"download": "data", "train_vae": "vae", "train_classifier": "classifier",

@@ -29,8 +29,13 @@ def project_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
+def default_store() -> Path:
+    """The local MLflow store: mlflow.db at the project root."""
+    return project_root() / "mlflow.db"
+
+
 def default_tracking_uri() -> str:
-    return f"sqlite:///{project_root() / 'mlflow.db'}"
+    return f"sqlite:///{default_store()}"
 
 
 def tracking_uri() -> str:
@@ -118,7 +123,7 @@ def experiment_tags(name: str, existing: dict[str, str] | None = None) -> dict[s
     tags = {}
     if existing.get(names.EXPERIMENT_KIND_TAG) != names.TRAINING_KIND:
         tags[names.EXPERIMENT_KIND_TAG] = names.TRAINING_KIND
-    if name not in (names.DATA_EXPERIMENT, names.CLASSIFIER_EXPERIMENT) and not views.is_current(
+    if name not in names.OWN_EXPERIMENTS and not views.is_current(
             existing.get(views.VIEW_TAG)):
         tags[views.VIEW_TAG] = views.envelope(int(time.time() * 1000))
     return tags
