@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: repro plots test test-fast lint bench study sweep compare report default-study ui app clean
+.PHONY: repro plots test test-fast lint bench bench-load study sweep compare report default-study ui app clean
 
 # The environment is built once; later runs reuse it (and need no network). The project itself is
 # installed editable, so `import pipeline` works from any folder and edits take effect at once.
@@ -38,6 +38,9 @@ lint: $(VENV)/.installed  ## ruff, with the settings in pyproject.toml
 
 bench: $(VENV)/.installed  ## print training throughput and pipeline wall times
 	python benchmarks/bench.py
+
+bench-load: $(VENV)/.installed  ## time make compare, the report and the explorer over 2,000 rows
+	python benchmarks/load.py
 
 study: $(VENV)/.installed  ## GAN from the decoder vs from scratch vs VAE samples, over seeds 0-2 (about 3 minutes)
 	python benchmarks/gan_from_decoder.py

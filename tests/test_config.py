@@ -1,5 +1,7 @@
 """params.yaml is validated before any work: bad values name the key, the value and what is allowed."""
 
+import os
+
 import pytest
 import torch
 from conftest import merge, repo_params
@@ -86,9 +88,12 @@ def test_stage_with_bad_params_exits_non_zero_and_writes_nothing(project, stage,
 
 def test_thread_limit_comes_from_the_environment():
     assert thread_limit({}) is None and thread_limit({"PIPELINE_THREADS": ""}) is None  # all cores
-    assert thread_limit({"PIPELINE_THREADS": "3"}) == 3
-    for bad in ("0", "-1", "two", "1.5"):
-        with pytest.raises(ConfigError, match=f"PIPELINE_THREADS = '{bad}' is not allowed"):
+    cores = os.cpu_count()
+    assert thread_limit({"PIPELINE_THREADS": "1"}) == 1 and thread_limit({"PIPELINE_THREADS": str(cores)}) == cores
+    # Beyond the machine's cores (99999999 crashed torch), non-ASCII digits that int() would take.
+    for bad in ("0", "-1", "two", "1.5", str(cores + 1), "99999999", "\u0663", "\u00b2", "\uff11"):
+        with pytest.raises(ConfigError, match=f"PIPELINE_THREADS = '{bad}' is not allowed; expected a whole "
+                                              f"number of threads from 1 to {cores}"):
             thread_limit({"PIPELINE_THREADS": bad})
 
 

@@ -121,7 +121,8 @@ def tiny(tmp_path_factory):
 
 def test_classifier_learns_the_digits(tiny):
     config, splits = tiny
-    config = parse_config(merge(repo_params(), merge(TINY, {"classifier": {"epochs": 10, "feature_dim": 64}})))
+    config = parse_config(merge(repo_params(), merge(TINY, {"classifier": {"epochs": 10, "feature_dim": 64},
+                                                           "evaluate": {"num_samples": 100}})))
     result = train_classifier.run(config, splits, "cpu")
     assert result.final["test_accuracy"] > 0.6  # ten classes: chance is 0.1; 240 training images only
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]

@@ -192,7 +192,7 @@ def test_a_read_only_store_is_refused_before_any_work(upstream):
     uri = f"sqlite:///file:{upstream.store}?mode=ro&uri=true"  # the store, opened read-only
     result = upstream.stage("train_vae", check=False, env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode == 2, result.stderr
-    assert "could not be used: attempt to write a readonly database" in result.stderr
+    assert "is read-only (attempt to write a readonly database)" in result.stderr
     assert "Traceback" not in result.stderr and state(upstream) == before
 
 
@@ -367,3 +367,463 @@ def test_two_queue_workers_at_once_record_every_run(repo):
     assert all(r.info.status == "FINISHED" and r.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
                for r in rows)
     assert {r.data.tags["dvc.exp_name"] for r in rows} == {"concurrent-ld2", "concurrent-ld3", "concurrent-ld5"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults of the machine and the store (reliability part two): each is one line
+# `<stage>: error: ...`, exit 2, no traceback, no output changed, and no row left RUNNING.
+
+
+def assert_one_line_refusal(project: Project, stage: str, message: str, *, env: dict | None = None,
+                            setup=contextlib.nullcontext, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `stage` inside `setup()`: exit 2 with one error line holding `message`, no traceback,
+    every output as before, and no row added unless it ended (FAILED or KILLED)."""
+    before_files = state(project)[0]
+    before_rows = {r.info.run_id for r in project.runs()}
+    with setup():
+        result = project.stage(stage, check=False, env=env, timeout=timeout)
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{stage}: error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert state(project)[0] == before_files  # no output written, none replaced, no temporary left
+    added = [r for r in project.runs() if r.info.run_id not in before_rows]
+    assert all(r.info.status in ("FAILED", "KILLED") for r in added), [r.info.status for r in added]
+    return result
+
+
+@contextlib.contextmanager
+def store_replaced(project: Project, damage):
+    """The store damaged by `damage(bytes) -> bytes` for the block; put back afterwards."""
+    original = project.store.read_bytes()
+    project.store.write_bytes(damage(original))
+    try:
+        yield
+    finally:
+        project.store.write_bytes(original)
+
+
+@contextlib.contextmanager
+def store_locked(project: Project, seconds: float | None = None):
+    """Another process holding the store's write lock: for the block, or for `seconds` from now."""
+    script = ("import sqlite3, sys, time\n"
+              "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True)\n"
+              "time.sleep(float(sys.argv[2])); c.execute('COMMIT')\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(project.store), str(seconds or 3600)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    try:
+        yield holder
+    finally:
+        if seconds is None:
+            holder.kill()
+        holder.wait(timeout=seconds + 60 if seconds else 60)
+
+
+FAST_WAIT = {"PIPELINE_STORE_WAIT_S": "2"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: os.urandom(len(data)), "is damaged (file is not a database); move it aside or restore a backup"),
+    (lambda data: data[: len(data) // 2], "is damaged (database disk image is malformed)"),
+])
+def test_a_damaged_store_is_named_in_one_line(upstream, damage, message):
+    assert_one_line_refusal(upstream, "train_vae", message, setup=lambda: store_replaced(upstream, damage))
+
+
+@pytest.mark.slow
+def test_a_damaged_store_is_named_by_compare_and_report_too(upstream):
+    for tool in ("compare", "report"):
+        assert_one_line_refusal(upstream, tool, "is damaged (file is not a database)",
+                                setup=lambda: store_replaced(upstream, lambda data: b"\0" * len(data)))
+
+
+@pytest.mark.slow
+def test_a_store_locked_past_the_wait_is_named_in_one_line(upstream):
+    result = assert_one_line_refusal(upstream, "train_vae", "stayed locked by another process for 2 s; find what "
+                                     "holds it", env=FAST_WAIT, setup=lambda: store_locked(upstream))
+    assert "PIPELINE_STORE_WAIT_S" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_store_locked_for_a_while_is_waited_for(upstream):
+    """A lock held for less than the wait (a queue worker's write, say): the stage waits and succeeds."""
+    rows = len(upstream.runs())
+    with store_locked(upstream, seconds=4):
+        result = upstream.stage("train_classifier", check=False, env={"PIPELINE_STORE_WAIT_S": "30"})
+    assert result.returncode == 0, result.stderr
+    assert len(upstream.runs()) == rows + 1
+
+
+@pytest.mark.slow
+def test_a_lock_taken_in_the_middle_of_a_stage_fails_it_cleanly_and_ends_its_row(project):
+    """The lock comes while the stage records its epochs and outlasts the wait: one line, no output,
+    and the row ends FAILED once the lock is gone (the stage tries again to end it, within one more
+    wait), rather than staying RUNNING."""
+    project.stage("download")
+    project.write_params(LONG)
+    process, log = start_stage(project, "train_vae")
+    try:
+        wait_for_line(process, log, "epoch 2/")
+        with store_locked(project, seconds=3):
+            assert process.wait(timeout=120) == 2
+    finally:
+        process.kill()
+    log.seek(0)
+    output = log.read()
+    assert "train_vae: error: MLflow store" in output and "stayed locked by another process" in output, output
+    assert "Traceback" not in output and not (project.root / "outputs" / "vae").exists()
+    assert [r.info.status for r in vae_rows(project)] == ["FAILED"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("uri, message", [
+    ("file:///tmp/mlruns", "is a folder (file:) store, which this project does not use"),
+    ("/tmp/mlruns", "is a folder (file:) store"),
+    ("sqlite://", "is in memory and would keep nothing"),
+    ("sqlite:///{root}/params.yaml/mlflow.db", "cannot be created: {root}/params.yaml is a file, not a folder"),
+])
+def test_a_store_that_cannot_work_is_named_in_one_line(upstream, uri, message):
+    root = str(upstream.root)
+    assert_one_line_refusal(upstream, "train_vae", message.format(root=root),
+                            env={"MLFLOW_TRACKING_URI": uri.format(root=root)})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("write, message", [
+    (lambda p: p.write_bytes("# \u00c9\n".encode("latin-1") + p.read_bytes()),
+     "params.yaml is not UTF-8 text (byte 0xc9 at offset 2); save it as UTF-8"),
+    (lambda p: (p.unlink(), p.mkdir()), "params.yaml could not be read (Is a directory)"),
+    (lambda p: p.write_text(p.read_text() + "\nlatent_dim: 8\n"), "key 'latent_dim' is given twice (lines"),
+])
+def test_a_params_file_that_cannot_be_read_is_named_in_one_line(upstream, write, message):
+    params = upstream.root / "params.yaml"
+
+    @contextlib.contextmanager
+    def written():
+        original = params.read_bytes()
+        write(params)
+        try:
+            yield
+        finally:
+            if params.is_dir():
+                params.rmdir()
+            params.write_bytes(original)
+
+    assert_one_line_refusal(upstream, "train_vae", message, setup=written)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, message", [
+    ({"latent_dim": 100_000}, "latent_dim = 100000 is not allowed; expected an integer >= 1 and <= 1024"),
+    ({"seed": 2**70}, f"seed = {2**70} is not allowed; expected an integer >= 0 and <= 4294967295"),
+    ({"evaluate": {"iwae_samples": 100_000}}, "evaluate.iwae_samples = 100000 is not allowed"),
+    ({"gan": {"fid_samples": 2}}, "gan.fid_samples = 2 is too few for a Fréchet distance in classifier.feature_dim "
+                                  "= 16 features"),
+])
+def test_settings_beyond_the_machine_or_below_a_meaningful_score_are_refused_before_any_work(upstream, override,
+                                                                                             message):
+    upstream.write_params(override)
+    try:
+        assert_one_line_refusal(upstream, "train_vae", message)
+    finally:
+        upstream.write_params()
+
+
+@pytest.mark.slow
+def test_threads_beyond_the_machine_are_refused_before_any_work(upstream):
+    assert_one_line_refusal(upstream, "train_vae", "PIPELINE_THREADS = '99999999' is not allowed",
+                            env={"PIPELINE_THREADS": "99999999"})
+
+
+@pytest.mark.slow
+def test_data_too_small_for_the_evaluation_is_refused_by_the_first_stage(project):
+    """A handful of images per class: refused by `download`, before any stage wrote anything, not
+    by `evaluate` after four stages (nor scored from a singular covariance)."""
+    project.write_params({"data": {"max_per_class": 2}})
+    assert_one_line_refusal(project, "download", "evaluate.num_samples = 60 is more than the data has (10 train and "
+                                                 "10 test images)")
+    assert project.files() == [] and not project.store.exists()
+
+
+# Runs a stage as `python -m` does, with its address space limited to what its imports take plus
+# 512 MiB: less than it needs, as on a smaller machine.
+WITH_LITTLE_MEMORY = """
+import re, resource, runpy, sys
+import matplotlib.pyplot, mlflow, mlflow.pytorch, sqlalchemy, torch
+import pipeline.stages.{stage}, pipeline.tracking.store
+size = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + 2**29, size + 2**29))
+runpy.run_module("pipeline.stages.{stage}", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_memory_that_cannot_be_allocated_names_the_settings_to_lower(upstream):
+    """An allocation the machine refuses: one line that says which settings size the stage's memory."""
+    before = state(upstream)[0]
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", WITH_LITTLE_MEMORY.format(stage="evaluate")],
+                            cwd=upstream.root, capture_output=True, text=True, env=upstream.environment())
+    errors = [line for line in result.stderr.splitlines() if line.startswith("evaluate: error: ")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith("evaluate: error: out of memory (") and errors[0].endswith(
+        "lower evaluate.iwae_samples or evaluate.num_samples in params.yaml, or free memory")
+    assert "Traceback" not in result.stderr and state(upstream)[0] == before
+
+
+def test_file_system_and_memory_faults_become_one_line_others_keep_their_traceback():
+    import errno
+
+    from pipeline.stages.cli import named_fault
+
+    full = OSError(errno.ENOSPC, "No space left on device", "outputs/vae/.checkpoint.pt.x.tmp")
+    assert named_fault("train_vae", full) == ("no space left on the device writing outputs/vae/.checkpoint.pt.x.tmp; "
+                                              "free space there (`df -h`) and run again")
+    denied = PermissionError(errno.EACCES, "Permission denied", "/srv/mlartifacts/1/abc")
+    wrapped = RuntimeError("artifact upload failed")
+    wrapped.__cause__ = denied
+    assert named_fault("train_gan", wrapped).startswith("permission denied writing /srv/mlartifacts/1/abc; make it")
+    oom = RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: you tried "
+                       "to allocate 822083584 bytes.")
+    assert "lower evaluate.iwae_samples or evaluate.num_samples in params.yaml" in named_fault("evaluate", oom)
+    assert named_fault("evaluate", torch.OutOfMemoryError("CUDA out of memory")).startswith("out of memory (CUDA")
+    assert named_fault("train_vae", KeyError("epoch")) is None  # a bug: its traceback stays
+    assert named_fault("train_vae", FileNotFoundError(errno.ENOENT, "No such file", "x")) is None
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A project on a tmpfs with little room beyond its upstream outputs (root only: it mounts)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)
+    try:
+        yield Project(mount)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_named_in_one_line_and_replaces_no_output(small_disk):
+    project = small_disk
+    project.write_params()
+    project.stage("download")
+    project.stage("train_vae")
+    filler = project.root / "filler"
+    free = os.statvfs(project.root).f_bavail * os.statvfs(project.root).f_frsize
+    filler.write_bytes(b"\0" * max(free - 64 * 1024, 0))  # 64 KiB left: less than a new VAE's outputs
+    result = assert_one_line_refusal(project, "train_vae", "", timeout=600)
+    assert ("no space left on the device" in result.stderr or "is on a full disk" in result.stderr), \
+        result.stderr
+
+
+@pytest.mark.slow
+def test_an_unwritable_artifact_store_is_named_in_one_line_and_ends_the_row(tmp_path):
+    """The artifact folder on a read-only file system (root only: a read-only bind mount)."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    project = Project(tmp_path)
+    project.write_params()
+    project.stage("download")
+    artifacts = tmp_path / "mlartifacts"
+    subprocess.run(["mount", "--bind", str(artifacts), str(artifacts)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(artifacts)], check=True)
+        assert_one_line_refusal(project, "train_vae", "read-only file system writing " + str(artifacts))
+    finally:
+        subprocess.run(["umount", "-l", str(artifacts)], check=False)
+    [row] = vae_rows(project)
+    assert row.info.status == "FAILED"
+
+
+# ---------------------------------------------------------------------------------------------
+# All or nothing: a failure at a stage's last steps leaves its output folder as it was.
+
+
+@pytest.fixture(scope="module")
+def complete(tmp_path_factory) -> Project:
+    """A tiny project whose five stages have all run once: every output folder holds old outputs."""
+    return tiny_project(tmp_path_factory.mktemp("complete"), (*UP_TO_GAN, "evaluate"))
+
+
+def outputs_digest(project: Project) -> dict[str, bytes]:
+    """Every entry under outputs/ (hidden temporaries included) with its bytes (b"" for a folder)."""
+    out = project.root / "outputs"
+    return {str(p.relative_to(out)): p.read_bytes() if p.is_file() else b"" for p in sorted(out.rglob("*"))}
+
+
+def refuse_last_write(original):
+    """mlflow.end_run whose FINISHED write the store refuses, as a store locked past the wait would."""
+    import mlflow
+
+    def end_run(status="FINISHED"):
+        if status == "FINISHED":
+            raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked")
+        original(status)
+    return end_run
+
+
+def raise_at_last_step(error: BaseException):
+    def last_step() -> None:
+        raise error
+    return last_step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["download", "train_vae", "train_classifier", "train_gan", "evaluate"])
+@pytest.mark.parametrize("failure", ["store refuses the last write", "disk full at the last step",
+                                     "SIGTERM at the last step"])
+def test_a_failure_at_a_stages_last_steps_leaves_its_outputs_as_they_were(complete, monkeypatch, stage, failure):
+    """Each stage run in this process with a failure injected after every output was written aside
+    and recorded, just before its row is finished and its outputs appear: its output folder (and
+    every other) is byte for byte what it was, and its row ended rather than stayed RUNNING."""
+    import errno
+    import importlib
+
+    import mlflow
+
+    from pipeline.core.errors import PipelineError, Terminated
+    from pipeline.stages import params_guard
+    from pipeline.stages.cli import named_fault
+
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(complete.root)
+    before, rows = outputs_digest(complete), {r.info.run_id for r in complete.runs()}
+    if failure == "store refuses the last write":
+        monkeypatch.setattr(mlflow, "end_run", refuse_last_write(mlflow.end_run))
+        expected = Exception
+    elif failure == "disk full at the last step":
+        full = OSError(errno.ENOSPC, "No space left on device", "outputs/x")
+        monkeypatch.setattr(params_guard, "unchanged", raise_at_last_step(full))
+        expected = OSError
+    else:
+        monkeypatch.setattr(params_guard, "unchanged", raise_at_last_step(Terminated()))
+        expected = Terminated
+    with pytest.raises(expected) as raised:
+        importlib.import_module(f"pipeline.stages.{stage}").main()
+    if expected is not Terminated:
+        assert isinstance(raised.value, PipelineError) or named_fault(stage, raised.value)  # one line for the user
+    monkeypatch.undo()
+    assert outputs_digest(complete) == before
+    added = [r for r in complete.runs() if r.info.run_id not in rows]
+    assert [r.info.status for r in added] == ["KILLED" if expected is Terminated else "FAILED"]
+
+
+def test_outputs_get_the_users_umask_not_private_modes(tmp_path):
+    from pipeline.core.io import atomic_dir, staged, write_json
+
+    previous = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "outputs" / "vae") as out:
+            write_json(staged(out, paths.VAE_METRICS), {"a": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "outputs" / "vae").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / paths.VAE_METRICS).stat().st_mode & 0o777 == 0o644
+
+
+# ---------------------------------------------------------------------------------------------
+# The three silent cases of part two: lost artifacts, a hijacked repro, markup in the report
+# (the report's case is in test_report.py).
+
+
+@pytest.mark.slow
+def test_a_temporary_experiment_keeps_its_artifacts_with_a_store_of_the_users_choosing(repo, tmp_path):
+    """`dvc exp run --temp` (the explorer's Train page) with MLFLOW_TRACKING_URI set to a SQLite
+    file: the artifacts go beside that file, not into DVC's temporary copy, which is deleted."""
+    import mlflow
+
+    database = tmp_path / "team" / "store.db"
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{database}"}
+    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", "elsewhere"], cwd=repo,
+                            capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [row] = mlflow_runs(database, "mnist5k")
+    assert row.info.status == "FINISHED"
+    assert row.info.artifact_uri.startswith((tmp_path / "team" / "mlartifacts").as_uri())
+    client = mlflow.MlflowClient(f"sqlite:///{database}")
+    checkpoint = client.download_artifacts(row.info.run_id, "vae/checkpoint.pt", str(tmp_path))
+    assert Path(checkpoint).stat().st_size > 0
+
+
+def test_an_experiment_whose_artifacts_would_be_lost_is_refused(project, monkeypatch, tmp_path):
+    """An experiment made by other code with its artifacts in a temporary copy, or at a relative
+    path, is refused with what to do; a relative SQLite path is the project root's, not the copy's."""
+    from pipeline.core.errors import TrackingError
+    from pipeline.tracking import store
+
+    copy = tmp_path / "root" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "root"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///team.db")
+    assert store.tracking_uri() == f"sqlite:///{(tmp_path / 'root' / 'team.db').resolve()}"
+    for location in ((copy / "mlruns").as_uri(), "mlruns", "./mlruns/1"):
+        with pytest.raises(TrackingError, match="where they would be lost; record into another experiment"):
+            store.check_artifact_location("mnist5k", location)
+    store.check_artifact_location("mnist5k", (tmp_path / "root" / "mlartifacts").as_uri())
+    store.check_artifact_location("mnist5k", "s3://bucket/mlartifacts")
+
+
+@pytest.mark.slow
+def test_a_refused_experiment_cannot_hijack_a_running_repro(repo):
+    """`dvc exp run -S latent_dim=8` during a `dvc repro`: DVC refuses it but has rewritten
+    params.yaml. The running stage notices before it finishes its row or shows its outputs, and the
+    repro stops saying what happened: no result of latent_dim 8, nothing FINISHED, no VAE output."""
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["vae"]["epochs"] = 400  # long enough to outlast the refused experiment's start
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = open(repo / "repro.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train_vae"], cwd=repo, stdout=log,
+                               stderr=subprocess.STDOUT)
+    try:
+        wait_for_line(process, log, "epoch 2/", seconds=300)
+        refused = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "latent_dim=8"], cwd=repo,
+                                 capture_output=True, text=True)
+        assert refused.returncode != 0, refused.stdout + refused.stderr
+        assert yaml.safe_load((repo / "params.yaml").read_text())["latent_dim"] == 8  # what DVC left behind
+        assert process.wait(timeout=600) != 0
+    finally:
+        process.kill()
+    log.seek(0)
+    output = log.read()
+    assert re.search(r"train_vae: error: params.yaml changed while `dvc repro` \(process \d+\) was running "
+                     r"\(latent_dim: 4 -> 8\)", output), output
+    assert "Traceback" not in output
+    rows = mlflow_runs(repo / "mlflow.db", "mnist5k")
+    assert [r.info.status for r in rows] == ["FAILED"] and rows[0].data.params["latent_dim"] == "4"
+    assert not list((repo / "outputs").rglob("vae/*"))  # (the refused experiment leaves empty output folders)
+    assert "train_vae" not in ((repo / "dvc.lock").read_text() if (repo / "dvc.lock").exists() else "")
+
+
+def test_params_changed_between_the_stages_of_one_dvc_command_are_refused(project, monkeypatch):
+    """What the stages of one DVC command read is kept from the first: a later stage, or the same
+    stage at its end, refuses a change; under `dvc repro` an edit made after it started is refused
+    even by its first stage. (The DVC process is stood in for by this one.)"""
+    from pipeline.core.config import ConfigError
+    from pipeline.stages import params_guard
+
+    (project.root / ".dvc").mkdir()
+    monkeypatch.setattr(params_guard, "_started", {})
+    monkeypatch.setattr(params_guard, "dvc_command", lambda: {"pid": os.getpid(), "start": 1, "kind": "exp"})
+    params_guard.started()  # the command's first stage: remembered
+    params_guard.started()  # its next stage, nothing changed
+    params_guard.unchanged()
+    project.write_params({"latent_dim": 8})
+    with pytest.raises(ConfigError, match=r"changed while `dvc exp run` \(process \d+\) was running \(latent_dim: 4 "
+                                          r"-> 8\)"):
+        params_guard.unchanged()  # the stage, at its end
+    with pytest.raises(ConfigError, match=r"\(latent_dim: 4 -> 8\)"):
+        params_guard.started()  # the command's next stage
+
+    start = params_guard._process(os.getpid())[1]  # this process started before params.yaml was written
+    monkeypatch.setattr(params_guard, "dvc_command", lambda: {"pid": os.getpid(), "start": start, "kind": "repro"})
+    with pytest.raises(ConfigError, match=r"params.yaml was changed at [\d:]+, after `dvc repro` \(process \d+\) "
+                                          r"started at [\d:]+"):
+        params_guard.started()

@@ -42,6 +42,7 @@ def prose(markdown: str) -> str:
     """The report's text without what is not a claim: code, figure links and headings."""
     markdown = re.sub(r"```.*?```", " ", markdown, flags=re.S)
     markdown = re.sub(r"`[^`]*`", " ", markdown)
+    markdown = re.sub(r"<code>.*?</code>", " ", markdown)  # names from the rows (sections.literal)
     markdown = re.sub(r"!\[[^\]]*\]\([^)]*\)", " ", markdown)
     return "\n".join(line for line in markdown.splitlines() if not line.startswith("#"))
 
@@ -254,3 +255,55 @@ def test_no_store_is_refused_without_creating_one(project):
     result = project.stage("report", check=False)
     assert result.returncode == 2 and "there is no MLflow store" in result.stderr
     assert not project.store.exists() and not (project.root / "outputs/report").exists()
+
+
+@pytest.mark.slow
+def test_markup_in_run_names_and_tags_reaches_the_report_as_text(reported, tmp_path):
+    """A run name (DVC accepts backticks and angle brackets in experiment names) and tags are shown
+    as text in both the Markdown and the HTML page: nothing of them closes a code span or becomes
+    an element."""
+    store = client(reported)
+    experiment = store.get_experiment_by_name("mnist5k").experiment_id
+    hostile = {"mlflow.runName": "x`<img src=x onerror=alert(1)>`", "git.commit": "<script>alert(2)</script>",
+               "dvc.exp_name": "`**bold**` | <b>cell</b>"}
+    runs = store.search_runs([experiment])
+    saved = {run.info.run_id: {key: run.data.tags.get(key) for key in hostile} for run in runs}
+    try:
+        for run in runs:
+            for key, value in hostile.items():
+                store.set_tag(run.info.run_id, key, value)
+        result = subprocess.run([sys.executable, "-m", "pipeline.tools.report", "--output", str(tmp_path)],
+                                cwd=reported.root, env=reported.environment(), capture_output=True, text=True)
+    finally:
+        for run_id, tags in saved.items():
+            for key, value in tags.items():
+                if value is not None:
+                    store.set_tag(run_id, key, value)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "reflection.html").read_text()
+    for markup in ("<img src=x", "<script>", "<b>cell", "<strong>bold"):
+        assert markup not in page and markup not in (tmp_path / "reflection.md").read_text()
+    assert "<code>x` &lt;img src=x onerror=alert(1)&gt;`</code>" in page
+    assert "<code>&lt;script</code>" in page  # the commit column shows the tag's first 8 characters
+    assert "<code>`**bold**` | &lt;b&gt;cell&lt;/b&gt;</code>" in page
+
+
+@pytest.mark.slow
+def test_a_row_whose_params_cannot_be_read_is_left_out_and_named(reported, tmp_path):
+    """A complete-looking row with a seed that is not a number (written by other code): `make
+    compare` and the report leave it out, name it, and go on with the rest."""
+    store = client(reported)
+    experiment = store.get_experiment_by_name("mnist5k").experiment_id
+    run = store.create_run(experiment, run_name="by-hand", tags={"pipeline.stages": "train_vae,train_gan,evaluate"})
+    for key, value in (("seed", "one"), ("latent_dim", "4"), ("vae.beta", "1.0")):
+        store.log_param(run.info.run_id, key, value)
+    store.set_terminated(run.info.run_id, "FINISHED")
+    try:
+        for tool, argv in (("compare", ["--csv", str(tmp_path / "c.csv")]), ("report", ["--output", str(tmp_path)])):
+            result = subprocess.run([sys.executable, "-m", f"pipeline.tools.{tool}", *argv], cwd=reported.root,
+                                    env=reported.environment(), capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+            assert f"left out 1 row(s) whose params cannot be read: by-hand ({run.info.run_id}): seed = 'one'" \
+                in result.stderr
+    finally:
+        store.delete_run(run.info.run_id)

@@ -187,7 +187,8 @@ def test_an_interrupted_stage_ends_its_row_killed_or_leaves_it_to_the_next_stage
             raise KeyboardInterrupt
     monkeypatch.undo()
     assert f"MLflow row {active.info.run_id} could not be marked KILLED (" in caplog.text
-    assert "database is locked); the next stage on this machine will mark it" in caplog.text
+    assert "stayed locked by another process for 60 s; find what holds it" in caplog.text
+    assert "; the next stage on this machine will mark it KILLED" in caplog.text
     row = rows(project)[active.info.run_id]
     assert row.info.status == "RUNNING" and row.data.tags["pipeline.pid"] == str(os.getpid())
     assert mlflow.active_run() is None  # nothing left for MLflow to end again (as FAILED, or FINISHED at exit)

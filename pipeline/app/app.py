@@ -7,6 +7,8 @@ Train. The logic lives in `pipeline.app.explorer`; this file only draws it.
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import streamlit as st
 
@@ -29,8 +31,24 @@ def loaded(uri: str, run_id: str, device: str) -> explorer.LoadedRun:  # uri: th
     return explorer.load_run(run_id, device)
 
 
+def literal(text: str) -> str:
+    """Text from a row or from DVC (an experiment or run name) as an inline code span, which
+    Streamlit shows as it is: no Markdown, LaTeX, emoji or colour directive of it is read. The
+    fence is longer than any run of backticks in the text, so none of them can close it."""
+    text = " ".join(str(text).split())
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}"
+
+
+@st.cache_data(show_spinner="Reading the runs ...", max_entries=8, ttl=300)
+def tables(uri: str, experiment: str, version: tuple) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs and configurations tables, read again only when the store's rows change (`version`,
+    explorer.rows_version) or after five minutes: not on every click."""
+    return explorer.tables(experiment)
+
+
 def no_runs(experiment: str) -> None:
-    st.info(f"No complete run is recorded in experiment **{experiment}** yet. Make one with `make repro` "
+    st.info(f"No complete run is recorded in experiment {literal(experiment)} yet. Make one with `make repro` "
             "(about a minute on 2 CPU cores) or on the **Train** page, then come back.")
 
 
@@ -43,16 +61,22 @@ def choose_run(table: pd.DataFrame) -> str:
     return st.sidebar.selectbox("Run", list(labels), format_func=labels.get, key="run_id")
 
 
-def runs_page(table: pd.DataFrame, experiment: str) -> None:
+PAGE_ROWS = 200  # rows of the runs table shown at once
+
+
+def runs_page(table: pd.DataFrame, configurations: pd.DataFrame, experiment: str) -> None:
     st.header("Configurations")
-    st.caption(f"Each configuration of experiment {experiment} over its seeds: {compare.AGGREGATE_NOTE}. "
+    st.caption(f"Each configuration of experiment {literal(experiment)} over its seeds: {compare.AGGREGATE_NOTE}. "
                "A difference between two configurations is real only where their intervals say so; "
                "`make compare` prints this table, `make ui` shows it as summary runs with their seeds nested.")
-    st.dataframe(explorer.list_configurations(experiment), hide_index=True)
+    st.dataframe(configurations, hide_index=True)
     st.header("Recorded runs")
-    st.caption(f"Complete rows of experiment {experiment} in {store.shown_uri()}, newest first, one per seed. "
-               "`make ui` opens the same rows in the MLflow UI; `python -m pipeline.tools.compare --runs` prints them.")
-    st.dataframe(table[SHOWN], hide_index=True)
+    st.caption(f"Complete rows of experiment {literal(experiment)} in {literal(store.shown_uri())}, newest first, "
+               "one per seed. `make ui` opens the same rows in the MLflow UI; "
+               "`python -m pipeline.tools.compare --runs` prints them.")
+    pages = (len(table) - 1) // PAGE_ROWS + 1
+    page = st.number_input(f"Page (of {pages}, {PAGE_ROWS} rows each)", 1, pages, 1) if pages > 1 else 1
+    st.dataframe(table[SHOWN].iloc[(page - 1) * PAGE_ROWS : page * PAGE_ROWS], hide_index=True)
 
 
 def generate_page(run: explorer.LoadedRun) -> None:
@@ -177,7 +201,7 @@ def train_page() -> None:
     if submitted:
         try:
             name = explorer.start_training({k: v for k, v in settings.items() if v != defaults[k] or k == "latent_dim"})
-            st.success(f"Started DVC experiment {name}.")
+            st.success(f"Started DVC experiment {literal(name)}.")
         except explorer.TrainingBusy as error:
             st.warning(f"Not started: {error}.")
         except PipelineError as error:
@@ -191,7 +215,7 @@ def training_progress() -> None:
     if status.state == "idle":
         st.caption("No training started from here yet.")
         return
-    st.subheader(f"{status.name}: {status.state}")
+    st.subheader(f"{literal(status.name)}: {status.state}")
     st.progress(status.progress, text=f"{status.activity} · {status.seconds:.0f} s")
     with st.expander("Log", expanded=status.state in ("failed", "interrupted")):
         st.code(status.log_tail or "(no output yet)", language=None)
@@ -237,7 +261,7 @@ def main() -> None:
         train_page()
         return
     try:
-        table = explorer.list_runs(experiment)
+        table, configurations = tables(store.tracking_uri(), experiment, explorer.rows_version(experiment))
     except PipelineError:  # no store or no such experiment yet
         table = pd.DataFrame()
     if table.empty:
@@ -247,7 +271,7 @@ def main() -> None:
         st.session_state["run_id"] = st.session_state.pop("preselect")
     run_id = choose_run(table)
     if page == "Runs":
-        runs_page(table, experiment)
+        runs_page(table, configurations, experiment)
         return
     try:
         run = loaded(store.tracking_uri(), run_id, device)

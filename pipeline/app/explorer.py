@@ -47,16 +47,29 @@ from pipeline.core.training import to_unit_float
 from pipeline.stages import paths
 from pipeline.tools import compare
 from pipeline.tracking import names, store
-from pipeline.tracking.rows import Row, read_row, read_rows
+from pipeline.tracking.rows import Row, open_experiment, read_row, read_rows
 
 # ---------------------------------------------------------------------------------------------
 # Runs and their models
 
 
-def list_runs(experiment: str) -> pd.DataFrame:
-    """The experiment's complete rows, newest first, with their dataset. Raises TrackingError
-    when the store or the experiment does not exist (nothing is created)."""
-    rows = read_rows(experiment)
+def rows_version(experiment: str) -> tuple:
+    """A cheap mark that changes when a row is added to the experiment or ends: its newest start and
+    its latest end (two one-row queries, where reading every row of thousands takes seconds). The
+    app reads the rows again only when it changes (or after a few minutes, for renamed or deleted
+    rows). Raises TrackingError when the store or the experiment does not exist."""
+    client, experiment_id = open_experiment(experiment)
+    mark = []
+    for order in ("attributes.start_time DESC", "attributes.end_time DESC"):
+        newest = client.search_runs([experiment_id], max_results=1, order_by=[order])
+        mark += [(run.info.run_id, run.info.status, run.info.end_time) for run in newest]
+    return tuple(mark)
+
+
+def list_runs(experiment: str, rows: list[Row] | None = None) -> pd.DataFrame:
+    """The experiment's complete rows (`rows`, else read), newest first, with their dataset.
+    Raises TrackingError when the store or the experiment does not exist (nothing is created)."""
+    rows = read_rows(experiment) if rows is None else rows
     table = compare.comparison(rows)
     if table.empty:
         return table
@@ -66,10 +79,17 @@ def list_runs(experiment: str) -> pd.DataFrame:
     return table.sort_values("started", ascending=False).reset_index(drop=True)
 
 
-def list_configurations(experiment: str) -> pd.DataFrame:
+def list_configurations(experiment: str, rows: list[Row] | None = None) -> pd.DataFrame:
     """The experiment's configurations as `make compare` prints them: one line each, with n, the
     seeds, and each headline metric as its seeds' mean ± the half-width of the 95% interval."""
-    return compare.readable_aggregate(compare.aggregate(read_rows(experiment)), list(names.HEADLINE_METRICS))
+    rows = read_rows(experiment) if rows is None else rows
+    return compare.readable_aggregate(compare.aggregate(rows), list(names.HEADLINE_METRICS))
+
+
+def tables(experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(list_runs, list_configurations) from one reading of the rows."""
+    rows = read_rows(experiment)
+    return list_runs(experiment, rows), list_configurations(experiment, rows)
 
 
 def experiments() -> list[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import re
 import typing
 import urllib.parse
 from dataclasses import dataclass, field
@@ -26,6 +28,18 @@ PARAMS_FILE = Path("params.yaml")
 
 RECONSTRUCTION_LOSSES = ("bce", "mse")
 GAN_INITS = ("decoder", "scratch")
+
+# Upper bounds on the settings that size memory and time, far above any study's values: a
+# mistyped 100000 is refused before any work instead of filling the machine's memory. Seeds stay
+# within what every generator (torch's, numpy's) takes.
+MAX_SEED = 2**32 - 1
+MAX_WIDTH = 16_384  # hidden layers
+MAX_LATENT_DIM = 1_024
+MAX_FEATURE_DIM = 4_096
+MAX_BATCH = 65_536
+MAX_EPOCHS = 1_000_000
+MAX_SAMPLES = 100_000  # images scored per set
+MAX_IWAE_SAMPLES = 1_024  # k importance samples of every test image, decoded at once per batch
 
 
 class ConfigError(PipelineError):
@@ -48,10 +62,11 @@ class Rule:
             return "one of: " + ", ".join(self.choices)
         noun = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[self.kind]
         bounds = []
+        shown = (lambda bound: str(int(bound))) if self.kind is int else (lambda bound: f"{bound:g}")
         if self.minimum is not None:
-            bounds.append(f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}")
+            bounds.append(f"{'>' if self.exclusive_minimum else '>='} {shown(self.minimum)}")
         if self.maximum is not None:
-            bounds.append(f"{'<' if self.exclusive_maximum else '<='} {self.maximum:g}")
+            bounds.append(f"{'<' if self.exclusive_maximum else '<='} {shown(self.maximum)}")
         return " ".join([noun, " and ".join(bounds)]).strip()
 
     def coerce(self, value: Any) -> Any:
@@ -93,7 +108,8 @@ def rule(**kwargs: Any) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    seed: int = rule(kind=int, minimum=0)  # the split's draws: part of the fixed ruler, not the models' seed
+    # The split's draws: part of the fixed ruler, not the models' seed.
+    seed: int = rule(kind=int, minimum=0, maximum=MAX_SEED)
     name: str = rule(kind=str, choices=tuple(SOURCES))
     test_fraction: float = rule(kind=float, minimum=0, exclusive_minimum=True, maximum=1, exclusive_maximum=True)
     max_per_class: int = rule(kind=int, minimum=0)  # 0 keeps every image
@@ -103,12 +119,12 @@ class DataConfig:
 @dataclass(frozen=True)
 class VAEConfig:
     architecture: str = rule(kind=str, choices=tuple(ARCHITECTURES))
-    hidden_dim: int = rule(kind=int, minimum=1)
-    epochs: int = rule(kind=int, minimum=1)
-    batch_size: int = rule(kind=int, minimum=1)
+    hidden_dim: int = rule(kind=int, minimum=1, maximum=MAX_WIDTH)
+    epochs: int = rule(kind=int, minimum=1, maximum=MAX_EPOCHS)
+    batch_size: int = rule(kind=int, minimum=1, maximum=MAX_BATCH)
     learning_rate: float = rule(kind=float, minimum=0, exclusive_minimum=True)
     beta: float = rule(kind=float, minimum=0)
-    kl_warmup_epochs: int = rule(kind=int, minimum=0)
+    kl_warmup_epochs: int = rule(kind=int, minimum=0, maximum=MAX_EPOCHS)
     reconstruction: str = rule(kind=str, choices=RECONSTRUCTION_LOSSES)
 
 
@@ -116,24 +132,25 @@ class VAEConfig:
 class ClassifierConfig:
     """The CNN whose penultimate layer is the feature space of the FID-style scores."""
 
-    seed: int = rule(kind=int, minimum=0)  # its weights and batches: part of the fixed ruler, not the models' seed
-    epochs: int = rule(kind=int, minimum=1)
-    batch_size: int = rule(kind=int, minimum=1)
+    # Its weights and batches: part of the fixed ruler, not the models' seed.
+    seed: int = rule(kind=int, minimum=0, maximum=MAX_SEED)
+    epochs: int = rule(kind=int, minimum=1, maximum=MAX_EPOCHS)
+    batch_size: int = rule(kind=int, minimum=1, maximum=MAX_BATCH)
     learning_rate: float = rule(kind=float, minimum=0, exclusive_minimum=True)
-    feature_dim: int = rule(kind=int, minimum=2)  # width of the penultimate layer
+    feature_dim: int = rule(kind=int, minimum=2, maximum=MAX_FEATURE_DIM)  # width of the penultimate layer
 
 
 @dataclass(frozen=True)
 class GANConfig:
     init: str = rule(kind=str, choices=GAN_INITS)  # generator starts from the VAE decoder or from random weights
     compare_scratch: bool = rule(kind=bool)  # with init=decoder, also train the same GAN from scratch
-    epochs: int = rule(kind=int, minimum=1)
-    batch_size: int = rule(kind=int, minimum=1)
+    epochs: int = rule(kind=int, minimum=1, maximum=MAX_EPOCHS)
+    batch_size: int = rule(kind=int, minimum=1, maximum=MAX_BATCH)
     learning_rate: float = rule(kind=float, minimum=0, exclusive_minimum=True)
     adam_beta1: float = rule(kind=float, minimum=0, maximum=1, exclusive_maximum=True)
-    discriminator_hidden: int = rule(kind=int, minimum=1)
-    fid_samples: int = rule(kind=int, minimum=2)  # generated images scored after every epoch
-    snapshots: int = rule(kind=int, minimum=0)  # sample grids kept during training, besides the last
+    discriminator_hidden: int = rule(kind=int, minimum=1, maximum=MAX_WIDTH)
+    fid_samples: int = rule(kind=int, minimum=2, maximum=MAX_SAMPLES)  # generated images scored after every epoch
+    snapshots: int = rule(kind=int, minimum=0, maximum=1_000)  # sample grids kept during training, besides the last
 
     @property
     def trained_inits(self) -> list[str]:
@@ -143,10 +160,10 @@ class GANConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    num_samples: int = rule(kind=int, minimum=2)  # images per scored set, the same for every model
-    iwae_samples: int = rule(kind=int, minimum=1)  # k of the importance-weighted likelihood bound
-    kid_subset_size: int = rule(kind=int, minimum=2)
-    pr_neighbours: int = rule(kind=int, minimum=1)  # k of the k-NN manifolds of precision/recall
+    num_samples: int = rule(kind=int, minimum=2, maximum=MAX_SAMPLES)  # images per scored set, the same for every model
+    iwae_samples: int = rule(kind=int, minimum=1, maximum=MAX_IWAE_SAMPLES)  # k of the importance-weighted likelihood bound
+    kid_subset_size: int = rule(kind=int, minimum=2, maximum=MAX_SAMPLES)
+    pr_neighbours: int = rule(kind=int, minimum=1, maximum=MAX_SAMPLES)  # k of the k-NN manifolds of precision/recall
 
 
 @dataclass(frozen=True)
@@ -156,8 +173,8 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class Config:
-    latent_dim: int = rule(kind=int, minimum=1)
-    seed: int = rule(kind=int, minimum=0)
+    latent_dim: int = rule(kind=int, minimum=1, maximum=MAX_LATENT_DIM)
+    seed: int = rule(kind=int, minimum=0, maximum=MAX_SEED)
     device: str = rule(kind=str)  # auto, cpu, cuda or cuda:N; checked by resolve_device
     data: DataConfig
     vae: VAEConfig
@@ -212,20 +229,79 @@ def parse_config(raw: Any, check_device: bool = True) -> Config:
         raise ConfigError("params.yaml: data.mirror holds a user name or password, and params are recorded in "
                           f"MLflow and git; put the credentials in ~/.netrc, or the URL in {MIRROR_VARIABLE} "
                           "(not recorded)")
+    check_sample_sizes(config)
     if check_device:
         resolve_device(config.device)
     return config
 
 
-def load_config(path: Path = PARAMS_FILE) -> Config:
-    """Read and validate params.yaml."""
+def check_sample_sizes(config: Config) -> None:
+    """The scores' sample counts against each other and the feature space. A Fréchet distance
+    needs each set's covariance in the classifier's `feature_dim` features to have full rank,
+    which takes more samples than features; with fewer it is computed from a singular matrix and
+    means nothing."""
+    ev, features = config.evaluate, config.classifier.feature_dim
+    for key, count in (("gan.fid_samples", config.gan.fid_samples), ("evaluate.num_samples", ev.num_samples)):
+        if count <= features:
+            raise ConfigError(f"params.yaml: {key} = {count} is too few for a Fréchet distance in "
+                              f"classifier.feature_dim = {features} features (a full-rank covariance needs more "
+                              f"samples than features); use at least {features + 1}, or a smaller feature_dim")
+    if ev.kid_subset_size > ev.num_samples:
+        raise ConfigError(f"params.yaml: evaluate.kid_subset_size = {ev.kid_subset_size} is more than "
+                          f"evaluate.num_samples = {ev.num_samples}")
+    if ev.pr_neighbours >= ev.num_samples:
+        raise ConfigError(f"params.yaml: evaluate.pr_neighbours = {ev.pr_neighbours} needs evaluate.num_samples "
+                          f"above it, got {ev.num_samples}")
+
+
+def check_data_sizes(config: Config, num_train: int, num_test: int) -> None:
+    """The data against the evaluation: `num_samples` images are drawn from each split. (The whole
+    test split, the real set every score compares with, then has more images than features too:
+    check_sample_sizes holds num_samples above feature_dim.)"""
+    ev = config.evaluate
+    available = min(num_train, num_test)
+    if ev.num_samples > available:
+        raise ConfigError(f"params.yaml: evaluate.num_samples = {ev.num_samples} is more than the data has "
+                          f"({num_train} train and {num_test} test images); use at most {available}, or "
+                          "keep more images (data.max_per_class)")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last;
+    DVC refuses the file)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"params.yaml: key '{key}' is given twice (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_params(path: Path = PARAMS_FILE) -> Any:
+    """params.yaml's contents as PyYAML reads them, or a ConfigError saying why it cannot be read."""
+    path = Path(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path} not found: run the stage from the project root") from None
+    except OSError as error:
+        raise ConfigError(f"{path} could not be read ({error.strerror}); check that it is a readable file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                          f"{error.start}); save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
-    return parse_config(raw)
+
+
+def load_config(path: Path = PARAMS_FILE) -> Config:
+    """Read and validate params.yaml."""
+    return parse_config(read_params(path))
 
 
 def resolve_device(name: str) -> str:
@@ -259,9 +335,11 @@ def thread_limit(environ: dict[str, str]) -> int | None:
     value = environ.get(THREADS_VARIABLE, "").strip()
     if not value:
         return None
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(f"{THREADS_VARIABLE} = {value!r} is not allowed; expected a whole number of threads >= 1, "
-                          "or unset for all cores")
+    cores = os.cpu_count() or 1
+    # ASCII digits only: str.isdigit() and int() also take '²' and '٣'.
+    if not re.fullmatch(r"[0-9]{1,6}", value) or not 1 <= int(value) <= cores:
+        raise ConfigError(f"{THREADS_VARIABLE} = {value!r} is not allowed; expected a whole number of threads from 1 "
+                          f"to {cores} (this machine's cores), or unset for all cores")
     return int(value)
 
 

@@ -1,7 +1,10 @@
 """File outputs: atomic writes of files, folders, JSON and CSV.
 
 Every write goes to a temporary file in the same folder and is renamed into place, so a stage
-that is interrupted never leaves half a file where DVC or the next stage would read it.
+that is interrupted never leaves half a file where DVC or the next stage would read it. A stage
+writes its whole output folder aside (`atomic_dir`) and swaps it in at the end, so its outputs
+appear together or not at all. Files and folders get the user's umask, as any tool's would
+(`tempfile` would make them private: 0600 and 0700).
 """
 
 from __future__ import annotations
@@ -16,6 +19,18 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, then put back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _with_umask(path: Path, mode: int) -> None:
+    """Give `path`, made private by tempfile, the mode a plain open() or mkdir() would have given it."""
+    os.chmod(path, mode & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -23,6 +38,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    _with_umask(Path(tmp), 0o666)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -33,18 +49,31 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield an empty staging folder beside `path`; it replaces `path` whole if the block succeeds."""
+    """Yield an empty staging folder beside `path`; it replaces `path` whole if the block succeeds.
+
+    The old folder is renamed aside before the new one is renamed in, and only then removed: at no
+    moment does `path` hold a mixture of old and new files (for an instant it does not exist)."""
     import shutil
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    _with_umask(staging, 0o777)
+    old = staging.with_name(staging.name + ".old")
     try:
         yield staging
-        shutil.rmtree(path, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
         os.replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def staged(folder: Path, path: Path) -> Path:
+    """Where output `path` (`outputs/vae/checkpoint.pt`) goes inside the staging `folder` of its
+    stage's output folder (`outputs/vae`): `folder/checkpoint.pt`."""
+    return Path(folder) / Path(path).relative_to(*Path(path).parts[:2])
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -7,10 +7,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-from pipeline.core.config import Config, flatten, load_config
+from pipeline.core.config import Config, check_data_sizes, flatten, load_config
 from pipeline.core.data import Splits, build_splits, dataset_facts, save_splits
-from pipeline.core.io import write_json
-from pipeline.stages import paths
+from pipeline.core.io import atomic_dir, staged, write_json
+from pipeline.stages import params_guard, paths
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +29,19 @@ def main() -> None:
     config = load_config()
     with tempfile.TemporaryDirectory(prefix="download-") as workdir:
         splits, facts = run(config, Path(workdir))
+    # Data too small for the evaluation is refused here, before any stage has written anything.
+    check_data_sizes(config, facts["num_train"], facts["num_test"])
     log.info("%s: %d train and %d test images of shape %s", splits.name, facts["num_train"],
              facts["num_test"], tuple(facts["image_shape"]))
     params = flatten(config.data, "data.")
-    with store.stage_run("download", config, experiment=store.experiment_for("download", config),
-                         run_name=f"data-{splits.name}", params=params):
+    with atomic_dir(paths.DATA_DIR) as out, \
+            store.stage_run("download", config, experiment=store.experiment_for("download", config),
+                            run_name=f"data-{splits.name}", params=params):
         store.log_dataset(splits, facts)
         mlflow.log_dict(facts, "facts.json")
-        save_splits(paths.SPLITS, splits)
-        write_json(paths.FACTS, facts)
+        save_splits(staged(out, paths.SPLITS), splits)
+        write_json(staged(out, paths.FACTS), facts)
+        params_guard.unchanged()  # before the row is finished and the outputs appear
 
 
 if __name__ == "__main__":

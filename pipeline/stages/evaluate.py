@@ -30,10 +30,10 @@ import torch
 
 from pipeline.core import latent
 from pipeline.core.checkpoints import load_classifier, load_gans, load_vae
-from pipeline.core.config import Config, ConfigError, load_config, resolve_device
+from pipeline.core.config import Config, check_data_sizes, load_config, resolve_device
 from pipeline.core.data import Splits, dataset_facts, load_splits
 from pipeline.core.images import GRID_ROWS, image_grid, save_png
-from pipeline.core.io import atomic_dir, atomic_path, read_json, write_csv, write_json
+from pipeline.core.io import atomic_dir, atomic_path, read_json, staged, write_csv, write_json
 from pipeline.core.losses import reconstruction_loss
 from pipeline.core.metrics import (
     ACTIVE_UNIT_THRESHOLD,
@@ -44,7 +44,7 @@ from pipeline.core.metrics import (
 )
 from pipeline.core.models import VAE
 from pipeline.core.training import in_batches, to_unit_float
-from pipeline.stages import paths
+from pipeline.stages import params_guard, paths
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +67,7 @@ class Evaluation:
 
 def check_sizes(config: Config, splits: Splits) -> None:
     """Stop before any work if the evaluation params do not fit the data."""
-    ev = config.evaluate
-    available = min(len(splits.y_train), len(splits.y_test))
-    if ev.num_samples > available:
-        raise ConfigError(f"params.yaml: evaluate.num_samples = {ev.num_samples} is more than the data has "
-                          f"({len(splits.y_train)} train and {len(splits.y_test)} test images); "
-                          f"use at most {available}")
-    if ev.kid_subset_size > ev.num_samples:
-        raise ConfigError(f"params.yaml: evaluate.kid_subset_size = {ev.kid_subset_size} is more than "
-                          f"evaluate.num_samples = {ev.num_samples}")
-    if ev.pr_neighbours >= ev.num_samples:
-        raise ConfigError(f"params.yaml: evaluate.pr_neighbours = {ev.pr_neighbours} needs evaluate.num_samples "
-                          f"above it, got {ev.num_samples}")
+    check_data_sizes(config, len(splits.y_train), len(splits.y_test))
 
 
 def interpolation_grid(vae: VAE, x: torch.Tensor) -> torch.Tensor:
@@ -242,9 +231,11 @@ def main() -> None:
     gans = load_gans(paths.GAN_GENERATORS, config.latent_dim)
     classifier_accuracy = read_json(paths.CLASSIFIER_METRICS)["test_accuracy"]
 
-    with store.stage_run("evaluate", config, experiment=store.experiment_for("evaluate", config),
-                         run_name=store.run_name(config),
-                         upstream_run_id=store.read_run_file(paths.GAN_RUN)) as active:
+    # The outputs are written aside and appear together once the row is recorded (pipeline.core.io).
+    with atomic_dir(paths.EVAL_DIR) as out, \
+            store.stage_run("evaluate", config, experiment=store.experiment_for("evaluate", config),
+                            run_name=store.run_name(config),
+                            upstream_run_id=store.read_run_file(paths.GAN_RUN)) as active:
         started = time.perf_counter()
         result = run(config, splits, vae, classifier, gans, device, likelihood)
         seconds = time.perf_counter() - started
@@ -254,17 +245,18 @@ def main() -> None:
         for row in result.kl_per_dim:
             mlflow.log_metric(names.metric("evaluate", "vae", "kl_per_dim"), row["kl"], step=row["dim"])
 
-        with atomic_dir(paths.EVAL_FIGURES) as figures:
-            for name, grid in result.grids.items():
-                save_png(figures / f"{name}.png", grid)
-            if result.latent_means is not None:
-                save_latent_scatter(figures / "latent_scatter.png", result.latent_means, splits.y_test)
-        write_csv(paths.EVAL_KL_PER_DIM, result.kl_per_dim)
-        write_json(paths.EVAL_DETAILS, metrics)
-        write_json(paths.EVAL_METRICS, names.shown_first(flat))
-        mlflow.log_artifacts(str(paths.EVAL_FIGURES), artifact_path="eval")
-        mlflow.log_artifact(str(paths.EVAL_KL_PER_DIM), artifact_path="eval")
-        store.write_run_file(paths.EVAL_RUN, active)
+        figures = staged(out, paths.EVAL_FIGURES)
+        for name, grid in result.grids.items():
+            save_png(figures / f"{name}.png", grid)
+        if result.latent_means is not None:
+            save_latent_scatter(figures / "latent_scatter.png", result.latent_means, splits.y_test)
+        write_csv(staged(out, paths.EVAL_KL_PER_DIM), result.kl_per_dim)
+        write_json(staged(out, paths.EVAL_DETAILS), metrics)
+        write_json(staged(out, paths.EVAL_METRICS), names.shown_first(flat))
+        mlflow.log_artifacts(str(figures), artifact_path="eval")
+        mlflow.log_artifact(str(staged(out, paths.EVAL_KL_PER_DIM)), artifact_path="eval")
+        store.write_run_file(staged(out, paths.EVAL_RUN), active)
+        params_guard.unchanged()  # before the row is finished and the outputs appear
     scores = metrics["scores"]
     log.info("done in %.1f s: FID-style real_train %.2f, vae_prior %.2f, %s", seconds, scores["real_train"]["fid"],
              scores["vae_prior"]["fid"], ", ".join(f"{k} {v['fid']:.2f}" for k, v in scores.items() if k.startswith("gan_")))

@@ -17,10 +17,10 @@ from tqdm import tqdm
 from pipeline.core.checkpoints import CLASSIFIER_KIND, classifier_config, save_checkpoint
 from pipeline.core.config import Config, flatten, load_config, resolve_device
 from pipeline.core.data import Splits, dataset_facts, load_splits
-from pipeline.core.io import write_csv, write_json
+from pipeline.core.io import atomic_dir, staged, write_csv, write_json
 from pipeline.core.models import Classifier
 from pipeline.core.training import accuracy_and_loss, adam, classifier_epoch, to_unit_float
-from pipeline.stages import paths
+from pipeline.stages import params_guard, paths
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,9 @@ def main() -> None:
     facts = dataset_facts(splits)
     params = {"device": config.device, names.DATA_NAME: config.data.name,
               **flatten(config.classifier, "classifier.")}
-    with store.stage_run("train_classifier", config, experiment=store.experiment_for("train_classifier", config),
-                         run_name=f"classifier-{splits.name}-{store.dvc_exp_name()}", params=params):
+    with atomic_dir(paths.CLASSIFIER_DIR) as out, \
+            store.stage_run("train_classifier", config, experiment=store.experiment_for("train_classifier", config),
+                            run_name=f"classifier-{splits.name}-{store.dvc_exp_name()}", params=params):
         store.log_dataset(splits, facts)
         result = run(config, splits, device)
         for row in result.history:
@@ -82,13 +83,14 @@ def main() -> None:
                                step=row["epoch"])
         mlflow.log_metric(names.metric("train_classifier", "train_seconds"), result.seconds)
         metrics = {k: v for k, v in result.final.items() if k != "epoch"}
-        save_checkpoint(paths.CLASSIFIER_CHECKPOINT, kind=CLASSIFIER_KIND, state_dict=result.model.state_dict(),
+        save_checkpoint(staged(out, paths.CLASSIFIER_CHECKPOINT), kind=CLASSIFIER_KIND, state_dict=result.model.state_dict(),
                         config=classifier_config(config, splits.image_shape, splits.num_classes,
                                                  facts["content_hash"]),
                         epoch=config.classifier.epochs, metrics=metrics)
-        write_csv(paths.CLASSIFIER_HISTORY, result.history)
-        write_json(paths.CLASSIFIER_METRICS, metrics)
-        mlflow.log_artifact(str(paths.CLASSIFIER_CHECKPOINT), artifact_path="classifier")
+        write_csv(staged(out, paths.CLASSIFIER_HISTORY), result.history)
+        write_json(staged(out, paths.CLASSIFIER_METRICS), metrics)
+        mlflow.log_artifact(str(staged(out, paths.CLASSIFIER_CHECKPOINT)), artifact_path="classifier")
+        params_guard.unchanged()  # before the row is finished and the outputs appear
     log.info("done: test accuracy %.4f", metrics["test_accuracy"])
 
 

@@ -27,11 +27,11 @@ from pipeline.core.checkpoints import GAN_KIND, gan_config, load_classifier, loa
 from pipeline.core.config import GAN_INITS, Config, load_config, resolve_device
 from pipeline.core.data import Splits, dataset_facts, load_splits
 from pipeline.core.images import GRID_ROWS, image_grid, save_png
-from pipeline.core.io import atomic_dir, write_csv, write_json
+from pipeline.core.io import atomic_dir, staged, write_csv, write_json
 from pipeline.core.metrics import Scorer, class_spread
 from pipeline.core.models import VAE, Decoder, Discriminator
 from pipeline.core.training import STEP_MEASURES, adam, gan_epoch, in_batches, make_generator, to_unit_float
-from pipeline.stages import paths
+from pipeline.stages import params_guard, paths
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,11 @@ def main() -> None:
         mlflow.log_metrics({names.metric("train_gan", init, k): v for k, v in row.items()
                             if k != "epoch" and v is not None}, step=row["epoch"])
 
-    with store.stage_run("train_gan", config, experiment=store.experiment_for("train_gan", config),
-                         run_name=store.run_name(config),
-                         upstream_run_id=store.read_run_file(paths.VAE_RUN)) as active:
+    # The outputs are written aside and appear together once the row is recorded (pipeline.core.io).
+    with atomic_dir(paths.GAN_DIR) as out, \
+            store.stage_run("train_gan", config, experiment=store.experiment_for("train_gan", config),
+                            run_name=store.run_name(config),
+                            upstream_run_id=store.read_run_file(paths.VAE_RUN)) as active:
         runs, vae_prior_fid = run(config, splits, vae, classifier, device, on_epoch=log_epoch)
         metrics = summary(runs, vae_prior_fid)
         mlflow.log_metric(names.metric("train_gan", "vae_prior_fid"), vae_prior_fid)
@@ -178,23 +180,23 @@ def main() -> None:
                 mlflow.log_metric(names.metric("train_gan", init, "epochs_to_beat_vae_prior"),
                                   metrics[init]["epochs_to_beat_vae_prior"])
 
-        # Each folder is written aside and swapped in whole, so a failure leaves no mix of old and new.
-        with atomic_dir(paths.GAN_GENERATORS) as generators, atomic_dir(paths.GAN_SAMPLES) as samples:
-            for init, result in runs.items():
-                save_checkpoint(generators / f"{init}.pt", kind=GAN_KIND,
-                                state_dict=result.generator.state_dict(),
-                                discriminator_state_dict=result.discriminator.state_dict(),
-                                config=gan_config(config, vae.arch, init, facts["content_hash"]),
-                                epoch=config.gan.epochs, metrics=metrics[init])
-                save_png(samples / f"{init}.png", result.grids[config.gan.epochs])
+        generators, samples = staged(out, paths.GAN_GENERATORS), staged(out, paths.GAN_SAMPLES)
+        for init, result in runs.items():
+            save_checkpoint(generators / f"{init}.pt", kind=GAN_KIND,
+                            state_dict=result.generator.state_dict(),
+                            discriminator_state_dict=result.discriminator.state_dict(),
+                            config=gan_config(config, vae.arch, init, facts["content_hash"]),
+                            epoch=config.gan.epochs, metrics=metrics[init])
+            save_png(samples / f"{init}.png", result.grids[config.gan.epochs])
         for init, result in runs.items():
             for epoch, grid in result.grids.items():
                 mlflow.log_image(grid.permute(1, 2, 0).numpy(), artifact_file=f"gan/{init}/samples_epoch_{epoch:03d}.png")
-        write_csv(paths.GAN_HISTORY, wide_history(runs, vae_prior_fid))
-        write_json(paths.GAN_METRICS, metrics)
-        mlflow.log_artifact(str(paths.GAN_HISTORY), artifact_path="gan")
-        mlflow.log_artifacts(str(paths.GAN_GENERATORS), artifact_path="gan/generators")
-        store.write_run_file(paths.GAN_RUN, active)
+        write_csv(staged(out, paths.GAN_HISTORY), wide_history(runs, vae_prior_fid))
+        write_json(staged(out, paths.GAN_METRICS), metrics)
+        mlflow.log_artifact(str(staged(out, paths.GAN_HISTORY)), artifact_path="gan")
+        mlflow.log_artifacts(str(generators), artifact_path="gan/generators")
+        store.write_run_file(staged(out, paths.GAN_RUN), active)
+        params_guard.unchanged()  # before the row is finished and the outputs appear
     for init in runs:
         beat = metrics[init]["epochs_to_beat_vae_prior"]
         log.info("done: %s GAN FID-style %.2f (VAE prior samples %.2f); %s", init, metrics[init]["fid"], vae_prior_fid,

@@ -15,12 +15,12 @@ from pipeline.core.checkpoints import VAE_KIND, save_checkpoint, vae_architectur
 from pipeline.core.config import Config, load_config, resolve_device
 from pipeline.core.data import Splits, dataset_facts, load_splits
 from pipeline.core.images import GRID_ROWS, image_grid, save_png
-from pipeline.core.io import write_csv, write_json
+from pipeline.core.io import atomic_dir, staged, write_csv, write_json
 from pipeline.core.latent import prior_noise, reconstruct
 from pipeline.core.losses import kl_weight
 from pipeline.core.models import VAE
 from pipeline.core.training import adam, check_finite, encoder_gradient_norms, to_unit_float, vae_epoch, vae_evaluate
-from pipeline.stages import paths
+from pipeline.stages import params_guard, paths
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,10 @@ def main() -> None:
     def log_epoch(epoch: int, row: dict[str, float]) -> None:
         mlflow.log_metrics({names.metric("train_vae", k): v for k, v in row.items() if k != "epoch"}, step=epoch)
 
-    with store.stage_run("train_vae", config, experiment=store.experiment_for("train_vae", config),
-                         run_name=store.run_name(config)) as active:
+    # The outputs are written aside and appear together once the row is recorded (pipeline.core.io).
+    with atomic_dir(paths.VAE_DIR) as out, \
+            store.stage_run("train_vae", config, experiment=store.experiment_for("train_vae", config),
+                            run_name=store.run_name(config)) as active:
         store.log_dataset(splits, facts)
         result = run(config, splits, device, on_epoch=log_epoch)
         model = result.model
@@ -120,21 +122,23 @@ def main() -> None:
                             names.metric("train_vae", "train_images_per_s"):
                                 config.vae.epochs * len(splits.y_train) / result.seconds})
 
-        save_checkpoint(paths.VAE_CHECKPOINT, kind=VAE_KIND, state_dict=model.state_dict(),
+        save_checkpoint(staged(out, paths.VAE_CHECKPOINT), kind=VAE_KIND, state_dict=model.state_dict(),
                         config=vae_config(config, model.arch, facts["content_hash"]),
                         epoch=config.vae.epochs, metrics=metrics)
-        write_csv(paths.VAE_HISTORY, result.history)
-        write_json(paths.VAE_METRICS, metrics)
+        write_csv(staged(out, paths.VAE_HISTORY), result.history)
+        write_json(staged(out, paths.VAE_METRICS), metrics)
         test_images = to_unit_float(torch.from_numpy(splits.x_test[: 4 * GRID_ROWS]))
-        save_png(paths.VAE_SAMPLES, sample_grid(model.decoder, config.latent_dim, GRID_ROWS * GRID_ROWS, config.seed))
-        save_png(paths.VAE_RECONSTRUCTIONS, reconstruction_grid(model, test_images))
+        samples = sample_grid(model.decoder, config.latent_dim, GRID_ROWS * GRID_ROWS, config.seed)
+        save_png(staged(out, paths.VAE_SAMPLES), samples)
+        save_png(staged(out, paths.VAE_RECONSTRUCTIONS), reconstruction_grid(model, test_images))
 
         for path in (paths.VAE_SAMPLES, paths.VAE_RECONSTRUCTIONS, paths.VAE_HISTORY, paths.VAE_CHECKPOINT):
-            mlflow.log_artifact(str(path), artifact_path="vae")
+            mlflow.log_artifact(str(staged(out, path)), artifact_path="vae")
         torch_version = torch.__version__.split("+")[0]  # the local tag (+cpu, +cu132) is not on PyPI
         mlflow.pytorch.log_model(model.decoder, name="vae_decoder", pip_requirements=[f"torch=={torch_version}"],
                                  input_example=np.zeros((2, config.latent_dim), dtype=np.float32))
-        store.write_run_file(paths.VAE_RUN, active)
+        store.write_run_file(staged(out, paths.VAE_RUN), active)
+        params_guard.unchanged()  # before the row is finished and the outputs appear
     log.info("done: test negative ELBO %.3f nats per image", metrics["test_neg_elbo"])
 
 

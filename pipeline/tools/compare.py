@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--all lists rows: use it with --runs")
 
     experiment = args.experiment or load_config().experiment_name
-    store.check_server()
+    store.check_store()
     rows = read_rows(experiment)
     if not any(row.complete for row in rows) and not args.all:
         raise TrackingError(f"experiment {experiment!r} holds no complete result yet (see --runs --all)")

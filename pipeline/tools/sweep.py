@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config()
     check_values(args.latent_dims, args.betas, args.seeds)
     check_git()
-    store.check_server()
+    store.check_store()
     threads = (args.threads or thread_limit(dict(os.environ))
                or threads_per_worker(args.jobs, len(os.sched_getaffinity(0))))
     # Queue workers start `dvc` from PATH: it must be this environment's, as for the stages.

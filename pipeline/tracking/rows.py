@@ -5,6 +5,7 @@ here."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from pipeline.core.config import Config, config_from_params
 from pipeline.core.errors import TrackingError
 from pipeline.core.stats import Interval, mean_interval
 from pipeline.tracking import names, store
+
+log = logging.getLogger(__name__)
 
 SEARCH_LIMIT = 50_000  # MLflow's largest page of search results
 
@@ -132,12 +135,36 @@ def replicates(rows: list[Row], key: Callable[[Row], Hashable]) -> dict[Hashable
             for value, by_seed in groups.items()}
 
 
+def unreadable(row: Row) -> str | None:
+    """Why the params that place a row (seed, latent_dim, vae.beta) cannot be read, or None."""
+    for key, kind in ((names.SEED, int), (names.LATENT_DIM, int), (names.BETA, float)):
+        try:
+            kind(row.params[key])
+        except ValueError:
+            return f"{key} = {row.params[key]!r}"
+    return None
+
+
+def readable(rows: list[Row]) -> list[Row]:
+    """`rows` less those whose placing params cannot be read (written by hand or by other code),
+    which are named in a warning: one such row must not stop a comparison of the rest."""
+    kept, skipped = [], []
+    for row in rows:
+        reason = unreadable(row) if {names.SEED, names.LATENT_DIM, names.BETA} <= set(row.params) else None
+        (skipped if reason else kept).append((row, reason))
+    if skipped:
+        log.warning("left out %d row(s) whose params cannot be read: %s", len(skipped),
+                    "; ".join(f"{row.name} ({row.run_id}): {reason}" for row, reason in skipped[:10])
+                    + ("; ..." if len(skipped) > 10 else ""))
+    return [row for row, _ in kept]
+
+
 def configurations(rows: list[Row]) -> list[Configuration]:
     """The complete result rows grouped by configuration, sorted by latent_dim, beta, then id. A row
     without the params that place it (seed, latent_dim, vae.beta) was not recorded by the stages
-    and is left out."""
+    and is left out; one whose params cannot be read is left out with a warning (`readable`)."""
     placed = {names.SEED, names.LATENT_DIM, names.BETA}
-    results = [row for row in rows if row.complete and not row.is_summary and placed <= set(row.params)]
+    results = readable([row for row in rows if row.complete and not row.is_summary and placed <= set(row.params)])
     found = replicates(results, lambda row: row.configuration).values()
     return sorted(found, key=lambda c: (c.latent_dim, c.beta, c.id))
 

@@ -39,7 +39,17 @@ def default_tracking_uri() -> str:
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    """MLFLOW_TRACKING_URI, else the local store. A relative SQLite path is taken from the project
+    root: MLflow would take it from the working folder, which in a queued or `--temp` DVC
+    experiment is a temporary copy that DVC deletes afterwards, store and all."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if uri.startswith("sqlite:"):  # the wait is engine_uri's (connect sets MLFLOW_TRACKING_URI to that)
+        uri = re.sub(r"[?&]timeout=[^&]*$", "", re.sub(r"([?&])timeout=[^&]*&", r"\1", uri))
+    if uri.startswith("sqlite:///") and not uri.startswith(("sqlite:////", "sqlite:///file:")):
+        path, mark, query = uri.removeprefix("sqlite:///").partition("?")
+        if path and path != ":memory:":
+            uri = f"sqlite:///{project_root() / path}{mark}{query}"
+    return uri
 
 
 def shown_uri() -> str:
@@ -49,6 +59,71 @@ def shown_uri() -> str:
 
 # Seconds to wait for a tracking server to answer the reachability check.
 SERVER_TIMEOUT_S = 10
+
+# How long a write to a SQLite store waits for another process's lock (SQLite's busy handler
+# retries within it) before the stage gives up with a one-line error: queue workers writing one
+# store at once each hold it for milliseconds. PIPELINE_STORE_WAIT_S changes it.
+STORE_WAIT_S = 60.0
+STORE_WAIT_VARIABLE = "PIPELINE_STORE_WAIT_S"
+
+
+def store_wait() -> float:
+    value = os.environ.get(STORE_WAIT_VARIABLE, "").strip()
+    if not value:
+        return STORE_WAIT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise TrackingError(f"{STORE_WAIT_VARIABLE} = {value!r} is not allowed; expected seconds, above 0 and "
+                            f"at most 3600, or unset for {STORE_WAIT_S:g}")
+    return seconds
+
+
+def check_store() -> None:
+    """Before any work, stop with a TrackingError naming the store when it cannot work: a folder
+    (`file:`) or in-memory store, a SQLite file that cannot be created, is damaged or stays locked,
+    or a tracking server that does not answer."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        check_server()
+        return
+    scheme = uri.partition(":")[0] if ":" in uri else ""
+    if scheme in ("", "file") or len(scheme) == 1:  # a plain path (C: on Windows) is a folder store too
+        raise TrackingError(f"MLflow store {shown_uri()} is a folder (file:) store, which this project does not "
+                            "use; set MLFLOW_TRACKING_URI to sqlite:///<absolute path>.db or a server's http:// "
+                            "address, or unset it for the local store")
+    database = local_store(uri)
+    if uri.startswith("sqlite:") and (database is None or str(database) in ("", ":memory:")):
+        raise TrackingError(f"MLflow store {shown_uri()} is in memory and would keep nothing; set "
+                            "MLFLOW_TRACKING_URI to sqlite:///<absolute path>.db, or unset it for the local store")
+    if database is not None:
+        check_database(database)
+
+
+def check_database(database: Path) -> None:
+    """A SQLite store's file can be created (its folder is a folder), or is a readable database."""
+    import sqlite3
+
+    folder = database.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise TrackingError(f"MLflow store {database} cannot be created: {folder} is a file, not a folder; "
+                            "choose another path in MLFLOW_TRACKING_URI")
+    if not database.exists():
+        return
+    if not database.is_file():
+        raise TrackingError(f"MLflow store {database} is not a file; choose another path in MLFLOW_TRACKING_URI")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True,
+                                                timeout=store_wait())) as connection:
+            answer = connection.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.Error as error:
+        raise unusable_store(error) from None
+    if answer != "ok":
+        raise unusable_store(Exception(f"database disk image is malformed: {answer}"))
 
 
 def check_server() -> None:
@@ -82,8 +157,20 @@ def missing_local_store() -> Path | None:
 
 
 def local_store(uri: str) -> Path | None:
-    """The database file of a SQLite store URI, None for other stores."""
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    """The database file of a SQLite store URI (`sqlite:///path`, or `sqlite:///file:path?...`),
+    None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").partition("?")[0].removeprefix("file:"))
+
+
+def engine_uri(uri: str) -> str:
+    """`uri` (from tracking_uri(), without a `timeout`) as MLflow is given it: a SQLite store waits
+    up to store_wait() for another process's lock (Python's default is 5 s), as SQLAlchemy reads a
+    `timeout` in the URI's query."""
+    if local_store(uri) is None:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}timeout={store_wait():g}"
 
 
 @contextlib.contextmanager
@@ -110,9 +197,13 @@ def connect():
     import mlflow
 
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(engine_uri(uri))
     with _creation_lock(uri):
-        return mlflow, mlflow.MlflowClient()  # the client's store creates and migrates the database
+        try:
+            with _quiet("mlflow.store.db.utils"):
+                return mlflow, mlflow.MlflowClient()  # the client's store creates and migrates the database
+        except Exception as error:  # a damaged or unwritable file; MLflow raises several kinds
+            raise store_fault(error) or error from None
 
 
 def experiment_tags(name: str, existing: dict[str, str] | None = None) -> dict[str, str]:
@@ -135,13 +226,15 @@ def ensure_experiment(name: str) -> str:
     mlflow, client = connect()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        check_artifact_location(name, experiment.artifact_location)
         for key, value in experiment_tags(name, experiment.tags).items():  # made by older code
             client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
-    # With the default local store, keep artifacts at the project root too; a tracking server
-    # chooses its own. (Not judged by MLFLOW_TRACKING_URI alone: set_tracking_uri sets it.)
-    local = tracking_uri() == default_tracking_uri()
-    location = (project_root() / "mlartifacts").as_uri() if local else None
+    # A SQLite store keeps its artifacts beside it, in mlartifacts/ (the project root's, for the
+    # local store): MLflow's own default, ./mlruns, would be in the working folder, a temporary
+    # copy in a queued DVC experiment. A tracking server chooses its own.
+    database = local_store(tracking_uri())
+    location = (database.parent.resolve() / "mlartifacts").as_uri() if database is not None else None
     try:
         return client.create_experiment(name, artifact_location=location, tags=experiment_tags(name))
     except mlflow.exceptions.MlflowException:
@@ -150,6 +243,26 @@ def ensure_experiment(name: str) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def check_artifact_location(name: str, location: str) -> None:
+    """Refuse an experiment whose artifacts would be lost: kept at a relative path, or inside DVC's
+    temporary copy of the project (deleted after a queued or `--temp` experiment), as an
+    experiment made by other code or an older version can be."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(location or "")
+    if parts.scheme not in ("", "file"):
+        return
+    path = Path(unquote(parts.path))
+    workdir = Path.cwd().resolve()
+    temporary = workdir != project_root() and path.is_absolute() and path.resolve().is_relative_to(workdir)
+    if not path.is_absolute() or temporary or "/.dvc/tmp/" in f"{path}/":
+        where = "a relative path" if not path.is_absolute() else "inside DVC's temporary copy of the project"
+        raise TrackingError(f"MLflow experiment '{name}' in {shown_uri()} keeps its artifacts at {location}, "
+                            f"{where}, where they would be lost; record into another experiment "
+                            "(tracking.experiment in params.yaml), or delete this one (`mlflow experiments "
+                            "delete`) so that it is made again with its artifacts beside the store")
 
 
 def _git(*args: str) -> str:
@@ -256,13 +369,50 @@ def _copy_upstream(client, source, target_id: str, stage: str) -> list[str]:
     return kept
 
 
-def unusable_store(error: Exception) -> TrackingError:
-    """The error for a store that refused a read or write, with the database's own reason
-    (`attempt to write a readonly database`, say) rather than MLflow's whole SQL dump."""
+# What SQLite says, and what it means for the user: (substring, the problem, what to do).
+_SQLITE_FAULTS = (
+    ("database is locked", "stayed locked by another process for {wait:g} s",
+     f"find what holds it (`fuser <file>`), or wait longer with {STORE_WAIT_VARIABLE}"),
+    ("file is not a database", "is damaged (file is not a database)",
+     "move it aside or restore a backup; a missing store is created anew"),
+    ("malformed", "is damaged (database disk image is malformed)",
+     "move it aside or restore a backup; a missing store is created anew"),
+    ("readonly", "is read-only (attempt to write a readonly database)",
+     "make the file and its folder writable, or choose another store"),
+    ("disk is full", "is on a full disk (database or disk is full)", "free space on that file system"),
+    ("unable to open database", "cannot be opened (unable to open database file)",
+     "check that its folder exists and is writable"),
+    ("disk i/o error", "could not be read or written (disk I/O error)", "check the disk and the file"),
+)
+
+
+def unusable_store(error: BaseException) -> TrackingError:
+    """The error for a store that refused a read or write, in one line: what the database's own
+    reason means for the user and what to do, rather than MLflow's whole SQL dump."""
     text = without_credentials(str(error))
+    for needle, problem, advice in _SQLITE_FAULTS:
+        if needle in text.lower():
+            return TrackingError(f"MLflow store {shown_uri()} {problem.format(wait=store_wait())}; "
+                                 f"{advice.replace('<file>', str(local_store(tracking_uri()) or 'it'))}")
     reason = re.search(r"\((?:sqlite3|psycopg2|pymysql)\.\w+\) ([^\n]+)", text)
     return TrackingError(f"MLflow store {shown_uri()} could not be used: "
-                         f"{reason.group(1) if reason else text.splitlines()[0][:300]}")
+                         f"{reason.group(1) if reason else text.splitlines()[0][:300] if text else type(error).__name__}")
+
+
+def store_fault(error: BaseException) -> TrackingError | None:
+    """The one-line error for a failure of the store, found in `error` or its causes (MLflow
+    wraps SQLAlchemy's errors, which wrap sqlite3's); None when the store is not at fault."""
+    import sqlite3
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        module = type(error).__module__
+        if isinstance(error, sqlite3.Error) or module.startswith("sqlalchemy") or (
+                module.startswith("mlflow") and re.search(r"sqlite3|psycopg2|pymysql|database", str(error))):
+            return unusable_store(error)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 @contextlib.contextmanager
@@ -291,8 +441,8 @@ def stage_run(
 
     `experiment` is normally `experiment_for(stage, config)`. With `upstream_run_id` the stage
     adds to that row or starts a new one holding copies of its upstream records (docs/tracking.md).
-    `params` defaults to the full typed config. If the block raises, MLflow marks the run FAILED
-    and the stage is not added to `pipeline.stages`.
+    `params` defaults to the full typed config. If the block raises, the run ends FAILED (KILLED
+    for Ctrl-C and SIGTERM) and the stage is not added to `pipeline.stages`.
     """
     mlflow, client = connect()
     params = {key: str(value) for key, value in (params or flatten(config)).items()}
@@ -316,39 +466,48 @@ def stage_run(
                 active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
     except mlflow.exceptions.MlflowException as error:  # a read-only store, say: nothing was recorded
         raise unusable_store(error) from None
-    # Everything from here on is inside the run's block, so a failure marks the run FAILED
-    # rather than leaving it RUNNING and half-copied.
-    with active:
+    # Everything from here on ends the run, FAILED or KILLED on a failure, rather than leaving it
+    # RUNNING and half-copied.
+    run_id = active.info.run_id
+    try:
         stages = _recorded_stages(upstream) if adding else []
         if upstream is not None and not adding:
-            stages = _copy_upstream(client, upstream, active.info.run_id, stage)
+            stages = _copy_upstream(client, upstream, run_id, stage)
             mlflow.set_tag(names.FORKED_TAG, upstream.info.run_id)
         mlflow.set_tags(context_tags(stage))
         mlflow.log_params({k: v for k, v in params.items() if k not in active.data.params})
         if names.STAGE_EXPERIMENT[stage] is None:  # a result row: tag what its replicates share
             mlflow.set_tag(names.CONFIGURATION_TAG, names.configuration_id(params))
-        try:
-            yield active
-        except (KeyboardInterrupt, Terminated):  # Ctrl-C, or SIGTERM (see pipeline.stages.cli)
-            end_killed(active.info.run_id)
-            raise
+        yield active
         mlflow.set_tag(names.STAGES_TAG, ",".join([*stages, stage]))
-        mlflow.set_tag(f"{names.SOURCE_TAG}{stage}", active.info.run_id)
+        mlflow.set_tag(f"{names.SOURCE_TAG}{stage}", run_id)
+        with _quiet("mlflow.store.db.utils"):
+            mlflow.end_run("FINISHED")
+    except (KeyboardInterrupt, Terminated):  # Ctrl-C, or SIGTERM (see pipeline.stages.cli)
+        end_run(run_id, "KILLED")
+        raise
+    except BaseException:
+        end_run(run_id, "FAILED")
+        raise
 
 
-def end_killed(run_id: str) -> None:
-    """End an interrupted stage's row as KILLED. The interrupt can land inside one of MLflow's own
-    writes and leave the store locked for this process; then the row stays RUNNING with its host
-    and pid, and the next stage on this machine marks it KILLED (`close_abandoned`), as after a
-    SIGKILL. Either way the stage ends with its interrupt's exit code, not a traceback."""
+def end_run(run_id: str, status: str) -> None:
+    """End a failed or interrupted stage's row as `status`. The store can refuse: locked by another
+    process past store_wait(), or, after an interrupt that landed inside one of MLflow's own
+    writes, by this one. Then the row stays RUNNING with its host and pid, and the next stage on
+    this machine marks it KILLED (`close_abandoned`), as after a SIGKILL; the stage still ends
+    with its own error or exit code, not a traceback."""
     import mlflow
 
     try:
         with _quiet("mlflow.store.db.utils"):
-            mlflow.end_run("KILLED")
-    except mlflow.exceptions.MlflowException as error:
-        log.warning("MLflow row %s could not be marked KILLED (%s); the next stage on this machine will mark it",
-                    run_id, unusable_store(error))
+            if mlflow.active_run() is not None:
+                mlflow.end_run(status)
+            else:
+                mlflow.MlflowClient().set_terminated(run_id, status)
+    except Exception as error:
+        log.warning("MLflow row %s could not be marked %s (%s); the next stage on this machine will mark it KILLED",
+                    run_id, status, store_fault(error) or error)
 
 
 def log_dataset(splits, facts: dict) -> None:

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         reference["latent_dim"] = str(args.main_latent_dim)
         source += f", with `latent_dim` {args.main_latent_dim} from `--main-latent-dim`"
     experiment = args.experiment or config.experiment_name
-    store.check_server()
+    store.check_store()
     fit, outdated = usable(read_rows(experiment))  # a missing store or experiment is refused here
     _, client = store.connect()
     study = select(fit, reference, experiment, outdated, source)

@@ -48,7 +48,7 @@ def figure_gradients(source: Source, run: Row, path: Path) -> None:
         steps, values = zip(*source.history(run, key))
         axes.plot(steps, values, marker="o", label=label)
     axes.set(xlabel="epoch", ylabel="gradient norm on encoder weights", yscale="log",
-             title=f"Encoder gradients, {run.name}")
+             title=f"Encoder gradients, {run.name}".replace("$", r"\$"))  # no mathtext from a run name
     axes.legend(fontsize=8)
     _save(figure, path)
 
@@ -92,7 +92,8 @@ def figure_latent_dim(configurations: list[Configuration], path: Path) -> None:
         axes.set(xlabel="latent_dim", ylabel=label)
         axes.set_xscale("log", base=2)
         axes.minorticks_off()
-        axes.set_xticks(dims, [str(d) for d in dims])
+        ticks = dims if len(dims) <= 12 else sorted({dims[round(k * (len(dims) - 1) / 11)] for k in range(12)})
+        axes.set_xticks(ticks, [str(d) for d in ticks])
         axes.legend(fontsize=7)
     counts = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"
     figure.suptitle(f"mean over {counts} seeds per latent_dim; error bars: 95% t-interval", fontsize=9)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pipeline.core.errors import PipelineError
 from pipeline.tracking.names import HEADLINE_METRICS as HEADLINE
 from pipeline.tracking.names import SEED
-from pipeline.tracking.rows import Configuration, Row, replicates
+from pipeline.tracking.rows import Configuration, Row, readable, replicates
 
 # Where a run ran and under which name, not what it did; and the seed, the replicate axis.
 IGNORED_PARAMS = {"device", "tracking.experiment", SEED}
@@ -22,13 +22,27 @@ REQUIRED = (
 )
 
 
+# The most latent_dims whose runs are drawn or tabled one by one (figures with a panel or a line
+# per run): evenly spread over those run, so that a study of hundreds keeps its figures readable
+# and their size bounded. Figures of means over configurations take every latent_dim.
+SHOWN_ONE_BY_ONE = 8
+
+
+def spread(items: list, count: int) -> list:
+    """At most `count` of `items`, evenly spread from the first to the last."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i] for i in sorted({round(k * (len(items) - 1) / (count - 1)) for k in range(count)})]
+
+
 class ReportError(PipelineError):
     """The report cannot be built from the recorded runs."""
 
 
 def usable(rows: list[Row]) -> tuple[list[Row], list[Row]]:
-    """The complete rows: (those holding every REQUIRED metric, the older rest)."""
-    complete = [row for row in rows if row.complete]
+    """The complete rows: (those holding every REQUIRED metric, the older rest). Rows whose params
+    cannot be read are left out, named in a warning (rows.readable)."""
+    complete = readable([row for row in rows if row.complete and not row.is_summary])
     fit = [row for row in complete if all(key in row.metrics for key in REQUIRED)]
     return fit, [row for row in complete if row not in fit]
 
@@ -62,8 +76,9 @@ class Study:
 
     @property
     def one_per_latent_dim(self) -> list[Row]:
-        """Each latent_dim's run at the main run's seed: for what one run per latent_dim shows."""
-        return [self.at_main_seed(c) for c in self.by_latent_dim]
+        """Each latent_dim's run at the main run's seed, for what one run per latent_dim shows; at
+        most SHOWN_ONE_BY_ONE latent_dims, evenly spread."""
+        return [self.at_main_seed(c) for c in spread(self.by_latent_dim, SHOWN_ONE_BY_ONE)]
 
     def at_main_seed(self, configuration: Configuration) -> Row:
         """The configuration's run at the main run's seed (else its lowest seed): where one run shows it."""

@@ -3,6 +3,8 @@ through `Numbers`; `build` draws the figures and assembles the Markdown."""
 
 from __future__ import annotations
 
+import html
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,18 @@ from pipeline.tracking.names import HEADLINE_METRICS as HEADLINE
 from pipeline.tracking.rows import Configuration, Row
 
 FIGURES, NUMBERS = "figures", "reflection.numbers.json"
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+!|-])")  # what Markdown reads as markup
+
+
+def literal(text: str) -> str:
+    """Text from a row (a run name, a tag, an experiment name: what a user or DVC chose) as inline
+    code that shows it as it is, in the Markdown and the HTML page: escaped for HTML and for
+    Markdown inside a <code> element, so that no character of it can close the span or reach the
+    page as markup (a backtick in a DVC experiment name would close a `code span`)."""
+    escaped = _MARKDOWN_SPECIALS.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=True))
+    return f"<code>{escaped}</code>"
+
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -56,12 +70,12 @@ def _best(configurations: list[Configuration], key: str) -> Configuration:
 def section_runs(study: Study, n: Numbers) -> str:
     configs = [[n.param(c.rows[0], "latent_dim"), n.param(c.rows[0], "vae.beta"), n.count(list(c.rows)),
                 ", ".join(n.param(r, "seed") for r in c.rows), f"`{c.id}`"] for c in study.configurations]
-    rows = [[f"`{r.name}`", n.param(r, "latent_dim"), n.param(r, "vae.beta"), n.param(r, "seed"), f"`{r.commit}`",
-             f"`{r.tags.get('dvc.exp_name', '')}`", f"`{r.run_id}`"] for r in study.runs]
+    rows = [[literal(r.name), n.param(r, "latent_dim"), n.param(r, "vae.beta"), n.param(r, "seed"), literal(r.commit),
+             literal(r.tags.get('dvc.exp_name', '')), literal(r.run_id)] for r in study.runs]
     text = [
         "## The runs",
         f"Built from {n.count(study.runs)} complete run{'s' if len(study.runs) > 1 else ''} of the MLflow "
-        f"experiment `{study.experiment}`, those that share the settings of {study.source} apart from `latent_dim` "
+        f"experiment {literal(study.experiment)}, those that share the settings of {study.source} apart from `latent_dim` "
         "(and `vae.beta` for the beta comparison) and the model `seed`. Runs that differ only in their seed are "
         "replicates of one configuration; the split and the evaluation classifier (`data.seed`, `classifier.seed`) "
         "are the same for all of them, so every score is measured with one ruler. A configuration's number is the "
@@ -70,7 +84,7 @@ def section_runs(study: Study, n: Numbers) -> str:
         "paired by seed. Each configuration and its seeds:",
         _table(["latent_dim", "beta", "seeds (n)", "seeds", "configuration"], configs),
         f"The main configuration, `{study.main_config.id}`, is the one at those settings' `latent_dim` and `vae.beta`; "
-        f"its run used where one run illustrates is `{study.main.name}` (seed {n.param(study.main, 'seed')}). "
+        f"its run used where one run illustrates is {literal(study.main.name)} (seed {n.param(study.main, 'seed')}). "
         "Bit-for-bit reruns hold on the same machine and software; on another CPU the numbers differ in the last "
         "digits, so a rerun elsewhere should fall inside these intervals rather than match them. Every run:",
         _table(["run", "latent_dim", "beta", "seed", "commit", "DVC experiment", "MLflow run id"], rows),
@@ -97,7 +111,7 @@ def section_reparameterisation(study: Study, n: Numbers, fig: Callable[[str], st
         "d/dphi E_q[log p(x|z)] = E_eps[ d log p(x|z)/dz * d(mu_phi(x) + sigma_phi(x) * eps)/dphi ]\n"
         "without it (score function, REINFORCE):  d/dphi E_q[f(z)] = E_q[ f(z) * d log q_phi(z|x)/dphi ]\n"
         "```",
-        f"**Evidence: the path carries gradient.** In `{m.name}` the reconstruction term's gradient on the encoder's "
+        f"**Evidence: the path carries gradient.** In {literal(m.name)} the reconstruction term's gradient on the encoder's "
         f"weights, measured on the same training images after every epoch, had norm "
         f"{n.metric(m, 'vae/encoder_grad_reconstruction', step=1)} after the first epoch and "
         f"{n.metric(m, 'vae/encoder_grad_reconstruction', step=epochs)} after the last, epoch "
@@ -121,7 +135,7 @@ def section_reparameterisation(study: Study, n: Numbers, fig: Callable[[str], st
 
 def latent_plane_run(study: Study) -> Row | None:
     """The run with latent_dim 2, whose latent plane the report shows, if there is one."""
-    return next((r for r in study.one_per_latent_dim if r.latent_dim == 2), None)
+    return next((study.at_main_seed(c) for c in study.by_latent_dim if c.latent_dim == 2), None)
 
 
 def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str], str]) -> str:
@@ -133,7 +147,7 @@ def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str
         "**Claim.** The KL term pulls every posterior `q(z|x)` towards `N(0, I)`. A dimension is worth its KL cost "
         "only if it helps reconstruction, so information concentrates in a few dimensions and the rest stay "
         "close to the prior; `beta` sets the price.",
-        f"**Evidence.** In `{m.name}` the KL of the test split is {n.metric(m, HEADLINE['kl'])} nats per image, "
+        f"**Evidence.** In {literal(m.name)} the KL of the test split is {n.metric(m, HEADLINE['kl'])} nats per image, "
         f"spread unevenly over its {n.param(m, 'latent_dim')} dimensions: the strongest carries "
         f"{n.metric(m, 'eval/vae/kl_per_dim', step=strongest[0])} nats, the weakest "
         f"{n.metric(m, 'eval/vae/kl_per_dim', step=weakest[0])}. {n.metric(m, HEADLINE['active_units'], '.0f')} of "
@@ -152,7 +166,10 @@ def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str
                   f"{n.metric(widest, 'eval/vae/kl_per_dim', step=min(widest_kl, key=lambda p: p[1])[0])} nats and "
                   f"the strongest {n.metric(widest, 'eval/vae/kl_per_dim', step=max(widest_kl, key=lambda p: p[1])[0])}"
                   f", for a total of {n.metric(widest, HEADLINE['kl'])} nats.")
-        text += [f"Each latent_dim's run at seed {n.param(m, 'seed')}:",
+        shown = ("Each latent_dim's run" if len(study.one_per_latent_dim) == len(study.by_latent_dim) else
+                 f"The runs of {n.count(study.one_per_latent_dim)} of the "
+                 f"{n.count([c.rows[0] for c in study.by_latent_dim])} latent_dims, evenly spread,")
+        text += [f"{shown} at seed {n.param(m, 'seed')}:",
                  _table(["latent_dim", "KL (nats)", "active units", "weakest dimension's KL (nats)"], rows),
                  ("Every dimension passes the active-unit threshold in every run: the count alone shows no "
                   "collapse here. " if all_active else
@@ -161,7 +178,7 @@ def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str
     text.append(fig("kl_per_dim.png", "KL per latent dimension, largest first"))
     two = latent_plane_run(study)
     if two is not None:
-        text += [f"With latent_dim {n.param(two, 'latent_dim')} (`{two.name}`) the latent space can be seen "
+        text += [f"With latent_dim {n.param(two, 'latent_dim')} ({literal(two.name)}) the latent space can be seen "
                  "whole: the test images' posterior means, coloured by class, and the decoder's images of a lattice "
                  "over the prior's central region. The KL term keeps the cloud within a few units of the origin; "
                  "which classes stand apart and which overlap shows how much of a digit's identity two "
@@ -269,7 +286,7 @@ def section_gan(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str
         "## 4. The VAE decoder as a GAN generator",
         "**Claim.** The decoder already maps `N(0, I)` to digit-like images, so as a generator it starts where a "
         "GAN from scratch has to get to; adversarial training then sharpens it.",
-        f"**Evidence: one run.** In `{m.name}` (FID-style score of {n.param(m, 'gan.fid_samples')} samples from one "
+        f"**Evidence: one run.** In {literal(m.name)} (FID-style score of {n.param(m, 'gan.fid_samples')} samples from one "
         f"fixed noise, against the test split) the decoder-started generator scores "
         f"{n.metric(m, 'gan/decoder/fid', step=0)} before any GAN training (these are the VAE's own samples), "
         f"against {n.metric(m, 'gan/scratch/fid', step=0)} for the random generator. After "
@@ -374,7 +391,7 @@ def section_strengths(study: Study, n: Numbers) -> str:
         "share of samples that fall in the real images' neighbourhoods. In recall: "
         f"{versus('recall', 'vae_prior', 'gan_decoder')} {versus('recall', 'vae_prior', 'gan_scratch')} "
         f"In precision: {versus('precision', 'vae_prior', 'gan_decoder')}",
-        f"**Stability (one run, `{m.name}`).** Over the {n.param(m, 'vae.epochs')} epochs of the VAE's training the "
+        f"**Stability (one run, {literal(m.name)}).** Over the {n.param(m, 'vae.epochs')} epochs of the VAE's training the "
         f"test negative ELBO went up from one epoch to the next {n.rises(m, 'vae/test_neg_elbo')} times; over the "
         f"GANs' {n.param(m, 'gan.epochs')} epochs the FID-style score went up {n.rises(m, 'gan/decoder/fid')} times "
         f"(from the decoder) and {n.rises(m, 'gan/scratch/fid')} times (from scratch). The VAE's loss is a bound that "
@@ -409,7 +426,7 @@ def build(study: Study, source: Source, figures: Path) -> tuple[str, list[dict]]
     figure_scores(study.main_config, figures / "precision_recall.png")
 
     sections = [
-        f"# Reflection: a VAE and a GAN on `{m.params['data.name']}`",
+        f"# Reflection: a VAE and a GAN on {literal(m.params['data.name'])}",
         "Written by `make report` from the recorded runs; do not edit by hand. Every number in the "
         f"text is read from the runs it names; `{NUMBERS}` lists each one with its runs and metric. A comparison "
         "between configurations is stated with the 95% interval of the difference, and where that interval "
