@@ -98,6 +98,13 @@ def test_without_runs_every_page_says_how_to_make_one_and_creates_no_store(proje
     assert not project.store.exists() and not (project.root / "mlartifacts").exists()
 
 
+def test_a_damaged_store_is_named_on_the_page_not_a_traceback(project, inside):
+    inside(project)
+    project.store.write_bytes(b"not a database" * 100)
+    app = open_app()
+    assert not app.exception and "is damaged (file is not a database)" in app.error[0].value
+
+
 def test_a_run_whose_models_are_missing_gets_a_message_naming_it(project, inside):
     inside(project)
     client = mlflow.MlflowClient(f"sqlite:///{project.store}")
@@ -252,7 +259,7 @@ def test_training_from_the_app_records_a_new_run_and_refuses_a_second_at_once(re
     app = open_app("Train")
     app.number_input(key="train-latent_dim").set_value(3)
     app.button[0].click().run()
-    assert not app.exception and "Started DVC experiment app-" in app.success[0].value
+    assert not app.exception and "Started DVC experiment ` app-" in app.success[0].value
     app.button[0].click().run()  # a second request while the first runs
     assert "Not started: a training is already running" in app.warning[0].value
     assert len(list(repo.glob(".dvc/tmp/explorer/train.json"))) == 1

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO, TINY, merge, repo_params
+from conftest import REPO, TINY, merge, mlflow_runs, repo_params
 
 LINE = re.compile(r"^(\w+(?:\[n=\d+\])?): (-?[\d,.]+)", re.M)
 
@@ -48,3 +48,16 @@ def test_gan_study_prints_one_line_per_seed(tmp_path):
     rows = [line.split() for line in result.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [row[0] for row in rows] == ["3", "4"] and all(len(row) == 9 for row in rows)
     assert all(0 <= float(row[1]) <= 1 for row in rows)  # classifier accuracy
+
+
+@pytest.mark.slow
+def test_load_benchmark_prints_every_figure(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "load.py"), "--rows", "30", "--keep",
+                             str(tmp_path / "project")], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = {name: float(value.replace(",", "")) for name, value in LINE.findall(result.stdout)}
+    for name in ("compare_s[n=30]", "compare_again_s[n=30]", "report_s[n=30]", "report_tallest_figure_px[n=30]",
+                 "explorer_first_load_s[n=30]", "explorer_rerun_s[n=30]"):
+        assert figures[name] > 0, name
+    rows = mlflow_runs(tmp_path / "project" / "mlflow.db", "mnist5k")
+    assert len(rows) == 30 and len({(r.data.params["latent_dim"], r.data.params["seed"]) for r in rows}) == 30

@@ -228,11 +228,11 @@ def test_the_same_params_and_seed_give_the_same_bytes(upstream):
 # Interruptions
 
 
-def start_stage(project, name: str) -> tuple[subprocess.Popen, object]:
+def start_stage(project, name: str, env: dict | None = None) -> tuple[subprocess.Popen, object]:
     """`python -m pipeline.<name>` in the background, as Project.stage runs it, output to a log."""
     log = open(project.root / f"{name}.log", "w+")
     process = subprocess.Popen([sys.executable, "-m", module_of(name)], cwd=project.root, stdout=log,
-                               stderr=subprocess.STDOUT, env=project.environment())
+                               stderr=subprocess.STDOUT, env=project.environment(env))
     return process, log
 
 
@@ -463,7 +463,7 @@ def test_a_lock_taken_in_the_middle_of_a_stage_fails_it_cleanly_and_ends_its_row
     wait), rather than staying RUNNING."""
     project.stage("download")
     project.write_params(LONG)
-    process, log = start_stage(project, "train_vae")
+    process, log = start_stage(project, "train_vae", env=FAST_WAIT)
     try:
         wait_for_line(process, log, "epoch 2/")
         with store_locked(project, seconds=3):

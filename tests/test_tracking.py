@@ -234,3 +234,25 @@ def test_each_configuration_gets_one_summary_run_with_its_seeds_nested_and_updat
     (again,) = mlflow_runs(project.store, "rows", summaries=True)
     assert again.data.metrics[fid] == 500.0 and again.data.tags["pipeline.seeds"] == "0,1,2"
     assert mlflow_runs(project.store, "rows")[0].data.tags["mlflow.parentRunId"] == summary_id
+
+
+def test_rows_read_from_a_sqlite_store_are_those_mlflow_gives(project, record):
+    """rows.read_rows reads a local SQLite store's tables directly (thousands of rows in a fraction
+    of MLflow's time): the same Rows as MLflow's search, a NaN and a deleted run included."""
+    from pipeline.tracking import rows
+
+    first = record("train_vae", 1.0)
+    record("train_gan", float("nan"), upstream=first)
+    record("train_vae", 2.0, params={"latent_dim": "8"})
+    with pytest.raises(RuntimeError):
+        record("train_vae", 4.0, fail=True)  # a FAILED row
+    doomed = record("train_vae", 3.0, params={"latent_dim": "2"})
+    mlflow.MlflowClient().delete_run(doomed)
+    direct, searched = rows.read_rows("rows"), rows.read_rows("rows", through_mlflow=True)
+    assert len(direct) == 3 and doomed not in {row.run_id for row in direct}
+    assert sorted(row.status for row in direct) == ["FAILED", "FINISHED", "FINISHED"]
+
+    def comparable(row):  # NaN != NaN: compare the metrics as text
+        return {**row.__dict__, "metrics": {key: repr(value) for key, value in row.metrics.items()}}
+
+    assert [comparable(row) for row in direct] == [comparable(row) for row in searched]

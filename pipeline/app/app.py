@@ -249,10 +249,11 @@ def main() -> None:
     try:
         config = load_config()
         device = resolve_device(config.device)
+        store.check_store()  # a damaged, locked or unusable store: its one line, not a traceback
+        names = sorted({config.experiment_name, *explorer.experiments()})
     except PipelineError as error:
         st.error(str(error))
         st.stop()
-    names = sorted({config.experiment_name, *explorer.experiments()})
     experiment = st.sidebar.selectbox("Experiment", names, index=names.index(config.experiment_name))
     asked = st.query_params.get("page", PAGES[0])
     page = st.sidebar.radio("Page", PAGES, index=PAGES.index(asked) if asked in PAGES else 0, key="page")

@@ -65,6 +65,9 @@ def run_command(name: str, main: Callable[[], None]) -> None:
     the `with` blocks on the way out remove temporary files and end the MLflow row as KILLED, and
     are reported in one line."""
     logging.basicConfig(level=logging.INFO, format=f"{name}: %(message)s")
+    # MLflow logs a failed database write with its whole SQL before raising it; the error reaches
+    # the user once, as one line (named_fault).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
     def terminate(signum, frame):
         raise Terminated()

@@ -183,11 +183,45 @@ def open_experiment(experiment: str):
     return client, found.experiment_id
 
 
-def read_rows(experiment: str) -> list[Row]:
-    """Every row of `experiment`, oldest first (see open_experiment for a missing one)."""
+def read_rows(experiment: str, through_mlflow: bool = False) -> list[Row]:
+    """Every row of `experiment`, oldest first (see open_experiment for a missing one). A local
+    SQLite store is read with four queries of its tables (`_read_sqlite`), other stores, or
+    `through_mlflow`, with MLflow's search: the same Rows, in a fraction of the time for thousands."""
     client, experiment_id = open_experiment(experiment)
-    runs = client.search_runs([experiment_id], max_results=SEARCH_LIMIT, order_by=["attributes.start_time ASC"])
-    return [Row.from_mlflow(run) for run in runs]
+    database = store.local_store(store.tracking_uri())
+    if database is not None and not through_mlflow:
+        rows = _read_sqlite(database, experiment_id)
+    else:
+        runs = client.search_runs([experiment_id], max_results=SEARCH_LIMIT, order_by=["attributes.start_time ASC"])
+        rows = [Row.from_mlflow(run) for run in runs]
+    return sorted(rows, key=lambda row: (row.start_time, row.run_id))
+
+
+def _read_sqlite(database, experiment_id: str) -> list[Row]:
+    """The experiment's rows (not deleted ones) read from MLflow's tables in a SQLite store: runs,
+    params, tags and latest_metrics, as MLflow's own search reads them (a NaN is stored as 0 with
+    `is_nan`). MLflow's search builds an object per value: 2,000 rows took it seconds
+    (benchmarks/load.py). tests/test_tracking.py checks that both give the same Rows."""
+    import contextlib
+    import sqlite3
+
+    rows_of = ("SELECT t.run_uuid, {columns} FROM {table} t JOIN runs r ON r.run_uuid = t.run_uuid "
+               "WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active'")
+    key = (int(experiment_id),)
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=store.store_wait())) as db:
+        runs = db.execute("SELECT run_uuid, status, start_time FROM runs WHERE experiment_id = ? AND "
+                          "lifecycle_stage = 'active'", key).fetchall()
+        found: dict[str, dict[str, dict]] = {run_id: {"params": {}, "tags": {}, "metrics": {}} for run_id, _, _ in runs}
+        for run_id, name, value in db.execute(rows_of.format(columns="t.key, t.value", table="params"), key):
+            found[run_id]["params"][name] = value
+        for run_id, name, value in db.execute(rows_of.format(columns="t.key, t.value", table="tags"), key):
+            found[run_id]["tags"][name] = value
+        for run_id, name, value, is_nan in db.execute(
+                rows_of.format(columns="t.key, t.value, t.is_nan", table="latest_metrics"), key):
+            found[run_id]["metrics"][name] = float("nan") if is_nan else float(value)
+    return [Row(run_id, found[run_id]["tags"].get(names.RUN_NAME_TAG, run_id), status, start_time,
+                found[run_id]["params"], found[run_id]["metrics"], found[run_id]["tags"])
+            for run_id, status, start_time in runs]
 
 
 def read_row(run_id: str) -> Row:

@@ -61,8 +61,9 @@ def shown_uri() -> str:
 SERVER_TIMEOUT_S = 10
 
 # How long a write to a SQLite store waits for another process's lock (SQLite's busy handler
-# retries within it) before the stage gives up with a one-line error: queue workers writing one
-# store at once each hold it for milliseconds. PIPELINE_STORE_WAIT_S changes it.
+# retries within it; MLflow's own 20 s is replaced, see connect) before the stage gives up with a
+# one-line error: queue workers writing one store at once each hold it for milliseconds.
+# PIPELINE_STORE_WAIT_S changes it.
 STORE_WAIT_S = 60.0
 STORE_WAIT_VARIABLE = "PIPELINE_STORE_WAIT_S"
 
@@ -190,11 +191,24 @@ def _creation_lock(uri: str) -> Iterator[None]:
         yield
 
 
+def _store_wait_pragma(connection, cursor, statement, parameters, context, executemany):
+    """SQLAlchemy hook: MLflow opens every session on a SQLite store with `PRAGMA busy_timeout =
+    20000`; the wait is store_wait() instead, so that one bound holds for every write."""
+    if statement.startswith("PRAGMA busy_timeout"):
+        statement = f"PRAGMA busy_timeout = {int(store_wait() * 1000)};"
+    return statement, parameters
+
+
 def connect():
     """Point MLflow at the store and return (mlflow, client); creates a missing local store."""
     # Usage telemetry would only try (and fail) to reach the network from here.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "before_cursor_execute", _store_wait_pragma):
+        event.listen(Engine, "before_cursor_execute", _store_wait_pragma, retval=True)
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(engine_uri(uri))

@@ -40,6 +40,14 @@ def summary_metrics(configuration: Configuration) -> dict[str, float]:
     return logged
 
 
+def _current(summary: Row, configuration: Configuration) -> bool:
+    """Whether a summary run already says what it would be written to say, its rows nested under it."""
+    return (summary.name == summary_name(configuration)
+            and summary.tags.get(names.SEEDS_TAG) == ",".join(map(str, configuration.seeds))
+            and summary.metrics == summary_metrics(configuration)
+            and all(row.tags.get(names.PARENT_TAG) == summary.run_id for row in configuration.rows))
+
+
 def record(experiment: str, configurations: list[Configuration], rows: list[Row]) -> dict[str, str]:
     """Create or update the summary run of each configuration in `experiment` and nest its rows
     under it; `rows` are the experiment's rows as read (to find the existing summaries). Returns
@@ -48,12 +56,16 @@ def record(experiment: str, configurations: list[Configuration], rows: list[Row]
 
     client, experiment_id = open_experiment(experiment)
     store.ensure_experiment(experiment)  # an experiment made by older code gets the training kind (names.py)
-    existing = {row.tags[names.SUMMARY_TAG]: row.run_id for row in sorted(rows, key=lambda r: r.start_time)
+    existing = {row.tags[names.SUMMARY_TAG]: row for row in sorted(rows, key=lambda r: r.start_time)
                 if row.is_summary}
     now = int(time.time() * 1000)
     ids = {}
     for configuration in configurations:
-        run_id = existing.get(configuration.id)
+        summary = existing.get(configuration.id)
+        run_id = summary.run_id if summary is not None else None
+        if summary is not None and _current(summary, configuration):
+            ids[configuration.id] = run_id  # nothing to write: thousands of rows stay quick to compare
+            continue
         if run_id is None:
             run = client.create_run(experiment_id, run_name=summary_name(configuration),
                                     tags={names.SUMMARY_TAG: configuration.id,

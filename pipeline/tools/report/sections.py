@@ -27,7 +27,7 @@ from pipeline.tracking.rows import Configuration, Row
 
 FIGURES, NUMBERS = "figures", "reflection.numbers.json"
 
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+!|-])")  # what Markdown reads as markup
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]|])")  # what Markdown reads as markup in the middle of a line
 
 
 def literal(text: str) -> str:
