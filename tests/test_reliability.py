@@ -12,6 +12,20 @@ Faults: Ctrl-C, SIGTERM and SIGKILL in the middle of a stage leave no output of 
 row ends KILLED (at once, or at the next stage's start when the process could not end it
 itself), and the next run succeeds. A diverging training stops naming the epoch and the term;
 the same params and seed give the same bytes. Two queue workers at once record every run.
+
+Part two, each with the same checks (one line `<stage>: error: ...`, exit 2, no traceback, no
+output changed, no row added unless it ended): a damaged store (random bytes, cut in half; also
+for compare and report), a store locked past the wait (before any work, and in the middle of a
+stage, whose row still ends FAILED) and one locked for less (waited for), stores that cannot work
+(file:, a plain path, in-memory, a path under a file), a params file that is not UTF-8, a folder,
+or gives a key twice, sizes beyond the machine and sample counts below a meaningful score,
+PIPELINE_THREADS beyond the cores, data too small for the evaluation (refused by download), an
+allocation refused under an address-space limit, a full disk (tmpfs) and a read-only artifact
+store (bind mount), both root only; a failure injected at each stage's last steps (store, disk,
+SIGTERM) leaving every output folder byte for byte as it was; files with the user's umask. The
+three silent cases: a `--temp` experiment's artifacts with a store of the user's choosing, an
+experiment whose artifacts would be lost, and a refused `dvc exp run -S` during a `dvc repro`
+(with params changed between a DVC command's stages); markup in the report: test_report.py.
 """
 
 from __future__ import annotations
