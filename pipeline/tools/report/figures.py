@@ -92,7 +92,8 @@ def figure_latent_dim(configurations: list[Configuration], path: Path) -> None:
         axes.set(xlabel="latent_dim", ylabel=label)
         axes.set_xscale("log", base=2)
         axes.minorticks_off()
-        ticks = dims if len(dims) <= 12 else sorted({dims[round(k * (len(dims) - 1) / 11)] for k in range(12)})
+        # Each latent_dim a tick; with many, the powers of two between them (labels that do not overlap).
+        ticks = dims if len(dims) <= 12 else [2**k for k in range(12) if dims[0] <= 2**k <= dims[-1]]
         axes.set_xticks(ticks, [str(d) for d in ticks])
         axes.legend(fontsize=7)
     counts = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"
