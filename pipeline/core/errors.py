@@ -1,6 +1,7 @@
 """Errors a user can act on. Stages report them as one clear message and exit non-zero."""
 
 import re
+from collections.abc import Iterator
 
 # The user-information part of a URL: `scheme://user:password@host` -> `scheme://***@host`.
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
@@ -9,6 +10,16 @@ _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 def without_credentials(text: str) -> str:
     """`text` with any URL's user name and password replaced by ***, for messages and logs."""
     return _CREDENTIALS.sub("***@", text)
+
+
+def causes(error: BaseException | None) -> Iterator[BaseException]:
+    """`error`, then the errors it was raised from or while handling, innermost last (a library's
+    error often wraps the one that names the fault: MLflow wraps SQLAlchemy's, which wraps sqlite3's)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 class PipelineError(Exception):

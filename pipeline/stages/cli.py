@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from pipeline.core.errors import PipelineError, Terminated, without_credentials
+from pipeline.core.errors import PipelineError, Terminated, causes, without_credentials
 
 # The settings that size each stage's memory, named when an allocation fails.
 MEMORY_SETTINGS = {
@@ -41,21 +41,18 @@ def named_fault(name: str, error: BaseException) -> str | None:
     fault = store.store_fault(error)
     if fault is not None:
         return str(fault)
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _FILE_FAULTS:
-            what, advice = _FILE_FAULTS[error.errno]
+    for cause in causes(error):
+        if isinstance(cause, OSError) and cause.errno in _FILE_FAULTS:
+            what, advice = _FILE_FAULTS[cause.errno]
             # Python's file objects raise without a file name: then the folder the stage writes in.
-            where = f" writing {error.filename}" if error.filename else f" under {os.getcwd()}"
+            where = f" writing {cause.filename}" if cause.filename else f" under {os.getcwd()}"
             return without_credentials(f"{what}{where}; {advice}")
-        text = str(error).lower()
-        if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
-                isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)):
+        text = str(cause).lower()
+        if isinstance(cause, MemoryError) or type(cause).__name__ == "OutOfMemoryError" or (
+                isinstance(cause, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)):
             settings = MEMORY_SETTINGS.get(name, "the batch sizes and widths in params.yaml")
-            return (f"out of memory ({str(error).splitlines()[0][:120] or type(error).__name__}); lower {settings} "
+            return (f"out of memory ({str(cause).splitlines()[0][:120] or type(cause).__name__}); lower {settings} "
                     "in params.yaml, or free memory")
-        error = error.__cause__ or error.__context__
     return None
 
 

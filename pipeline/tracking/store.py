@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import Config, flatten
-from pipeline.core.errors import Terminated, TrackingError, without_credentials
+from pipeline.core.errors import Terminated, TrackingError, causes, without_credentials
 from pipeline.core.io import read_json, write_json
 from pipeline.tracking import names, views
 
@@ -418,14 +418,11 @@ def store_fault(error: BaseException) -> TrackingError | None:
     wraps SQLAlchemy's errors, which wrap sqlite3's); None when the store is not at fault."""
     import sqlite3
 
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        module = type(error).__module__
-        if isinstance(error, sqlite3.Error) or module.startswith("sqlalchemy") or (
-                module.startswith("mlflow") and re.search(r"sqlite3|psycopg2|pymysql|database", str(error))):
-            return unusable_store(error)
-        error = error.__cause__ or error.__context__
+    for cause in causes(error):
+        module = type(cause).__module__
+        if isinstance(cause, sqlite3.Error) or module.startswith("sqlalchemy") or (
+                module.startswith("mlflow") and re.search(r"sqlite3|psycopg2|pymysql|database", str(cause))):
+            return unusable_store(cause)
     return None
 
 
