@@ -143,7 +143,9 @@ def test_torchvision_download_through_a_mirror(served_mnist, tmp_path, name):
 def test_download_stage_uses_the_mirror_from_the_environment(served_mnist, project, monkeypatch):
     """In process, since the served checksums are patched into torchvision's classes here."""
     url, _, arrays = served_mnist
-    project.write_params({"data": {"name": "mnist", "max_per_class": 0}})
+    # 20 images a set: the served test split's size, above TINY's 16 features.
+    project.write_params({"data": {"name": "mnist", "max_per_class": 0},
+                          "evaluate": {"num_samples": 20, "kid_subset_size": 10}})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.store}")
     monkeypatch.setenv(data.MIRROR_VARIABLE, url)
     download.main()
