@@ -73,6 +73,13 @@ def _changes(before: Any, after: Any, prefix: str = "") -> list[str]:
     return [] if before == after else [f"{prefix.rstrip('.')}: {before!r} -> {after!r}"]
 
 
+def _named(command: dict[str, Any] | None) -> str:
+    """The DVC command as messages name it: `dvc repro` (process 123)."""
+    if command is None:
+        return "the stage"
+    return f"`dvc {'repro' if command['kind'] == 'repro' else 'exp run'}` (process {command['pid']})"
+
+
 def _refuse(command: str, changes: list[str]) -> ConfigError:
     return ConfigError(f"params.yaml changed while {command} was running ({'; '.join(changes[:5])}), by an edit or "
                        "by a `dvc exp run -S` that DVC then refused (it rewrites params.yaml first); nothing of "
@@ -87,7 +94,7 @@ def started() -> None:
     _started.update(params=params, command=command)
     if command is None or not Path(".dvc").is_dir():
         return
-    name = f"`dvc {'repro' if command['kind'] == 'repro' else 'exp run'}` (process {command['pid']})"
+    name = _named(command)
     marker = MARKERS / f"{command['pid']}-{command['start']}.json"
     if marker.exists():
         first = read_json(marker)
@@ -114,10 +121,7 @@ def unchanged() -> None:
         return  # not run through pipeline.stages.cli (a test calling main)
     now = read_params(PARAMS_FILE)
     if now != _started["params"]:
-        command = _started["command"]
-        name = (f"`dvc {'repro' if command['kind'] == 'repro' else 'exp run'}` (process {command['pid']})"
-                if command else "the stage")
-        raise _refuse(name, _changes(_started["params"], now))
+        raise _refuse(_named(_started["command"]), _changes(_started["params"], now))
 
 
 def _forget_finished_commands() -> None:

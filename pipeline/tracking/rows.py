@@ -135,11 +135,15 @@ def replicates(rows: list[Row], key: Callable[[Row], Hashable]) -> dict[Hashable
             for value, by_seed in groups.items()}
 
 
+# The params that place a row among the others, with the Row property that reads each.
+PLACING = {names.SEED: "seed", names.LATENT_DIM: "latent_dim", names.BETA: "beta"}
+
+
 def unreadable(row: Row) -> str | None:
-    """Why the params that place a row (seed, latent_dim, vae.beta) cannot be read, or None."""
-    for key, kind in ((names.SEED, int), (names.LATENT_DIM, int), (names.BETA, float)):
+    """Why the params that place a row (PLACING) cannot be read, or None."""
+    for key, attribute in PLACING.items():
         try:
-            kind(row.params[key])
+            getattr(row, attribute)
         except ValueError:
             return f"{key} = {row.params[key]!r}"
     return None
@@ -150,7 +154,7 @@ def readable(rows: list[Row]) -> list[Row]:
     which are named in a warning: one such row must not stop a comparison of the rest."""
     kept, skipped = [], []
     for row in rows:
-        reason = unreadable(row) if {names.SEED, names.LATENT_DIM, names.BETA} <= set(row.params) else None
+        reason = unreadable(row) if set(PLACING) <= set(row.params) else None
         (skipped if reason else kept).append((row, reason))
     if skipped:
         log.warning("left out %d row(s) whose params cannot be read: %s", len(skipped),
@@ -163,8 +167,7 @@ def configurations(rows: list[Row]) -> list[Configuration]:
     """The complete result rows grouped by configuration, sorted by latent_dim, beta, then id. A row
     without the params that place it (seed, latent_dim, vae.beta) was not recorded by the stages
     and is left out; one whose params cannot be read is left out with a warning (`readable`)."""
-    placed = {names.SEED, names.LATENT_DIM, names.BETA}
-    results = readable([row for row in rows if row.complete and not row.is_summary and placed <= set(row.params)])
+    results = readable([row for row in rows if row.complete and not row.is_summary and set(PLACING) <= set(row.params)])
     found = replicates(results, lambda row: row.configuration).values()
     return sorted(found, key=lambda c: (c.latent_dim, c.beta, c.id))
 
