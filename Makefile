@@ -45,13 +45,17 @@ bench-load: $(VENV)/.installed  ## time make compare, the report and the explore
 study: $(VENV)/.installed  ## GAN from the decoder vs from scratch vs VAE samples, over seeds 0-2 (about 3 minutes)
 	python benchmarks/gan_from_decoder.py
 
-# `make sweep JOBS=2 LATENT_DIMS="2 8 32" SEEDS="0 1 2"`; see docs/sweeps.md.
+# `make sweep JOBS=2 LATENT_DIMS="2 8 32" SEEDS="0 1 2"`; see docs/sweeps.md. On a Ray cluster:
+# `make sweep EXECUTOR=ray ADDRESS=head:6379`; see docs/cluster.md.
 JOBS ?= 1
 LATENT_DIMS ?= 2 4 8 16 32 64
 SEEDS ?=
 SEED_ARGS = $(if $(strip $(SEEDS)),--seeds $(SEEDS))
-sweep: $(VENV)/.installed  ## queue one DVC experiment per latent_dim (and seed), run them with JOBS workers, wait, compare
-	python -m pipeline.tools.sweep --latent-dims $(LATENT_DIMS) $(SEED_ARGS) --jobs $(JOBS)
+EXECUTOR ?= dvc
+ADDRESS ?=
+EXECUTOR_ARGS = --executor $(EXECUTOR) $(if $(filter ray,$(EXECUTOR)),$(if $(ADDRESS),--address $(ADDRESS)),--jobs $(JOBS))
+sweep: $(VENV)/.installed  ## one DVC experiment per latent_dim (and seed), run by JOBS queue workers (or EXECUTOR=ray), then compare
+	python -m pipeline.tools.sweep --latent-dims $(LATENT_DIMS) $(SEED_ARGS) $(EXECUTOR_ARGS)
 
 compare: $(VENV)/.installed  ## print each configuration's mean ± 95% interval over its seeds, write outputs/comparison.csv
 	python -m pipeline.tools.compare

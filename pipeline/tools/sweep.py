@@ -60,6 +60,13 @@ def experiment_names(stamp: str, values: list[int], betas: list[float] | None = 
             for value in values for beta in (betas or [None]) for seed in (seeds or [None])}
 
 
+def settings(point: Point) -> tuple[str, ...]:
+    """The params a point sets, as `dvc exp run -S` takes them."""
+    value, beta, seed = point
+    return (f"latent_dim={value}", *([f"vae.beta={beta}"] if beta is not None else []),
+            *([f"seed={seed}"] if seed is not None else []))
+
+
 def threads_per_worker(jobs: int, cores: int) -> int:
     """Each worker's share of the cores (at least one thread)."""
     return max(1, cores // jobs)
@@ -218,10 +225,9 @@ def run(values: list[int], betas: list[float] | None, seeds: list[int] | None, j
     """Queue and run the sweep; returns each point's experiment name."""
     names = experiment_names(time.strftime("%m%d-%H%M%S"), values, betas, seeds)
     dvc("repro", *SHARED_STAGES, env=env)
-    for (value, beta, seed), name in names.items():
-        extra = ["-S", f"vae.beta={beta}"] if beta is not None else []
-        extra += ["-S", f"seed={seed}"] if seed is not None else []
-        dvc("exp", "run", "--queue", "--quiet", "-n", name, "-S", f"latent_dim={value}", *extra, env=env)
+    for point, name in names.items():
+        dvc("exp", "run", "--queue", "--quiet", "-n", name,
+            *[arg for setting in settings(point) for arg in ("-S", setting)], env=env)
     log.info("running %d experiments with %d workers, %d threads each (`dvc queue logs -f <name>` shows one's "
              "output as it runs)", len(names), jobs, threads)
     workers_env = {**env, THREADS_VARIABLE: str(threads)}
@@ -283,7 +289,7 @@ def sweep_rows(names: dict[Point, str], recorded: list[Row]) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline.core.config import load_config
+    from pipeline.core.config import read_params
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.tools.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--latent-dims", type=int, nargs="+", default=list(DEFAULT_VALUES), metavar="N",
@@ -293,25 +299,52 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
                         help="model seeds, each run with every other point: the replicates whose mean and "
                              "interval the table shows (default: params.yaml's seed)")
-    parser.add_argument("-j", "--jobs", type=int, default=1, help="queue workers at once (default 1)")
+    parser.add_argument("--executor", choices=("dvc", "ray"), default="dvc",
+                        help="dvc: DVC's queue on this machine (default); ray: one Ray task per experiment, on any "
+                             "node of a Ray cluster (docs/cluster.md)")
+    parser.add_argument("-j", "--jobs", type=int, help="DVC queue workers at once (default 1)")
     parser.add_argument("--threads", type=int,
-                        help="CPU threads per stage (default: PIPELINE_THREADS, else the cores divided by --jobs)")
+                        help="CPU threads per stage (default: PIPELINE_THREADS, else the cores divided by --jobs; "
+                             "with Ray, else 1): with Ray, also the CPUs each task asks for")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="with --executor ray: the cluster's address, as `ray start --address` takes it "
+                             "(default: start Ray on this machine)")
+    parser.add_argument("--git-remote", metavar="NAME",
+                        help="with --executor ray: the git remote the nodes clone from and push the experiments to "
+                             "(default origin)")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help=f"where to write the table (default {DEFAULT_CSV})")
     args = parser.parse_args(argv)
-    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+    if (args.jobs is not None and args.jobs < 1) or (args.threads is not None and args.threads < 1):
         parser.error("--jobs and --threads must be at least 1")
+    if args.executor == "dvc" and (args.address or args.git_remote):
+        parser.error("--address and --git-remote go with --executor ray")
+    if args.executor == "ray" and args.jobs is not None:
+        parser.error("--jobs sets DVC's queue workers; Ray runs as many experiments at once as the cluster's CPUs "
+                     "allow, --threads each")
 
-    config = load_config()
+    # With Ray the device is checked against the cluster (ray_sweep.gpus_per_task), not this machine.
+    config = parse_config(read_params(), check_device=args.executor == "dvc")
     check_values(args.latent_dims, args.betas, args.seeds)
     check_git()
     store.check_store()
-    threads = (args.threads or thread_limit(dict(os.environ))
-               or threads_per_worker(args.jobs, len(os.sched_getaffinity(0))))
-    # Queue workers start `dvc` from PATH: it must be this environment's, as for the stages.
+    # Queue workers and tasks start `dvc` from PATH: it must be this environment's, as for the stages.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     start = time.perf_counter()
-    names = run(args.latent_dims, args.betas, args.seeds, args.jobs, threads, env)
+    if args.executor == "dvc":
+        jobs = args.jobs or 1
+        threads = (args.threads or thread_limit(dict(os.environ))
+                   or threads_per_worker(jobs, len(os.sched_getaffinity(0))))
+        names = run(args.latent_dims, args.betas, args.seeds, jobs, threads, env)
+        how = f"{jobs} worker(s), {threads} thread(s) each"
+    else:
+        from pipeline.tools import ray_sweep
+
+        threads = args.threads or thread_limit(dict(os.environ)) or 1
+        names = experiment_names(time.strftime("%m%d-%H%M%S"), args.latent_dims, args.betas, args.seeds)
+        nodes = ray_sweep.run({name: settings(point) for point, name in names.items()}, config=config,
+                              address=args.address, git_remote=args.git_remote or "origin", threads=threads, env=env)
+        how = f"Ray ({nodes} node(s)), {threads} CPU(s) each"
     seconds = time.perf_counter() - start
     recorded = read_rows(config.experiment_name)
     rows = sweep_rows(names, recorded)
@@ -326,8 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     print(compare.format_aggregate(compare.aggregate([row for group in groups for row in group.rows])))
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(args.csv, index=False)
-    print(f"sweep of {len(names)} experiments with {args.jobs} worker(s), {threads} thread(s) each: "
-          f"{seconds:.0f} s; table written to {args.csv}")
+    print(f"sweep of {len(names)} experiments with {how}: {seconds:.0f} s; table written to {args.csv}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ FORKED_TAG = "pipeline.forked_from"  # the row a new row copied its upstream rec
 HOST_TAG, PID_TAG, THREADS_TAG = "pipeline.host", "pipeline.pid", "pipeline.threads"
 COMMIT_TAG, DIRTY_TAG = "git.commit", "git.dirty"
 EXP_NAME_TAG, BASELINE_TAG = "dvc.exp_name", "dvc.baseline_rev"
+CLOSED_BY_TAG = "pipeline.closed_by"  # on a row marked KILLED by the sweep: why
 CONFIGURATION_TAG = "pipeline.configuration"  # on a result row: its configuration (configuration_id)
 SUMMARY_TAG = "pipeline.summary_of"  # on a configuration's summary run: the configuration it aggregates
 SEEDS_TAG = "pipeline.seeds"  # on a summary run: the seeds of its rows, comma-separated

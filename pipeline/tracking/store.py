@@ -349,6 +349,27 @@ def close_abandoned(client, experiment_id: str) -> list[str]:
     return closed
 
 
+def close_dead_attempts(experiment_name: str, exp_names: list[str]) -> list[str]:
+    """Mark KILLED the rows of DVC experiments `exp_names` still RUNNING once the sweep knows that
+    every attempt at them has ended: attempts that died with their Ray node. Their process was on
+    another host, so close_abandoned, which sees this machine's processes only, cannot tell that
+    it is gone. Returns their ids."""
+    from mlflow.entities import RunTag
+
+    _, client = connect()
+    experiment = client.get_experiment_by_name(experiment_name)
+    closed = []
+    for run in client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'") \
+            if experiment else []:
+        if run.data.tags.get(names.EXP_NAME_TAG) in exp_names:
+            client.log_batch(run.info.run_id, tags=[RunTag(names.CLOSED_BY_TAG, "sweep: its attempt died with its node")])
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("MLflow row %s of %s was left RUNNING by an attempt that died with its node: marked KILLED",
+                        run.info.run_id, run.data.tags[names.EXP_NAME_TAG])
+            closed.append(run.info.run_id)
+    return closed
+
+
 def _recorded_stages(run) -> list[str]:
     value = run.data.tags.get(names.STAGES_TAG, "")
     return value.split(",") if value else []

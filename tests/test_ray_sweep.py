@@ -1,0 +1,316 @@
+"""The sweep on Ray (`--executor ray`), recorded in a PostgreSQL-backed MLflow server: on a real
+local cluster (a Ray head and a second node, each its own `ray start` process on this machine),
+with a bare git remote and a local-folder DVC remote; a node killed in the middle of an
+experiment; an experiment that fails for a real reason; and the checks made before anything is
+queued."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from cluster import ClusterError, kill_tree, mlflow_server, postgres, postgres_bin, ray_cluster
+from conftest import git, merge
+
+from pipeline.tools import ray_sweep
+from pipeline.tools.sweep import SweepError
+from pipeline.tracking import names
+from pipeline.tracking import store as tracking
+
+try:
+    import ray
+except ImportError:
+    ray = None
+
+# The cluster test needs Ray and PostgreSQL; `.ci/run` installs both, so CI fails rather than skips.
+needs_cluster = pytest.mark.skipif(
+    not os.environ.get("CI") and (ray is None or postgres_bin() is None),
+    reason="needs Ray (requirements-dev.txt) and Debian's postgresql (.ci/run installs both)")
+
+
+def dvc(root, *args) -> str:
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def share(repo: Path, folder: Path) -> None:
+    """Give `repo` what the Ray sweep asks for: a bare git remote holding its commit, and a
+    local-folder DVC remote, committed."""
+    subprocess.run(["git", "init", "-q", "--bare", str(folder / "remote.git")], check=True)
+    git(repo, "remote", "add", "origin", str(folder / "remote.git"))
+    dvc(repo, "remote", "add", "-d", "storage", str(folder / "dvc-remote"))
+    git(repo, "add", ".dvc/config")
+    git(repo, "commit", "-qm", "DVC remote")
+    git(repo, "push", "-q", "origin", "HEAD")
+
+
+def sweep(repo: Path, *args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.tools.sweep", "--executor", "ray", *args], cwd=repo,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def finish(process: subprocess.Popen, seconds: float = 600) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=seconds)
+    return process.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    """PostgreSQL, `mlflow server` on it with served artifacts, and a two-node Ray cluster; yields
+    (server URL, cluster). Everything is stopped afterwards."""
+    if ray is None or postgres_bin() is None:
+        pytest.fail("Ray or PostgreSQL is not installed (.ci/run installs both)")
+    folder = tmp_path_factory.mktemp("team")
+    (folder / "artifacts").mkdir()
+    try:
+        with postgres() as database, mlflow_server(database, folder / "artifacts") as url, \
+                ray_cluster(folder, nodes=2, cpus_per_node=1) as cluster:
+            yield url, cluster
+    except ClusterError as error:
+        pytest.fail(str(error))
+
+
+def result_rows(url: str, experiment: str = "mnist5k"):
+    client = mlflow.MlflowClient(tracking_uri=url)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id]) if found else []
+    return [run for run in runs if names.SUMMARY_TAG not in run.data.tags]
+
+
+def sweep_names(out: str) -> list[str]:
+    return sorted(set(re.findall(r"(sweep-\d{4}-\d{6}-ld\d+)", out)))
+
+
+@needs_cluster
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_sweep_on_a_two_node_ray_cluster_records_one_row_per_value_and_comes_back_as_experiments(repo, tmp_path,
+                                                                                                  team):
+    url, cluster = team
+    share(repo, tmp_path)
+    code, out, err = finish(sweep(repo, "--address", cluster.address, "--latent-dims", "2", "3",
+                                  env={"MLFLOW_TRACKING_URI": url}))
+    assert code == 0, f"{out}\n{err}"
+    assert "with Ray (2 node(s)), 1 CPU(s) each" in out
+    experiments = sweep_names(out)
+    assert len(experiments) == 2
+
+    rows = [run for run in result_rows(url) if run.data.tags.get(names.EXP_NAME_TAG) in experiments]
+    assert sorted(run.data.params["latent_dim"] for run in rows) == ["2", "3"]  # one row per value, none lost
+    for run in rows:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[names.STAGES_TAG] == "train_vae,train_gan,evaluate"
+        assert run.data.tags[names.THREADS_TAG] == "1"  # the task's one CPU
+        assert run.data.tags[names.BASELINE_TAG] == git(repo, "rev-parse", "HEAD").strip()
+        # Artifacts went through the server: the checkpoint comes back.
+        assert Path(mlflow.MlflowClient(url).download_artifacts(run.info.run_id, "vae/checkpoint.pt",
+                                                                str(tmp_path / run.info.run_id))).stat().st_size > 0
+    # The shared stages ran once, in the workspace, and the experiments restored them from the remote.
+    assert len(result_rows(url, "datasets")) == 1 and len(result_rows(url, "classifiers")) == 1
+    assert not (repo / "mlflow.db").exists()  # nothing went to a local store
+
+    # Back in the workspace: DVC sees both experiments, with their results.
+    shown = dvc(repo, "exp", "show", "--no-pager", "--csv")
+    for name in experiments:
+        assert name in shown
+        assert (repo / "outputs" / "sweep_logs" / f"{name}.log").read_text().count("$ git clone") == 1
+    assert len(list((tmp_path / "dvc-remote").rglob("*"))) > 0
+    # And on the git remote, where the team sees them.
+    remote_refs = git(repo, "ls-remote", "origin", "refs/exps/*")
+    assert all(name in remote_refs for name in experiments)
+
+
+@needs_cluster
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_node_killed_during_an_experiment_still_ends_with_one_complete_row_per_value(repo, tmp_path, team):
+    url, cluster = team
+    share(repo, tmp_path)
+    process = sweep(repo, "--address", cluster.address, "--latent-dims", "5", "6", env={"MLFLOW_TRACKING_URI": url})
+    second = cluster.nodes[1]
+    # Wait until the second node runs a stage of an experiment (its row is RUNNING with that
+    # stage's PID), then kill every process of that node, as if the machine died.
+    deadline, victim = time.monotonic() + 400, None
+    while victim is None:
+        assert process.poll() is None, finish(process)
+        assert time.monotonic() < deadline, "no experiment ever ran on the second node"
+        below = set(map(str, cluster_processes(second.pid)))
+        for run in result_rows(url):
+            if run.info.status == "RUNNING" and run.data.tags.get(names.PID_TAG) in below:
+                victim = run
+        time.sleep(0.5)
+    kill_tree(second.pid)
+    code, out, err = finish(process)
+    assert code == 0, f"{out}\n{err}"
+    assert re.search(r"sweep: Ray node \w{8} at \S+ died: Ray runs the experiments it held again", err)
+
+    experiments = sweep_names(out)
+    rows = [run for run in result_rows(url) if run.data.tags.get(names.EXP_NAME_TAG) in experiments]
+    finished = [run for run in rows if run.info.status == "FINISHED"]
+    assert sorted(run.data.params["latent_dim"] for run in finished) == ["5", "6"]  # exactly one complete row each
+    assert [run for run in rows if run.info.status == "RUNNING"] == []
+    (dead,) = [run for run in rows if run.info.run_id == victim.info.run_id]
+    assert dead.info.status == "KILLED"
+    assert dead.data.tags[names.EXP_NAME_TAG] == victim.data.tags[names.EXP_NAME_TAG]
+    shown = dvc(repo, "exp", "show", "--no-pager", "--csv")
+    assert all(name in shown for name in experiments)
+
+
+def cluster_processes(pid: int) -> list[int]:
+    from cluster import descendants
+
+    return [pid, *descendants(pid)]
+
+
+@needs_cluster
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_an_experiment_that_fails_for_a_real_reason_is_reported_with_its_log_and_not_retried(repo, tmp_path, team):
+    url, cluster = team
+    # Valid by the params' rules, but the VAE's training diverges: train_vae refuses, on the node.
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), {"vae": {"learning_rate": 1e30}})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "commit", "-qam", "a learning rate that diverges")
+    share(repo, tmp_path)
+    code, out, err = finish(sweep(repo, "--address", cluster.address, "--latent-dims", "7",
+                                  env={"MLFLOW_TRACKING_URI": url}))
+    assert code == 2 and "Traceback" not in err.split("sweep: error:")[-1]
+    (name,) = sweep_names(err)
+    log = repo / "outputs" / "sweep_logs" / f"{name}.log"
+    assert re.search(rf"sweep: error: {name} failed at dvc exp run \(log: {re.escape(str(log.relative_to(repo)))}\)",
+                     err)
+    assert "train_vae: error:" in log.read_text() and "train_vae: error:" in err  # the log's end is printed
+    rows = [run for run in result_rows(url) if run.data.tags.get(names.EXP_NAME_TAG) == name]
+    assert [run.info.status for run in rows] == ["FAILED"]  # one attempt, not retried
+    assert not (repo / "outputs" / "sweep.csv").exists()
+
+
+# Checks before anything is queued: no cluster needed.
+
+def run_sweep(repo, *args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.tools.sweep", "--executor", "ray", *args], cwd=repo,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def assert_refused(result: subprocess.CompletedProcess, message: str, repo: Path) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sweep: error: "), result.stderr
+    assert message in lines[0]
+    assert not (repo / "outputs").exists() and not (repo / "mlflow.db").exists()  # nothing was run
+
+
+@pytest.mark.slow
+def test_the_ray_sweep_refuses_what_the_nodes_could_not_use_before_anything_is_queued(repo, tmp_path):
+    assert_refused(run_sweep(repo, "--latent-dims", "2"), "git remote 'origin' is not set", repo)
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "remote.git")], check=True)
+    git(repo, "remote", "add", "origin", str(tmp_path / "remote.git"))
+    assert_refused(run_sweep(repo, "--latent-dims", "2"), "is not on git remote 'origin'", repo)
+    git(repo, "push", "-q", "origin", "HEAD")
+    assert_refused(run_sweep(repo, "--latent-dims", "2"), "no default DVC remote", repo)
+    dvc(repo, "remote", "add", "-d", "storage", str(tmp_path / "dvc-remote"))
+    assert_refused(run_sweep(repo, "--latent-dims", "2"), "uncommitted changes to .dvc/config", repo)
+    git(repo, "commit", "-qam", "DVC remote")
+    assert_refused(run_sweep(repo, "--latent-dims", "2"), "is not on git remote 'origin'", repo)
+    git(repo, "push", "-q", "origin", "HEAD")
+    result = run_sweep(repo, "--latent-dims", "2", "--jobs", "2")
+    assert result.returncode == 2 and "--jobs sets DVC's queue workers" in result.stderr
+
+
+class FakeRay:
+    """Stands in for the ray module: a cluster whose nodes are at `addresses`."""
+
+    class exceptions:  # noqa: N801 - as ray's
+        RayError = RuntimeError
+
+    def __init__(self, addresses: list[str], gpus: float = 0):
+        self.addresses, self.gpus, self.queued = addresses, gpus, []
+
+    def init(self, **kwargs):
+        pass
+
+    def shutdown(self):
+        pass
+
+    def nodes(self):
+        return [{"NodeID": f"{n:056x}", "NodeManagerAddress": address, "Alive": True}
+                for n, address in enumerate(self.addresses)]
+
+    def cluster_resources(self):
+        return {"CPU": 8.0, "GPU": self.gpus}
+
+    def remote(self, function):
+        self.queued.append(function)
+        raise AssertionError("nothing may be queued")
+
+
+@pytest.mark.slow
+def test_a_local_store_with_nodes_elsewhere_is_refused_before_anything_runs(repo, tmp_path, monkeypatch):
+    share(repo, tmp_path)
+    fake = FakeRay(["127.0.0.1", "10.9.8.7"])
+    monkeypatch.setattr(ray_sweep, "import_ray", lambda: fake)
+    monkeypatch.setattr(ray_sweep, "local_addresses", lambda: {"127.0.0.1", "localhost"})
+    monkeypatch.chdir(repo)
+    from pipeline.tools import sweep
+
+    with pytest.raises(SweepError, match=r"the MLflow store sqlite:///\S+mlflow.db is a file on this machine, which "
+                                         r"the Ray nodes at 10.9.8.7 cannot reach; set MLFLOW_TRACKING_URI"):
+        sweep.main(["--executor", "ray", "--address", "10.9.8.7:6379", "--latent-dims", "2"])
+    assert fake.queued == [] and not (repo / "outputs").exists()  # not even the shared stages ran
+
+
+def test_reach_refuses_a_store_only_this_machine_can_reach_when_a_node_is_elsewhere(monkeypatch):
+    here = {"192.0.2.2", "localhost", "box"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    ray_sweep.check_reach("http://127.0.0.1:5000", ["192.0.2.2", "127.0.0.1"], here)  # every node here: fine
+    with pytest.raises(SweepError, match="loopback address, which the Ray nodes at 10.0.0.5 cannot reach"):
+        ray_sweep.check_reach("http://127.0.0.1:5000", ["192.0.2.2", "10.0.0.5"], here)
+    with pytest.raises(SweepError, match="loopback"):
+        ray_sweep.check_reach("http://localhost:5000", ["10.0.0.5"], here)
+    ray_sweep.check_reach("http://mlflow.internal:5000", ["10.0.0.5"], here)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////srv/mlflow.db")
+    with pytest.raises(SweepError, match="is a file on this machine"):
+        ray_sweep.check_reach("sqlite:////srv/mlflow.db", ["10.0.0.5"], here)
+    ray_sweep.check_reach("sqlite:////srv/mlflow.db", ["192.0.2.2"], here)
+
+
+@pytest.mark.parametrize(("device", "gpus", "expected"), [
+    ("cpu", 4, 0), ("auto", 0, 0), ("auto", 2, 1), ("cuda", 1, 1), ("cuda:0", 1, 1),
+    ("cuda", 0, "has no GPU"), ("cuda:1", 2, "each task sees only the GPU it is given"),
+])
+def test_a_task_asks_for_a_gpu_when_the_device_asks_for_cuda(device, gpus, expected):
+    if isinstance(expected, int):
+        assert ray_sweep.gpus_per_task(device, gpus) == expected
+    else:
+        with pytest.raises(SweepError, match=expected):
+            ray_sweep.gpus_per_task(device, gpus)
+
+
+def test_the_sweep_marks_killed_the_rows_its_dead_attempts_left_running(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, client = tracking.connect()
+    experiment = tracking.ensure_experiment("mnist5k")
+
+    def row(exp_name: str, status: str | None) -> str:
+        run = client.create_run(experiment, tags={names.EXP_NAME_TAG: exp_name, names.HOST_TAG: "node-that-died",
+                                                  names.PID_TAG: "1"})
+        if status:
+            client.set_terminated(run.info.run_id, status)
+        return run.info.run_id
+
+    dead, done, other = row("sweep-a-ld2", None), row("sweep-a-ld2", "FINISHED"), row("sweep-b-ld2", None)
+    assert tracking.close_dead_attempts("mnist5k", ["sweep-a-ld2", "sweep-a-ld3"]) == [dead]
+    assert client.get_run(dead).info.status == "KILLED"
+    assert client.get_run(dead).data.tags[names.CLOSED_BY_TAG] == "sweep: its attempt died with its node"
+    assert client.get_run(done).info.status == "FINISHED"
+    assert client.get_run(other).info.status == "RUNNING"  # another sweep's, maybe still running
+    assert tracking.close_dead_attempts("no-such-experiment", ["sweep-a-ld2"]) == []
