@@ -46,10 +46,11 @@ def merge(base: dict, overrides: dict) -> dict:
 
 
 def run(*command: str, cwd: Path, env: dict | None = None) -> str:
+    """The command's output, stdout then stderr; exits with both if it fails."""
     result = subprocess.run(list(command), cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
+    return result.stdout + result.stderr
 
 
 def project(folder: Path, tiny: bool, env: dict) -> Path:
