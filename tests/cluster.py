@@ -41,6 +41,17 @@ def postgres_bin() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
+def missing() -> str | None:
+    """What this machine lacks for a local cluster (Ray, PostgreSQL), or None."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return "Ray is not installed (requirements-dev.txt installs it)"
+    if postgres_bin() is None:
+        return "PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run installs it)"
+    return None
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid`, from /proc."""
     children: dict[int, list[int]] = {}

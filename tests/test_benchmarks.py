@@ -3,12 +3,14 @@ they are measurements, see `make bench`)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 
 import pytest
 import yaml
+from cluster import missing
 from conftest import REPO, TINY, merge, mlflow_runs, repo_params
 
 LINE = re.compile(r"^(\w+(?:\[n=\d+\])?): (-?[\d,.]+)", re.M)
@@ -61,3 +63,15 @@ def test_load_benchmark_prints_every_figure(tmp_path):
         assert figures[name] > 0, name
     rows = mlflow_runs(tmp_path / "project" / "mlflow.db", "mnist5k")
     assert len(rows) == 30 and len({(r.data.params["latent_dim"], r.data.params["seed"]) for r in rows}) == 30
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("CI") and missing() is not None, reason=str(missing()))
+def test_ray_sweep_benchmark_prints_both_executors_wall_times():
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ray_sweep.py"), "--tiny", "--latent-dims", "2"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = {name: float(value.replace(",", "")) for name, value in LINE.findall(result.stdout)}
+    for name in ("dvc_queue_2_workers_s", "ray_2_nodes_s", "ray_task_s"):
+        assert figures[name] > 0, name
+    assert "Ray (2 node(s)), 1 CPU(s) each" in result.stdout

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from cluster import ClusterError, kill_tree, mlflow_server, postgres, postgres_bin, ray_cluster
+from cluster import ClusterError, descendants, kill_tree, missing, mlflow_server, postgres, ray_cluster
 from conftest import git, merge
 
 from pipeline.tools import ray_sweep
@@ -24,15 +24,10 @@ from pipeline.tools.sweep import SweepError
 from pipeline.tracking import names
 from pipeline.tracking import store as tracking
 
-try:
-    import ray
-except ImportError:
-    ray = None
-
-# The cluster test needs Ray and PostgreSQL; `.ci/run` installs both, so CI fails rather than skips.
-needs_cluster = pytest.mark.skipif(
-    not os.environ.get("CI") and (ray is None or postgres_bin() is None),
-    reason="needs Ray (requirements-dev.txt) and Debian's postgresql (.ci/run installs both)")
+# The cluster tests need Ray and PostgreSQL; the CI command installs both, so there they fail
+# rather than skip.
+needs_cluster = pytest.mark.skipif(not os.environ.get("CI") and missing() is not None,
+                                   reason=str(missing()))
 
 
 def dvc(root, *args) -> str:
@@ -67,8 +62,8 @@ def finish(process: subprocess.Popen, seconds: float = 600) -> tuple[int, str, s
 def team(tmp_path_factory):
     """PostgreSQL, `mlflow server` on it with served artifacts, and a two-node Ray cluster; yields
     (server URL, cluster). Everything is stopped afterwards."""
-    if ray is None or postgres_bin() is None:
-        pytest.fail("Ray or PostgreSQL is not installed (.ci/run installs both)")
+    if missing():
+        pytest.fail(missing())
     folder = tmp_path_factory.mktemp("team")
     (folder / "artifacts").mkdir()
     try:
@@ -143,7 +138,7 @@ def test_a_node_killed_during_an_experiment_still_ends_with_one_complete_row_per
     while victim is None:
         assert process.poll() is None, finish(process)
         assert time.monotonic() < deadline, "no experiment ever ran on the second node"
-        below = set(map(str, cluster_processes(second.pid)))
+        below = set(map(str, [second.pid, *descendants(second.pid)]))
         for run in result_rows(url):
             if run.info.status == "RUNNING" and run.data.tags.get(names.PID_TAG) in below:
                 victim = run
@@ -163,12 +158,6 @@ def test_a_node_killed_during_an_experiment_still_ends_with_one_complete_row_per
     assert dead.data.tags[names.EXP_NAME_TAG] == victim.data.tags[names.EXP_NAME_TAG]
     shown = dvc(repo, "exp", "show", "--no-pager", "--csv")
     assert all(name in shown for name in experiments)
-
-
-def cluster_processes(pid: int) -> list[int]:
-    from cluster import descendants
-
-    return [pid, *descendants(pid)]
 
 
 @needs_cluster
