@@ -252,7 +252,7 @@ def run(tasks: dict[str, tuple[str, ...]], *, config: Config, address: str | Non
     # 5. The experiments, into this workspace.
     done = [name for name in tasks if name not in failed]
     if done:
-        dvc("exp", "pull", "--force", git_remote, *done, env=env)
+        dvc("exp", "pull", git_remote, *done, env=env)
     if failed:
         raise SweepError("; ".join(f"{name} {reason}" for name, reason in failed.items()))
     return len(nodes)
