@@ -69,6 +69,33 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def ray_worker_of(pid: int) -> int | None:
+    """The Ray worker process (`ray::...`) that `pid` runs under, or None."""
+    while pid and pid > 1:
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+                return pid
+        except OSError:
+            return None
+        pid = parent(pid)
+    return None
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
     """Send `sig` to `pid` and everything below it (collected first: orphans move to init)."""
     pids = [pid, *descendants(pid)]
@@ -179,9 +206,13 @@ class RayCluster:
         # The tasks' temporary clones go under self.temp too (TMPDIR), also those of a killed node.
         work = self.temp / "work"
         work.mkdir(exist_ok=True)
+        # As docs/cluster.md starts a node: a dead worker's whole process group goes with it. Token
+        # authentication off: Ray turns it on when ~/.ray/auth_token exists, and a client then
+        # needs RAY_AUTH_MODE=token; this cluster is on 127.0.0.1 and lives for one test.
         process = subprocess.Popen([str(BIN / "ray"), "start", "--block", "--disable-usage-stats", *args],
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TMPDIR": str(work)})
+                                   env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TMPDIR": str(work),
+                                        "RAY_process_group_cleanup_enabled": "1", "RAY_AUTH_MODE": "disabled"})
         self.nodes.append(process)
         return process
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from cluster import ClusterError, descendants, kill_tree, missing, mlflow_server, postgres, ray_cluster
+from cluster import ClusterError, alive, descendants, kill_tree, missing, mlflow_server, postgres, ray_cluster, ray_worker_of
 from conftest import git, merge
 
 from pipeline.tools import ray_sweep
@@ -124,6 +125,47 @@ def test_a_sweep_on_a_two_node_ray_cluster_records_one_row_per_value_and_comes_b
     assert all(name in remote_refs for name in experiments)
 
 
+def running_row(process: subprocess.Popen, url: str, where, seconds: float = 400):
+    """The first result row found RUNNING whose stage process `where(pid)` accepts, polling the
+    server while the sweep `process` runs."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, finish(process)
+        assert time.monotonic() < deadline, "no stage ran where expected"
+        for run in result_rows(url):
+            pid = run.data.tags.get(names.PID_TAG, "")
+            if run.info.status == "RUNNING" and pid.isdigit() and where(int(pid)):
+                return run
+        time.sleep(0.5)
+
+
+@needs_cluster
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_worker_killed_during_an_experiment_takes_its_processes_along_and_the_task_runs_again(repo, tmp_path,
+                                                                                                 team):
+    url, cluster = team
+    share(repo, tmp_path)
+    process = sweep(repo, "--address", cluster.address, "--latent-dims", "8", env={"MLFLOW_TRACKING_URI": url})
+    # The Ray worker running the task dies (the OOM killer, a crash); the node lives on.
+    victim = running_row(process, url, lambda pid: ray_worker_of(pid) is not None)
+    stage = int(victim.data.tags[names.PID_TAG])
+    os.kill(ray_worker_of(stage), signal.SIGKILL)
+    # Its `dvc exp run` and the stage it ran go with it (the node's process-group clean-up), so
+    # nothing of the dead attempt runs on to record or push a second result.
+    deadline = time.monotonic() + 30
+    while alive(stage):
+        assert time.monotonic() < deadline, "the dead worker's stage process ran on"
+        time.sleep(0.5)
+    code, out, err = finish(process)
+    assert code == 0, f"{out}\n{err}"
+    (name,) = sweep_names(out)
+    rows = [run for run in result_rows(url) if run.data.tags.get(names.EXP_NAME_TAG) == name]
+    assert sorted(run.info.status for run in rows) == ["FINISHED", "KILLED"]  # the retry's, the dead attempt's
+    assert {run.info.run_id for run in rows if run.info.status == "KILLED"} == {victim.info.run_id}
+    assert (repo / "outputs" / "sweep_logs" / f"{name}.log").exists()
+
+
 @needs_cluster
 @pytest.mark.slow
 @pytest.mark.timeout(900)
@@ -132,17 +174,9 @@ def test_a_node_killed_during_an_experiment_still_ends_with_one_complete_row_per
     share(repo, tmp_path)
     process = sweep(repo, "--address", cluster.address, "--latent-dims", "5", "6", env={"MLFLOW_TRACKING_URI": url})
     second = cluster.nodes[1]
-    # Wait until the second node runs a stage of an experiment (its row is RUNNING with that
-    # stage's PID), then kill every process of that node, as if the machine died.
-    deadline, victim = time.monotonic() + 400, None
-    while victim is None:
-        assert process.poll() is None, finish(process)
-        assert time.monotonic() < deadline, "no experiment ever ran on the second node"
-        below = set(map(str, [second.pid, *descendants(second.pid)]))
-        for run in result_rows(url):
-            if run.info.status == "RUNNING" and run.data.tags.get(names.PID_TAG) in below:
-                victim = run
-        time.sleep(0.5)
+    # Once the second node runs a stage of an experiment, kill every process of that node, as if
+    # the machine died.
+    victim = running_row(process, url, lambda pid: pid in [second.pid, *descendants(second.pid)])
     kill_tree(second.pid)
     code, out, err = finish(process)
     assert code == 0, f"{out}\n{err}"

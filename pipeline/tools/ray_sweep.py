@@ -18,14 +18,13 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 
 from pipeline.core.config import THREADS_VARIABLE, Config
 from pipeline.tools import ray_task
 from pipeline.tools.ray_task import Outcome, Task
-from pipeline.tools.sweep import SHARED_STAGES, SweepError
+from pipeline.tools.sweep import SHARED_STAGES, SweepError, dvc
 from pipeline.tracking import store
 
 log = logging.getLogger(__name__)
@@ -33,6 +32,9 @@ log = logging.getLogger(__name__)
 MAX_NODE_RETRIES = 3  # how many times Ray runs a task again after its node died
 LOGS = Path("outputs/sweep_logs")  # each experiment's log, written back here
 LOG_TAIL_LINES = 25  # of a failed experiment's log, printed
+# Ray's setting that ends a dead worker's whole process group with it (docs/cluster.md): without
+# it, the `dvc exp run` of a task whose worker crashed runs on while Ray runs the task again.
+PROCESS_GROUP_CLEANUP = "RAY_process_group_cleanup_enabled"
 # MLflow's variables that say who the user is to a server: the tasks record as the user does.
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")
@@ -159,12 +161,6 @@ def identity() -> dict[str, str]:
     return env
 
 
-def dvc(*args: str, env: dict[str, str]) -> None:
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], env=env, text=True, check=False)
-    if result.returncode != 0:
-        raise SweepError(f"`dvc {' '.join(args)}` failed (exit {result.returncode}); see its output above")
-
-
 def write_log(outcome: Outcome) -> Path:
     LOGS.mkdir(parents=True, exist_ok=True)
     path = LOGS / f"{outcome.name}.log"
@@ -186,13 +182,15 @@ def run(tasks: dict[str, tuple[str, ...]], *, config: Config, address: str | Non
     uri = store.tracking_uri()
     address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable, as `ray.init` reads it
     try:
-        if address is None:  # Ray on this machine, for this sweep only
+        if address is None:  # Ray on this machine, for this sweep only, set up as docs/cluster.md's nodes
+            os.environ.setdefault(PROCESS_GROUP_CLEANUP, "1")
             ray.init(logging_level=logging.WARNING, include_dashboard=False, configure_logging=False)
         else:
             ray.init(address=address, logging_level=logging.WARNING, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise SweepError(f"could not connect to the Ray cluster at {address}: {str(error).splitlines()[0]}; is "
-                         f"`ray start --head` running there?") from None
+                         f"`ray start --head` running there? (a cluster with token authentication also needs "
+                         f"RAY_AUTH_MODE=token here: docs/cluster.md)") from None
     try:
         nodes = list(alive_nodes(ray).values())
         check_reach(uri, nodes, local_addresses())
@@ -227,7 +225,7 @@ def run(tasks: dict[str, tuple[str, ...]], *, config: Config, address: str | Non
                     name = pending.pop(ref)
                     try:
                         outcome = ray.get(ref)
-                    except ray.exceptions.RayError as error:  # its node died more than MAX_NODE_RETRIES times
+                    except ray.exceptions.RayError as error:  # its node died too often, or the task itself raised
                         failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
                         log.error("%s: failed: %s", name, failed[name])
                         continue

@@ -1,7 +1,8 @@
 """`python -m pipeline.tools.sweep` (`make sweep`): a sweep over `latent_dim` (and optionally
 `vae.beta`, and the model `seed` as the replicate axis) as queued DVC experiments, run by N queue
-workers; waits for them, checks that each point left exactly one complete MLflow row, and prints
-one line per configuration with its seeds' mean and 95% interval.
+workers (or, with `--executor ray`, as Ray tasks on any node of a cluster: ray_sweep.py); waits
+for them, checks that each point left exactly one complete MLflow row, and prints one line per
+configuration with its seeds' mean and 95% interval.
 
 The steps (check, shared stages once, queue, `dvc queue start`, `follow`, `stop_idle_workers`,
 find each experiment's row) and why the sweep follows DVC's queue itself rather than calling
