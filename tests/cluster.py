@@ -27,6 +27,7 @@ class ClusterError(RuntimeError):
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -163,15 +164,15 @@ def postgres() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 over `backend_uri`, serving artifacts from `artifacts`;
-    yields its URL."""
+def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 2) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 over `backend_uri`, serving artifacts from `artifacts`, with
+    `workers` processes; yields its URL."""
     url = f"http://127.0.0.1:{free_port()}"
     log_path = artifacts.parent / f"mlflow-server-{url.rsplit(':', 1)[1]}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-             "--workers", "2", "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts)],
+             "--workers", str(workers), "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
         try:

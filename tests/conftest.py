@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cluster import free_port  # noqa: F401 - the tests import it from here
 
 from pipeline.tracking.names import STAGES
 
@@ -136,13 +136,6 @@ def assert_refused(project: Project, stage: str, override: dict, message: str) -
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert {p: p.stat().st_mtime_ns for p in outputs.rglob("*")} == before
     assert len(project.runs()) == runs_before
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_until_healthy(process: subprocess.Popen, url: str, output: Callable[[], str], seconds: float = 120) -> None:

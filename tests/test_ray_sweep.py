@@ -31,6 +31,11 @@ needs_cluster = pytest.mark.skipif(not os.environ.get("CI") and missing() is not
                                    reason=str(missing()))
 
 
+def cluster_test(test):
+    """A test on the local cluster: slow, up to 900 s, skipped (outside CI) without Ray or PostgreSQL."""
+    return needs_cluster(pytest.mark.slow(pytest.mark.timeout(900)(test)))
+
+
 def dvc(root, *args) -> str:
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
@@ -86,9 +91,7 @@ def sweep_names(out: str) -> list[str]:
     return sorted(set(re.findall(r"(sweep-\d{4}-\d{6}-ld\d+)", out)))
 
 
-@needs_cluster
-@pytest.mark.slow
-@pytest.mark.timeout(900)
+@cluster_test
 def test_a_sweep_on_a_two_node_ray_cluster_records_one_row_per_value_and_comes_back_as_experiments(repo, tmp_path,
                                                                                                   team):
     url, cluster = team
@@ -139,9 +142,7 @@ def running_row(process: subprocess.Popen, url: str, where, seconds: float = 400
         time.sleep(0.5)
 
 
-@needs_cluster
-@pytest.mark.slow
-@pytest.mark.timeout(900)
+@cluster_test
 def test_a_worker_killed_during_an_experiment_takes_its_processes_along_and_the_task_runs_again(repo, tmp_path,
                                                                                                  team):
     url, cluster = team
@@ -166,9 +167,7 @@ def test_a_worker_killed_during_an_experiment_takes_its_processes_along_and_the_
     assert (repo / "outputs" / "sweep_logs" / f"{name}.log").exists()
 
 
-@needs_cluster
-@pytest.mark.slow
-@pytest.mark.timeout(900)
+@cluster_test
 def test_a_node_killed_during_an_experiment_still_ends_with_one_complete_row_per_value(repo, tmp_path, team):
     url, cluster = team
     share(repo, tmp_path)
@@ -194,9 +193,7 @@ def test_a_node_killed_during_an_experiment_still_ends_with_one_complete_row_per
     assert all(name in shown for name in experiments)
 
 
-@needs_cluster
-@pytest.mark.slow
-@pytest.mark.timeout(900)
+@cluster_test
 def test_an_experiment_that_fails_for_a_real_reason_is_reported_with_its_log_and_not_retried(repo, tmp_path, team):
     url, cluster = team
     # Valid by the params' rules, but the VAE's training diverges: train_vae refuses, on the node.
@@ -219,34 +216,30 @@ def test_an_experiment_that_fails_for_a_real_reason_is_reported_with_its_log_and
 
 # Checks before anything is queued: no cluster needed.
 
-def run_sweep(repo, *args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.tools.sweep", "--executor", "ray", *args], cwd=repo,
-                          capture_output=True, text=True, env={**os.environ, **(env or {})})
-
-
-def assert_refused(result: subprocess.CompletedProcess, message: str, repo: Path) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sweep: error: "), result.stderr
+def assert_refused(result: tuple[int, str, str], message: str, repo: Path) -> None:
+    code, _, err = result
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sweep: error: "), err
     assert message in lines[0]
     assert not (repo / "outputs").exists() and not (repo / "mlflow.db").exists()  # nothing was run
 
 
 @pytest.mark.slow
 def test_the_ray_sweep_refuses_what_the_nodes_could_not_use_before_anything_is_queued(repo, tmp_path):
-    assert_refused(run_sweep(repo, "--latent-dims", "2"), "git remote 'origin' is not set", repo)
+    assert_refused(finish(sweep(repo, "--latent-dims", "2")), "git remote 'origin' is not set", repo)
     subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "remote.git")], check=True)
     git(repo, "remote", "add", "origin", str(tmp_path / "remote.git"))
-    assert_refused(run_sweep(repo, "--latent-dims", "2"), "is not on git remote 'origin'", repo)
+    assert_refused(finish(sweep(repo, "--latent-dims", "2")), "is not on git remote 'origin'", repo)
     git(repo, "push", "-q", "origin", "HEAD")
-    assert_refused(run_sweep(repo, "--latent-dims", "2"), "no default DVC remote", repo)
+    assert_refused(finish(sweep(repo, "--latent-dims", "2")), "no default DVC remote", repo)
     dvc(repo, "remote", "add", "-d", "storage", str(tmp_path / "dvc-remote"))
-    assert_refused(run_sweep(repo, "--latent-dims", "2"), "uncommitted changes to .dvc/config", repo)
+    assert_refused(finish(sweep(repo, "--latent-dims", "2")), "uncommitted changes to .dvc/config", repo)
     git(repo, "commit", "-qam", "DVC remote")
-    assert_refused(run_sweep(repo, "--latent-dims", "2"), "is not on git remote 'origin'", repo)
+    assert_refused(finish(sweep(repo, "--latent-dims", "2")), "is not on git remote 'origin'", repo)
     git(repo, "push", "-q", "origin", "HEAD")
-    result = run_sweep(repo, "--latent-dims", "2", "--jobs", "2")
-    assert result.returncode == 2 and "--jobs sets DVC's queue workers" in result.stderr
+    code, _, err = finish(sweep(repo, "--latent-dims", "2", "--jobs", "2"))
+    assert code == 2 and "--jobs sets DVC's queue workers" in err
 
 
 class FakeRay:

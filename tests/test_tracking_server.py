@@ -5,15 +5,12 @@ stops a stage at once, with nothing written."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import UP_TO_GAN, free_port, tiny_project, wait_until_healthy
+from cluster import ClusterError, mlflow_server
+from conftest import UP_TO_GAN, free_port, tiny_project
 
 from pipeline.stages import paths
 from pipeline.tracking import names
@@ -23,25 +20,11 @@ from pipeline.tracking import names
 def server(tmp_path_factory):
     """A real `mlflow server` in the background; yields (url, its folder); stopped afterwards."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    url = f"http://127.0.0.1:{free_port()}"
-    log = (root / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'backend.db'}",
-         "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # its workers go with it
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
     try:
-        wait_until_healthy(process, f"{url}/health", lambda: (root / "server.log").read_text())
-        yield url, root
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+        with mlflow_server(f"sqlite:///{root / 'backend.db'}", root / "artifacts", workers=1) as url:
+            yield url, root
+    except ClusterError as error:
+        pytest.fail(str(error))
 
 
 @pytest.mark.slow

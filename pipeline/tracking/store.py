@@ -358,9 +358,10 @@ def close_dead_attempts(experiment_name: str, exp_names: list[str]) -> list[str]
 
     _, client = connect()
     experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
     closed = []
-    for run in client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'") \
-            if experiment else []:
+    for run in client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"):
         if run.data.tags.get(names.EXP_NAME_TAG) in exp_names:
             client.log_batch(run.info.run_id, tags=[RunTag(names.CLOSED_BY_TAG, "sweep: its attempt died with its node")])
             client.set_terminated(run.info.run_id, "KILLED")
