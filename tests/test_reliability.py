@@ -437,6 +437,56 @@ def store_locked(project: Project, seconds: float | None = None):
 FAST_WAIT = {"PIPELINE_STORE_WAIT_S": "2"}
 
 
+def writer_killed_mid_transaction(database: Path) -> None:
+    """A process that writes to `database` and is SIGKILLed before it commits: a table of 1 MB,
+    more than its page cache holds, so that changed pages reach the file and the journal beside
+    it is hot (SQLite rolls it back at the next writable open). Checks that a read-only open
+    cannot, as an unfixed reader would meet it."""
+    import sqlite3
+
+    script = ("import os, signal, sqlite3, sys\n"
+              "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "c.execute('PRAGMA cache_size = 10'); c.execute('BEGIN IMMEDIATE')\n"
+              "c.execute('CREATE TABLE dead_writer (x)')\n"
+              "c.execute('INSERT INTO dead_writer WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+              "WHERE i < 256) SELECT randomblob(4096) FROM n')\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", script, str(database)]).returncode == -signal.SIGKILL
+    assert Path(f"{database}-journal").exists()
+    with pytest.raises(sqlite3.OperationalError) as raised:
+        sqlite3.connect(f"file:{database}?mode=ro", uri=True).execute("SELECT count(*) FROM sqlite_master")
+    assert raised.value.sqlite_errorcode == sqlite3.SQLITE_READONLY_ROLLBACK
+
+
+def test_a_dead_writers_journal_is_rolled_back_before_a_read_only_read(tmp_path):
+    import sqlite3
+
+    from pipeline.tracking import store
+
+    database = tmp_path / "store.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("CREATE TABLE kept (x)")
+        connection.execute("INSERT INTO kept VALUES (1)")
+    writer_killed_mid_transaction(database)
+    with contextlib.closing(store.read_only(database)) as connection:
+        tables = [name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        assert tables == ["kept"] and connection.execute("SELECT x FROM kept").fetchall() == [(1,)]
+    assert not Path(f"{database}-journal").exists()
+    store.check_database(database)  # and the check every stage makes passes
+
+
+@pytest.mark.slow
+def test_a_store_whose_writer_was_killed_mid_write_works_for_the_next_stage(upstream):
+    """`dvc repro` killed while a stage writes to the store (tests: ..._killed_mid_pipeline_...) leaves
+    a hot journal: the next stage's check of the store must let SQLite roll it back, not call the
+    store read-only."""
+    rows = len(upstream.runs())
+    writer_killed_mid_transaction(upstream.store)
+    result = upstream.stage("train_classifier", check=False)
+    assert result.returncode == 0, result.stderr
+    assert len(upstream.runs()) == rows + 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage, message", [
     (lambda data: os.urandom(len(data)), "is damaged (file is not a database); move it aside or restore a backup"),

@@ -206,12 +206,11 @@ def _read_sqlite(database, experiment_id: str) -> list[Row]:
     `is_nan`). MLflow's search builds an object per value: 2,000 rows took it seconds
     (benchmarks/load.py). tests/test_tracking.py checks that both give the same Rows."""
     import contextlib
-    import sqlite3
 
     rows_of = ("SELECT t.run_uuid, {columns} FROM {table} t JOIN runs r ON r.run_uuid = t.run_uuid "
                "WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active'")
     key = (int(experiment_id),)
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=store.store_wait())) as db:
+    with contextlib.closing(store.read_only(database)) as db:
         runs = db.execute("SELECT run_uuid, status, start_time FROM runs WHERE experiment_id = ? AND "
                           "lifecycle_stage = 'active'", key).fetchall()
         found: dict[str, dict[str, dict]] = {run_id: {"params": {}, "tags": {}, "metrics": {}} for run_id, _, _ in runs}

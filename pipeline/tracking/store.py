@@ -118,13 +118,38 @@ def check_database(database: Path) -> None:
     if not database.is_file():
         raise TrackingError(f"MLflow store {database} is not a file; choose another path in MLFLOW_TRACKING_URI")
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True,
-                                                timeout=store_wait())) as connection:
+        with contextlib.closing(read_only(database)) as connection:
             answer = connection.execute("PRAGMA quick_check").fetchone()[0]
     except sqlite3.Error as error:
         raise unusable_store(error) from None
     if answer != "ok":
         raise unusable_store(Exception(f"database disk image is malformed: {answer}"))
+
+
+def read_only(database: Path):
+    """A read-only sqlite3 connection to a SQLite store. A writer killed in the middle of a
+    transaction leaves a hot journal, which only a writable connection may roll back: a read-only
+    one fails with SQLITE_READONLY_ROLLBACK ("attempt to write a readonly database"). Then one
+    read-write connection opens the file first, as MLflow's would, and SQLite's own recovery
+    rolls the dead writer's changes back. A store that is really read-only still fails."""
+    import sqlite3
+
+    def connect(mode: str):
+        connection = sqlite3.connect(f"file:{database}?mode={mode}", uri=True, timeout=store_wait())
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the read lock
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    try:
+        return connect("ro")
+    except sqlite3.OperationalError as error:
+        if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_READONLY_ROLLBACK:
+            raise
+    connect("rw").close()
+    return connect("ro")
 
 
 def check_server() -> None:
