@@ -194,6 +194,35 @@ def test_an_interrupted_stage_ends_its_row_killed_or_leaves_it_to_the_next_stage
     assert mlflow.active_run() is None  # nothing left for MLflow to end again (as FAILED, or FINISHED at exit)
 
 
+def test_an_interrupt_in_mlflows_commit_does_not_lock_the_row_out_of_being_killed(project, monkeypatch):
+    """Ctrl-C landing as MLflow commits a write left this process's pooled connection holding the
+    store's lock: ending the row KILLED then waited the whole store wait for this very process, and
+    failed (a stage killed by SIGINT took 60 s to exit)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.store}")
+    monkeypatch.setenv("PIPELINE_STORE_WAIT_S", "5")
+    config = parse_config(repo_params())
+    armed = []
+
+    def interrupt(connection):
+        if armed:
+            armed.clear()
+            raise KeyboardInterrupt
+
+    event.listen(Engine, "commit", interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with tracking.stage_run("train_vae", config, experiment="rows", run_name="interrupted") as active:
+                armed.append(True)
+                mlflow.log_metric("vae/loss", 1.0)  # the interrupt lands in this write's commit
+    finally:
+        event.remove(Engine, "commit", interrupt)
+    assert not armed  # it did land there
+    assert rows(project)[active.info.run_id].info.status == "KILLED"
+
+
 def test_each_configuration_gets_one_summary_run_with_its_seeds_nested_and_updated_in_place(project, record):
     from pipeline.tracking import summaries
     from pipeline.tracking.rows import configurations, read_rows

@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,16 @@ def _creation_lock(uri: str) -> Iterator[None]:
         yield
 
 
+# The pool records of the database connections MLflow opens in this process (_opened); end_run
+# rolls back what they leave open.
+_opened: weakref.WeakSet = weakref.WeakSet()
+
+
+def _opened_connection(dbapi_connection, record) -> None:
+    """SQLAlchemy hook: remember each connection MLflow opens, by its pool record."""
+    _opened.add(record)
+
+
 def _store_wait_pragma(connection, cursor, statement, parameters, context, executemany):
     """SQLAlchemy hook: MLflow opens every session on a SQLite store with `PRAGMA busy_timeout =
     20000`; the wait is store_wait() instead, so that one bound holds for every write."""
@@ -234,6 +245,7 @@ def connect():
 
     if not event.contains(Engine, "before_cursor_execute", _store_wait_pragma):
         event.listen(Engine, "before_cursor_execute", _store_wait_pragma, retval=True)
+        event.listen(Engine, "connect", _opened_connection)
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(engine_uri(uri))
@@ -550,13 +562,20 @@ def stage_run(
 
 
 def end_run(run_id: str, status: str) -> None:
-    """End a failed or interrupted stage's row as `status`. The store can refuse: locked by another
-    process past store_wait(), or, after an interrupt that landed inside one of MLflow's own
-    writes, by this one. Then the row stays RUNNING with its host and pid, and the next stage on
-    this machine marks it KILLED (`close_abandoned`), as after a SIGKILL; the stage still ends
-    with its own error or exit code, not a traceback."""
+    """End a failed or interrupted stage's row as `status`. An interrupt that lands inside one of
+    MLflow's writes can leave this process's connection in its write transaction, holding the
+    store's lock against this very call for the whole store_wait(): the write is rolled back first
+    (interrupted, it was never to be kept). The store can still refuse, locked by another process
+    past store_wait(). Then the row stays RUNNING with its host and pid, and the next stage on this
+    machine marks it KILLED (`close_abandoned`), as after a SIGKILL; the stage still ends with its
+    own error or exit code, not a traceback."""
     import mlflow
 
+    for record in list(_opened):
+        connection = record.dbapi_connection
+        if getattr(connection, "in_transaction", False):
+            with contextlib.suppress(Exception):  # another thread's, or already closed
+                connection.rollback()
     try:
         with _quiet("mlflow.store.db.utils"):
             if mlflow.active_run() is not None:
