@@ -38,6 +38,7 @@ import yaml
 
 from pipeline.core import training
 from pipeline.core.checkpoints import vae_architecture
+from pipeline.core.commands import environment_first
 from pipeline.core.config import Config, load_config, resolve_device
 from pipeline.core.data import build_splits
 from pipeline.core.models import VAE, Decoder, Discriminator
@@ -247,7 +248,7 @@ def peak_memory_mib(command: list[str], cwd: Path) -> float:
 def pipeline_figures(device: str, params_file: Path) -> dict[str, float]:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # dvc.yaml's `python`
+    os.environ.update(environment_first())  # dvc.yaml's `python`: this environment's
     for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
         os.environ.pop(name, None)
     figures = {}

@@ -30,31 +30,17 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.core.config import TINY, merged
+from pipeline.tracking import names
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline.tracking import names  # noqa: E402
-
-# Small enough for a minute of training, large enough for every score (feature_dim < samples).
-TINY = {"latent_dim": 4, "data": {"max_per_class": 30},
-        "vae": {"hidden_dim": 32, "epochs": 2, "batch_size": 64},
-        "classifier": {"epochs": 1, "feature_dim": 16},
-        "gan": {"epochs": 2, "discriminator_hidden": 32, "fid_samples": 100, "snapshots": 1},
-        "evaluate": {"num_samples": 60, "iwae_samples": 4, "kid_subset_size": 30}}
 SEEDS_PER_DIM = 5
-
-
-def merge(base: dict, overrides: dict) -> dict:
-    merged = dict(base)
-    for key, value in overrides.items():
-        merged[key] = merge(merged[key], value) if isinstance(value, dict) else value
-    return merged
 
 
 def environment(project: Path) -> dict:
     clean = {k: v for k, v in os.environ.items()
              if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "PIPELINE_DATA_MIRROR")}
-    return {**clean, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return {**clean, "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def timed(command: list[str], project: Path) -> tuple[float, float]:
@@ -134,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     project = args.keep or Path(tempfile.mkdtemp(prefix="load-"))
     project.mkdir(parents=True, exist_ok=True)
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = merged(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     started = time.perf_counter()
     for stage in names.STAGES:

@@ -12,7 +12,7 @@ import re
 import pandas as pd
 import streamlit as st
 
-from pipeline.app import explorer
+from pipeline.app import explorer, training_job
 from pipeline.core.config import load_config, resolve_device
 from pipeline.core.errors import PipelineError
 from pipeline.core.images import image_grid
@@ -200,18 +200,18 @@ def train_page() -> None:
         submitted = st.form_submit_button("Start training")
     if submitted:
         try:
-            name = explorer.start_training({k: v for k, v in settings.items() if v != defaults[k] or k == "latent_dim"})
+            name = training_job.start_training({k: v for k, v in settings.items() if v != defaults[k] or k == "latent_dim"})
             st.success(f"Started DVC experiment {literal(name)}.")
-        except explorer.TrainingBusy as error:
+        except training_job.TrainingBusy as error:
             st.warning(f"Not started: {error}.")
         except PipelineError as error:
             st.error(f"Not started: {error}")
-    status = explorer.training_status()
+    status = training_job.training_status()
     st.fragment(run_every=2 if status.state == "running" else None)(training_progress)()
 
 
 def training_progress() -> None:
-    status = explorer.training_status()
+    status = training_job.training_status()
     if status.state == "idle":
         st.caption("No training started from here yet.")
         return
@@ -225,7 +225,7 @@ def training_progress() -> None:
         # The job ended since this page last looked: refresh the whole page (the run list included).
         st.session_state["seen_job"] = status.name
         if status.state == "finished":
-            st.session_state["job_result"] = explorer.training_result(status.name)
+            st.session_state["job_result"] = training_job.training_result(status.name)
             st.session_state["preselect"] = st.session_state["job_result"][0]
         st.rerun(scope="app")
     if status.state == "finished":

@@ -7,6 +7,7 @@ There are no defaults here: `params.yaml` is the single source of every setting.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -297,6 +298,31 @@ def read_params(path: Path = PARAMS_FILE) -> Any:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` applied, section by section (a nested dict merges into its section);
+    neither is changed."""
+    result = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+# Params small enough for seconds per stage, large enough that every class is in both splits and
+# every score is defined (samples above feature_dim): what the tests and the benchmarks' smoke runs
+# apply over params.yaml's.
+TINY = {
+    "latent_dim": 4,
+    "data": {"max_per_class": 30},
+    "vae": {"hidden_dim": 32, "epochs": 2, "batch_size": 64},
+    "classifier": {"epochs": 1, "feature_dim": 16},
+    "gan": {"epochs": 2, "discriminator_hidden": 32, "fid_samples": 100, "snapshots": 1},
+    "evaluate": {"num_samples": 60, "iwae_samples": 4, "kid_subset_size": 30},
+}
 
 
 def load_config(path: Path = PARAMS_FILE) -> Config:

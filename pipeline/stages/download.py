@@ -24,7 +24,7 @@ def run(config: Config, workdir: Path) -> tuple[Splits, dict]:
 def main() -> None:
     import mlflow
 
-    from pipeline.tracking import store
+    from pipeline.tracking import record
 
     config = load_config()
     with tempfile.TemporaryDirectory(prefix="download-") as workdir:
@@ -35,9 +35,8 @@ def main() -> None:
              facts["num_test"], tuple(facts["image_shape"]))
     params = flatten(config.data, "data.")
     with atomic_dir(paths.DATA_DIR) as out, \
-            store.stage_run("download", config, experiment=store.experiment_for("download", config),
-                            run_name=f"data-{splits.name}", params=params):
-        store.log_dataset(splits, facts)
+            record.stage_run("download", config, run_name=f"data-{splits.name}", params=params):
+        record.log_dataset(splits, facts)
         mlflow.log_dict(facts, "facts.json")
         save_splits(staged(out, paths.SPLITS), splits)
         write_json(staged(out, paths.FACTS), facts)

@@ -218,7 +218,7 @@ def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:
 def main() -> None:
     import mlflow
 
-    from pipeline.tracking import names, store
+    from pipeline.tracking import names, provenance, record
 
     config = load_config()
     device = resolve_device(config.device)
@@ -233,9 +233,8 @@ def main() -> None:
 
     # The outputs are written aside and appear together once the row is recorded (pipeline.core.io).
     with atomic_dir(paths.EVAL_DIR) as out, \
-            store.stage_run("evaluate", config, experiment=store.experiment_for("evaluate", config),
-                            run_name=store.run_name(config),
-                            upstream_run_id=store.read_run_file(paths.GAN_RUN)) as active:
+            record.stage_run("evaluate", config, run_name=provenance.run_name(config),
+                             upstream_run_id=record.read_run_file(paths.GAN_RUN)) as active:
         started = time.perf_counter()
         result = run(config, splits, vae, classifier, gans, device, likelihood)
         seconds = time.perf_counter() - started
@@ -255,7 +254,7 @@ def main() -> None:
         write_json(staged(out, paths.EVAL_METRICS), names.shown_first(flat))
         mlflow.log_artifacts(str(figures), artifact_path="eval")
         mlflow.log_artifact(str(staged(out, paths.EVAL_KL_PER_DIM)), artifact_path="eval")
-        store.write_run_file(staged(out, paths.EVAL_RUN), active)
+        record.write_run_file(staged(out, paths.EVAL_RUN), active)
         params_guard.unchanged()  # before the row is finished and the outputs appear
     scores = metrics["scores"]
     log.info("done in %.1f s: FID-style real_train %.2f, vae_prior %.2f, %s", seconds, scores["real_train"]["fid"],

@@ -4,7 +4,8 @@
 params.yaml before DVC's lock refuses it; the running repro's later stages would read the new
 value and record a result nobody asked for (and DVC's lock file would pair outputs with params
 they were not made with). So a stage compares params.yaml
-- at its end, before its row is finished and its outputs appear, with what it read at its start;
+- after each training epoch, and at its end, before its row is finished and its outputs appear,
+  with what it read at its start (a hijacked training stops within an epoch, not after the last);
 - at its start, with what the first stage of the same DVC command read (kept in
   `.dvc/tmp/pipeline-params/`, keyed by that DVC process), and, under `dvc repro`, with the time
   that process started: an edit after it started is refused even before the first stage.
@@ -115,8 +116,8 @@ def started() -> None:
 
 
 def unchanged() -> None:
-    """Called at the end of a stage's record, before its row is finished and its outputs appear:
-    params.yaml still holds what the stage read at its start."""
+    """Called after each training epoch and at the end of a stage's record, before its row is
+    finished and its outputs appear: params.yaml still holds what the stage read at its start."""
     if "params" not in _started:
         return  # not run through pipeline.stages.cli (a test calling main)
     now = read_params(PARAMS_FILE)

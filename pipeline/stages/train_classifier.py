@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,8 +37,10 @@ class ClassifierResult:
         return self.history[-1]
 
 
-def run(config: Config, splits: Splits, device: str) -> ClassifierResult:
-    """Train the classifier on the training split; score it on the test split after each epoch."""
+def run(config: Config, splits: Splits, device: str,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> ClassifierResult:
+    """Train the classifier on the training split; score it on the test split after each epoch;
+    `on_epoch(epoch, row)` is called after each epoch."""
     cfg = config.classifier
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -59,13 +62,15 @@ def run(config: Config, splits: Splits, device: str) -> ClassifierResult:
         history.append({"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()},
                         **{f"test_{k}": v for k, v in test.items()}})
         log.info("epoch %d/%d  test accuracy %.4f", epoch + 1, cfg.epochs, test["accuracy"])
+        if on_epoch is not None:
+            on_epoch(epoch + 1, history[-1])
     return ClassifierResult(model.cpu().eval(), history, time.perf_counter() - started)
 
 
 def main() -> None:
     import mlflow
 
-    from pipeline.tracking import names, store
+    from pipeline.tracking import names, provenance, record
 
     config = load_config()
     device = resolve_device(config.device)
@@ -74,10 +79,11 @@ def main() -> None:
     params = {"device": config.device, names.DATA_NAME: config.data.name,
               **flatten(config.classifier, "classifier.")}
     with atomic_dir(paths.CLASSIFIER_DIR) as out, \
-            store.stage_run("train_classifier", config, experiment=store.experiment_for("train_classifier", config),
-                            run_name=f"classifier-{splits.name}-{store.dvc_exp_name()}", params=params):
-        store.log_dataset(splits, facts)
-        result = run(config, splits, device)
+            record.stage_run("train_classifier", config, run_name=f"classifier-{splits.name}-{provenance.dvc_exp_name()}",
+                             params=params):
+        record.log_dataset(splits, facts)
+        # A run hijacked by a params.yaml edit stops at once, not after training.
+        result = run(config, splits, device, on_epoch=lambda epoch, row: params_guard.unchanged())
         for row in result.history:
             mlflow.log_metrics({names.metric("train_classifier", k): v for k, v in row.items() if k != "epoch"},
                                step=row["epoch"])

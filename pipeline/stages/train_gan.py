@@ -152,7 +152,7 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, device: str,
 def main() -> None:
     import mlflow
 
-    from pipeline.tracking import names, store
+    from pipeline.tracking import names, provenance, record
 
     config = load_config()
     device = resolve_device(config.device)
@@ -164,12 +164,12 @@ def main() -> None:
     def log_epoch(init: str, row: dict) -> None:
         mlflow.log_metrics({names.metric("train_gan", init, k): v for k, v in row.items()
                             if k != "epoch" and v is not None}, step=row["epoch"])
+        params_guard.unchanged()  # a run hijacked by a params.yaml edit stops at once, not after training
 
     # The outputs are written aside and appear together once the row is recorded (pipeline.core.io).
     with atomic_dir(paths.GAN_DIR) as out, \
-            store.stage_run("train_gan", config, experiment=store.experiment_for("train_gan", config),
-                            run_name=store.run_name(config),
-                            upstream_run_id=store.read_run_file(paths.VAE_RUN)) as active:
+            record.stage_run("train_gan", config, run_name=provenance.run_name(config),
+                             upstream_run_id=record.read_run_file(paths.VAE_RUN)) as active:
         runs, vae_prior_fid = run(config, splits, vae, classifier, device, on_epoch=log_epoch)
         metrics = summary(runs, vae_prior_fid)
         mlflow.log_metric(names.metric("train_gan", "vae_prior_fid"), vae_prior_fid)
@@ -195,7 +195,7 @@ def main() -> None:
         write_json(staged(out, paths.GAN_METRICS), metrics)
         mlflow.log_artifact(str(staged(out, paths.GAN_HISTORY)), artifact_path="gan")
         mlflow.log_artifacts(str(generators), artifact_path="gan/generators")
-        store.write_run_file(staged(out, paths.GAN_RUN), active)
+        record.write_run_file(staged(out, paths.GAN_RUN), active)
         params_guard.unchanged()  # before the row is finished and the outputs appear
     for init in runs:
         beat = metrics[init]["epochs_to_beat_vae_prior"]

@@ -97,7 +97,7 @@ def main() -> None:
     import mlflow.pytorch
     import numpy as np
 
-    from pipeline.tracking import names, store
+    from pipeline.tracking import names, provenance, record
 
     config = load_config()
     device = resolve_device(config.device)
@@ -107,12 +107,12 @@ def main() -> None:
 
     def log_epoch(epoch: int, row: dict[str, float]) -> None:
         mlflow.log_metrics({names.metric("train_vae", k): v for k, v in row.items() if k != "epoch"}, step=epoch)
+        params_guard.unchanged()  # a run hijacked by a params.yaml edit stops at once, not after training
 
     # The outputs are written aside and appear together once the row is recorded (pipeline.core.io).
     with atomic_dir(paths.VAE_DIR) as out, \
-            store.stage_run("train_vae", config, experiment=store.experiment_for("train_vae", config),
-                            run_name=store.run_name(config)) as active:
-        store.log_dataset(splits, facts)
+            record.stage_run("train_vae", config, run_name=provenance.run_name(config)) as active:
+        record.log_dataset(splits, facts)
         result = run(config, splits, device, on_epoch=log_epoch)
         model = result.model
         # DVC metrics hold only what the params determine, so a rerun reproduces the file bit for
@@ -137,7 +137,7 @@ def main() -> None:
         torch_version = torch.__version__.split("+")[0]  # the local tag (+cpu, +cu132) is not on PyPI
         mlflow.pytorch.log_model(model.decoder, name="vae_decoder", pip_requirements=[f"torch=={torch_version}"],
                                  input_example=np.zeros((2, config.latent_dim), dtype=np.float32))
-        store.write_run_file(staged(out, paths.VAE_RUN), active)
+        record.write_run_file(staged(out, paths.VAE_RUN), active)
         params_guard.unchanged()  # before the row is finished and the outputs appear
     log.info("done: test negative ELBO %.3f nats per image", metrics["test_neg_elbo"])
 

@@ -17,15 +17,15 @@ import ipaddress
 import logging
 import os
 import socket
-import subprocess
 import urllib.parse
 from pathlib import Path
 
-from pipeline.core.config import THREADS_VARIABLE, Config
+from pipeline.core.commands import git
+from pipeline.core.config import THREADS_VARIABLE, Config, thread_limit
 from pipeline.tools import ray_task
+from pipeline.tools.dvc_cli import SHARED_STAGES, SweepError, dvc
 from pipeline.tools.ray_task import Outcome, Task
-from pipeline.tools.sweep import SHARED_STAGES, SweepError, dvc
-from pipeline.tracking import store
+from pipeline.tracking import record, store
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,8 @@ CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_T
                "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH")
 
 
-def _git(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=False)
-
-
 def git_remote_url(remote: str) -> str:
-    result = _git("remote", "get-url", remote)
+    result = git("remote", "get-url", remote)
     if result.returncode != 0:
         raise SweepError(f"git remote {remote!r} is not set; the experiments go there: "
                            f"`git remote add {remote} URL` (a repository every node can reach), or --git-remote NAME")
@@ -59,19 +55,19 @@ def check_workspace(remote: str) -> str:
     """The sweep's commit: HEAD, when the workspace holds no uncommitted change (the tasks run the
     commit, not the workspace) and the git remote has it. dvc.lock may differ (the shared stages
     rewrite it)."""
-    changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock").stdout.split("\n")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock").stdout.split("\n")
     changed = [line[3:] for line in changed if line.strip()]
     if changed:
         raise SweepError(f"uncommitted changes to {', '.join(changed[:5])}: the experiments run on other machines "
                            f"from the commit; commit them and `git push {remote}` first (or `git stash`)")
-    commit = _git("rev-parse", "HEAD").stdout.strip()
-    tips = _git("ls-remote", remote)
+    commit = git("rev-parse", "HEAD").stdout.strip()
+    tips = git("ls-remote", remote)
     if tips.returncode != 0:
         raise SweepError(f"git remote {remote!r} cannot be read: {tips.stderr.strip().splitlines()[-1:]}")
     for line in tips.stdout.splitlines():
         tip = line.split("\t")[0]
-        if tip == commit or (_git("cat-file", "-e", f"{tip}^{{commit}}").returncode == 0
-                             and _git("merge-base", "--is-ancestor", commit, tip).returncode == 0):
+        if tip == commit or (git("cat-file", "-e", f"{tip}^{{commit}}").returncode == 0
+                             and git("merge-base", "--is-ancestor", commit, tip).returncode == 0):
             return commit
     raise SweepError(f"commit {commit[:10]} is not on git remote {remote!r}, where the nodes clone it from: "
                        f"`git push {remote} HEAD` first")
@@ -155,7 +151,7 @@ def identity() -> dict[str, str]:
     """The user's git identity, for the commit `dvc exp run` makes on a node."""
     env = {}
     for role in ("AUTHOR", "COMMITTER"):
-        ident = _git("var", f"GIT_{role}_IDENT").stdout.strip()
+        ident = git("var", f"GIT_{role}_IDENT").stdout.strip()
         name, _, rest = ident.partition(" <")
         env[f"GIT_{role}_NAME"], env[f"GIT_{role}_EMAIL"] = name, rest.split(">")[0]
     return env
@@ -168,11 +164,12 @@ def write_log(outcome: Outcome) -> Path:
     return path
 
 
-def run(tasks: dict[str, tuple[str, ...]], *, config: Config, address: str | None, git_remote: str,
-        threads: int, env: dict[str, str]) -> int:
+def execute(tasks: dict[str, tuple[str, ...]], *, config: Config, env: dict[str, str], address: str | None = None,
+            git_remote: str = "origin", threads: int | None = None, **_) -> str:
     """Run the experiments `tasks` (name -> `-S` settings) on the Ray cluster at `address` (None:
-    Ray on this machine); returns the number of nodes. Raises SweepError for a failed experiment,
-    after the others were pulled."""
+    Ray on this machine), `threads` CPUs each (default PIPELINE_THREADS, else 1); returns how, for
+    the sweep's last line. Raises SweepError for a failed experiment, after the others were pulled."""
+    threads = threads or thread_limit(dict(os.environ)) or 1
     # 1. Checks, before any work.
     remote_url = git_remote_url(git_remote)
     commit = check_workspace(git_remote)
@@ -246,12 +243,12 @@ def run(tasks: dict[str, tuple[str, ...]], *, config: Config, address: str | Non
         ray.shutdown()
 
     # 4. Rows left RUNNING by attempts that died with their node.
-    store.close_dead_attempts(config.experiment_name, list(tasks))
+    record.close_dead_attempts(config.experiment_name, list(tasks))
     # 5. The experiments, into this workspace.
     done = [name for name in tasks if name not in failed]
     if done:
         dvc("exp", "pull", git_remote, *done, env=env)
     if failed:
         raise SweepError("; ".join(f"{name} {reason}" for name, reason in failed.items()))
-    return len(nodes)
+    return f"Ray ({len(nodes)} node(s)), {threads} CPU(s) each"
 

@@ -4,50 +4,36 @@ workers (or, with `--executor ray`, as Ray tasks on any node of a cluster: ray_s
 for them, checks that each point left exactly one complete MLflow row, and prints one line per
 configuration with its seeds' mean and 95% interval.
 
-The steps (check, shared stages once, queue, `dvc queue start`, `follow`, `stop_idle_workers`,
-find each experiment's row) and why the sweep follows DVC's queue itself rather than calling
-`dvc exp run --run-all` are explained in docs/sweeps.md.
+The executors are entries of EXECUTORS: DVC's queue (queue_sweep.py) and Ray (ray_sweep.py); the
+DVC helpers both use are in dvc_cli.py. The steps (check, shared stages once, queue, `dvc queue
+start`, `follow`, `stop_idle_workers`, find each experiment's row) and why the sweep follows DVC's
+queue itself rather than calling `dvc exp run --run-all` are explained in docs/sweeps.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from pipeline.core.config import PARAMS_FILE, THREADS_VARIABLE, ConfigError, parse_config, thread_limit
-from pipeline.core.errors import PipelineError
-from pipeline.stages import paths
-from pipeline.tools import compare
-from pipeline.tracking import names, store, summaries
+from pipeline.core.commands import environment_first
+from pipeline.core.config import PARAMS_FILE, ConfigError, parse_config
+from pipeline.tools import compare, queue_sweep, ray_sweep
+from pipeline.tools.dvc_cli import SweepError, check_git, result_run_id
+from pipeline.tracking import store, summaries
 from pipeline.tracking.rows import Row, configurations, read_rows
 
-log = logging.getLogger(__name__)
-
 DEFAULT_VALUES = (2, 4, 8, 16, 32, 64)
-SHARED_STAGES = tuple(stage for stage in names.STAGES if stage not in names.RESULT_STAGES)  # download, train_classifier
 DEFAULT_CSV = Path("outputs/sweep.csv")
-FINISHED = ("Success", "Failed")  # the final statuses of a task in `dvc queue status`
-POLL_SECONDS = 2.0
-NO_WORKER_GRACE_SECONDS = 30.0  # a worker starts in about 3 s; DVC's own idle check runs every 10 s
-MAX_WORKER_RESTARTS = 3
-STOP_WAIT_SECONDS = 30.0  # for idle workers to exit after SIGTERM
 
-
-class SweepError(PipelineError):
-    """The sweep could not start, or an experiment of it left no complete result."""
+# The executors, by --executor: each runs the experiments it is given (name -> `-S` settings) and
+# returns how, for the sweep's last line; keyword options it has no use for are ignored.
+Executor = Callable[..., str]
+EXECUTORS: dict[str, Executor] = {"dvc": queue_sweep.execute, "ray": ray_sweep.execute}
 
 
 Point = tuple[int, float | None, int | None]  # (latent_dim, vae.beta, seed); None: params.yaml's
@@ -68,11 +54,6 @@ def settings(point: Point) -> tuple[str, ...]:
             *([f"seed={seed}"] if seed is not None else []))
 
 
-def threads_per_worker(jobs: int, cores: int) -> int:
-    """Each worker's share of the cores (at least one thread)."""
-    return max(1, cores // jobs)
-
-
 def check_values(values: list[int], betas: list[float] | None = None, seeds: list[int] | None = None) -> None:
     """Refuse values params.yaml would refuse, and repeats (one experiment per value)."""
     raw = yaml.safe_load(PARAMS_FILE.read_text())
@@ -86,176 +67,6 @@ def check_values(values: list[int], betas: list[float] | None = None, seeds: lis
         repeated = sorted({v for v in given if given.count(v) > 1})
         if repeated:
             raise ConfigError(f"{name} values {repeated} are given more than once; give each value once")
-
-
-def _run(*args: str, env: dict[str, str] | None = None, capture: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), env=env, text=True, capture_output=capture, check=False)
-
-
-def check_git() -> None:
-    if _run("git", "rev-parse", "--verify", "-q", "HEAD", capture=True).returncode != 0:
-        raise SweepError("dvc exp run needs a git repository with at least one commit: git init, then commit")
-    if _run("git", "var", "GIT_COMMITTER_IDENT", capture=True).returncode != 0:
-        raise SweepError("dvc exp run commits each experiment: set git config user.name and user.email")
-
-
-def dvc(*args: str, env: dict[str, str]) -> None:
-    result = _run(sys.executable, "-m", "dvc", *args, env=env)
-    if result.returncode != 0:
-        raise SweepError(f"`dvc {' '.join(args)}` failed (exit {result.returncode}); see its output above")
-
-
-def start_workers(jobs: int, env: dict[str, str]) -> None:
-    """`dvc queue start -j jobs`. The workers it leaves behind inherit its output, so that goes to
-    a file of its own, never to this process's stdout (see the module's docstring)."""
-    with tempfile.TemporaryFile("w+") as output:
-        result = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], check=False, env=env,
-                                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, text=True)
-        if result.returncode != 0:
-            output.seek(0)
-            raise SweepError(f"`dvc queue start -j {jobs}` failed (exit {result.returncode}):\n{output.read()}")
-
-
-@dataclass(frozen=True)
-class QueueView:
-    """One look at DVC's experiment queue."""
-
-    states: dict[str | None, str]  # task name -> Queued, Running, Success or Failed
-    workers: list[int]  # the PIDs of the queue workers still alive
-
-
-def read_queue(root: Path = Path(".")) -> QueueView:
-    """Every task's status in the DVC queue of the project at `root`, and its live workers. These
-    come from the files each worker's watcher keeps (`dvc-exp-worker-<n>.json`: PID, and the exit
-    code once it has ended), not from Celery's `inspect`, which `dvc queue status` uses and which
-    misses a busy worker on a loaded machine."""
-    from dvc.repo import Repo
-    from dvc_task.proc.process import ProcessInfo
-
-    with Repo(str(root)) as repo:
-        queue = repo.experiments.celery_queue
-        # status() lists running tasks, then queued, failed and succeeded ones: a task that moves on
-        # while it reads may show twice, and the later (newer) status wins.
-        states = {task["name"]: task["status"] for task in queue.status()}
-        infos = sorted(Path(queue.wdir).glob("dvc-exp-worker-*.json"))
-    workers = []
-    for path in infos:
-        try:
-            info = ProcessInfo.load(str(path))
-        except (OSError, ValueError):  # being rewritten by its watcher
-            continue
-        if info.returncode is None and store.process_alive(info.pid):
-            workers.append(info.pid)
-    return QueueView(states, workers)
-
-
-def follow(names: list[str], look: Callable[[], QueueView], restart: Callable[[], None], *,
-           poll: float = POLL_SECONDS, grace: float = NO_WORKER_GRACE_SECONDS,
-           restarts: int = MAX_WORKER_RESTARTS, sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:
-    """Wait until every experiment in `names` has finished in the queue (`look` reads it); returns
-    each one's final status, Success or Failed, and logs every change of status.
-
-    When no worker has been alive for `grace` seconds while some are unfinished: queued ones get
-    new workers (`restart`, at most `restarts` times); one still running has lost its worker, and
-    one no longer in the queue was removed from it: both raise SweepError, as no worker will ever
-    finish them.
-    """
-    states: dict[str, str] = {}
-    alone_since: float | None = None
-    restarted = 0
-    while True:
-        view = look()
-        for name in names:
-            state = view.states.get(name)
-            if state is not None and state != states.get(name):
-                states[name] = state
-                log.info("%s: %s%s", name, state.lower(), f" (`dvc queue logs {name}`)" if state == "Failed" else "")
-        pending = [name for name in names if states.get(name) not in FINISHED]
-        if not pending:
-            return states
-        if view.workers:
-            alone_since = None
-        elif alone_since is None:
-            alone_since = time.monotonic()
-        elif time.monotonic() - alone_since >= grace:
-            running = [name for name in pending if view.states.get(name) == "Running"]
-            missing = [name for name in pending if name not in view.states]
-            if running:
-                raise SweepError(f"the queue worker running {', '.join(running)} is gone, so it will never finish; "
-                                 f"`dvc queue logs <name>` shows how far it got")
-            if missing:
-                raise SweepError(f"no longer in DVC's queue (removed?): {', '.join(missing)}")
-            if restarted == restarts:
-                raise SweepError(f"DVC's queue workers stopped {restarts + 1} times with {', '.join(pending)} "
-                                 f"still queued; see .dvc/tmp/exps/celery/dvc-exp-worker-*.out")
-            log.warning("no queue worker is running, with %d experiment(s) still queued: starting the workers again",
-                        len(pending))
-            restart()
-            restarted += 1
-            alone_since = None
-        sleep(poll)
-
-
-def stop_idle_workers(look: Callable[[], QueueView], *, wait: float = STOP_WAIT_SECONDS, poll: float = 0.5,
-                      kill: Callable[[int, int], None] = os.kill,
-                      sleep: Callable[[float], None] = time.sleep) -> list[int]:
-    """When nothing is queued or running, stop the queue workers still alive and wait up to `wait`
-    seconds for them to exit; returns the PIDs still alive. A busy queue is left alone.
-
-    DVC's workers stop themselves when idle, but one whose last task outlasts DVC's idle check can
-    miss its shutdown and stay for good. SIGTERM is Celery's warm shutdown; `dvc queue stop`, a
-    message to every worker, took about 15 s to reach an idle one here.
-    """
-    view = look()
-    if any(state not in FINISHED for state in view.states.values()):
-        return []
-    for pid in view.workers:
-        try:
-            kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + wait
-    while view.workers and time.monotonic() < deadline:
-        sleep(poll)
-        view = look()
-    return view.workers
-
-
-def run(values: list[int], betas: list[float] | None, seeds: list[int] | None, jobs: int, threads: int,
-        env: dict[str, str]) -> dict[Point, str]:
-    """Queue and run the sweep; returns each point's experiment name."""
-    names = experiment_names(time.strftime("%m%d-%H%M%S"), values, betas, seeds)
-    dvc("repro", *SHARED_STAGES, env=env)
-    for point, name in names.items():
-        dvc("exp", "run", "--queue", "--quiet", "-n", name,
-            *[arg for setting in settings(point) for arg in ("-S", setting)], env=env)
-    log.info("running %d experiments with %d workers, %d threads each (`dvc queue logs -f <name>` shows one's "
-             "output as it runs)", len(names), jobs, threads)
-    workers_env = {**env, THREADS_VARIABLE: str(threads)}
-    start_workers(jobs, workers_env)
-    try:
-        follow(list(names.values()), read_queue, lambda: start_workers(jobs, workers_env))
-    except KeyboardInterrupt:
-        log.info("the experiments go on in DVC's queue: `dvc queue status`; `dvc queue kill <name>` stops one")
-        raise
-    left = stop_idle_workers(read_queue)
-    if left:
-        log.warning("queue worker(s) %s, idle, did not stop within %g s: `kill %s`", left, STOP_WAIT_SECONDS,
-                    " ".join(map(str, left)))
-    return names
-
-
-def result_run_id(name: str) -> str | None:
-    """The MLflow row holding DVC experiment `name`'s result: the run id in its evaluation's
-    `mlflow_run.json`, read from the experiment's commit and DVC's cache. None when the
-    experiment left no result (it failed)."""
-    import dvc.api
-    from dvc.exceptions import DvcException
-
-    try:
-        return json.loads(dvc.api.read(str(paths.EVAL_RUN), rev=name))["run_id"]
-    except (DvcException, FileNotFoundError):
-        return None
 
 
 def sweep_rows(names: dict[Point, str], recorded: list[Row]) -> pd.DataFrame:
@@ -300,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
                         help="model seeds, each run with every other point: the replicates whose mean and "
                              "interval the table shows (default: params.yaml's seed)")
-    parser.add_argument("--executor", choices=("dvc", "ray"), default="dvc",
+    parser.add_argument("--executor", choices=sorted(EXECUTORS), default="dvc",
                         help="dvc: DVC's queue on this machine (default); ray: one Ray task per experiment, on any "
                              "node of a Ray cluster (docs/cluster.md)")
     parser.add_argument("-j", "--jobs", type=int, help="DVC queue workers at once (default 1)")
@@ -329,23 +140,13 @@ def main(argv: list[str] | None = None) -> None:
     check_git()
     store.check_store()
     # Queue workers and tasks start `dvc` from PATH: it must be this environment's, as for the stages.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = environment_first()
 
     start = time.perf_counter()
-    if args.executor == "dvc":
-        jobs = args.jobs or 1
-        threads = (args.threads or thread_limit(dict(os.environ))
-                   or threads_per_worker(jobs, len(os.sched_getaffinity(0))))
-        names = run(args.latent_dims, args.betas, args.seeds, jobs, threads, env)
-        how = f"{jobs} worker(s), {threads} thread(s) each"
-    else:
-        from pipeline.tools import ray_sweep
-
-        threads = args.threads or thread_limit(dict(os.environ)) or 1
-        names = experiment_names(time.strftime("%m%d-%H%M%S"), args.latent_dims, args.betas, args.seeds)
-        nodes = ray_sweep.run({name: settings(point) for point, name in names.items()}, config=config,
-                              address=args.address, git_remote=args.git_remote or "origin", threads=threads, env=env)
-        how = f"Ray ({nodes} node(s)), {threads} CPU(s) each"
+    names = experiment_names(time.strftime("%m%d-%H%M%S"), args.latent_dims, args.betas, args.seeds)
+    how = EXECUTORS[args.executor]({name: settings(point) for point, name in names.items()}, config=config, env=env,
+                                   jobs=args.jobs, threads=args.threads, address=args.address,
+                                   git_remote=args.git_remote or "origin")
     seconds = time.perf_counter() - start
     recorded = read_rows(config.experiment_name)
     rows = sweep_rows(names, recorded)

@@ -15,7 +15,7 @@ import os
 import sys
 
 from pipeline.core.errors import TrackingError
-from pipeline.tracking import names, store, views
+from pipeline.tracking import experiments, names, store, views
 
 # MLflow's documented server switch: no huey job runner (it serves GenAI jobs: judges, scorers).
 LIGHT_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -32,9 +32,8 @@ def result_experiments() -> list[tuple[str, str]]:
     _, client = store.connect()
     found = []
     for experiment in client.search_experiments():
-        if experiment.name in (*names.OWN_EXPERIMENTS, "Default"):  # "Default": MLflow's own, empty here
-            continue
-        found.append((experiment.name, store.ensure_experiment(experiment.name)))
+        if names.is_result_experiment(experiment.name):
+            found.append((experiment.name, experiments.ensure_experiment(experiment.name)))
     return found
 
 

@@ -22,6 +22,13 @@ STAGE_EXPERIMENT: dict[str, str | None] = {
 }
 RESULT_STAGES = tuple(stage for stage in STAGES if STAGE_EXPERIMENT[stage] is None)
 OWN_EXPERIMENTS = tuple(name for name in STAGE_EXPERIMENT.values() if name is not None)  # not result experiments
+MLFLOW_DEFAULT_EXPERIMENT = "Default"  # MLflow's own, made with every store: empty here
+
+
+def is_result_experiment(name: str) -> bool:
+    """Whether experiment `name` holds results (a dataset's, or `tracking.experiment`): not one of
+    the stages' own experiments, nor MLflow's Default. What `make ui` and the explorer list."""
+    return name not in (*OWN_EXPERIMENTS, MLFLOW_DEFAULT_EXPERIMENT)
 
 # Each stage's metrics are named `<prefix>/<name>`: how a new row knows which metrics to copy.
 STAGE_METRIC_PREFIX = {"download": "data", "train_vae": "vae", "train_classifier": "classifier",
@@ -67,6 +74,40 @@ def configuration_id(params: dict[str, str]) -> str:
         readable = ""
     return readable + digest
 
+def score(images: str, measure: str) -> str:
+    """An evaluation score of one set of images (the evaluation's `scores`): score("gan_decoder",
+    "fid") == "eval/scores/gan_decoder/fid"."""
+    return metric("evaluate", "scores", images, measure)
+
+
+# Metrics the report and the explorer read back by name (the stages compose them with `metric`).
+ENCODER_GRAD_RECONSTRUCTION = metric("train_vae", "encoder_grad_reconstruction")  # per epoch
+ENCODER_GRAD_KL = metric("train_vae", "encoder_grad_kl")  # per epoch
+VAE_TEST_NEG_ELBO = metric("train_vae", "test_neg_elbo")  # per epoch
+GAN_VAE_PRIOR_FID = metric("train_gan", "vae_prior_fid")  # the bar the GANs start from
+KL_PER_DIM = metric("evaluate", "vae", "kl_per_dim")  # one step per latent dimension
+
+
+def gan_measure(init: str, measure: str) -> str:
+    """A GAN's per-epoch measure: gan_measure("decoder", "fid") == "gan/decoder/fid"."""
+    return metric("train_gan", init, measure)
+
+
+def reparameterisation(measure: str) -> str:
+    """The gradient estimators' comparison: "eval/reparameterisation/<measure>"."""
+    return metric("evaluate", "reparameterisation", measure)
+
+
+def probe(features: str) -> str:
+    """A k-NN class probe's accuracy on `features` (pixels, encoder, discriminator_<init>)."""
+    return metric("evaluate", "probes", features)
+
+
+def discriminator_verdict(init: str, images: str) -> str:
+    """Mean D(x) of the discriminator trained against GAN `init` on a set of images."""
+    return metric("evaluate", "discriminators", init, images)
+
+
 # The headline numbers of a result, by the short name tables show them under.
 HEADLINE_METRICS = {
     "recon_mse": metric("evaluate", "vae", "recon_mse_per_pixel"),
@@ -74,11 +115,11 @@ HEADLINE_METRICS = {
     "neg_elbo": metric("evaluate", "vae", "neg_elbo"),
     "iwae_nll": metric("evaluate", "vae", "iwae_nll"),
     "active_units": metric("evaluate", "vae", "active_units"),
-    "fid_real": metric("evaluate", "scores", "real_train", "fid"),
-    "fid_recon": metric("evaluate", "scores", "vae_reconstructions", "fid"),
-    "fid_vae": metric("evaluate", "scores", "vae_prior", "fid"),
-    "fid_decoder": metric("evaluate", "scores", "gan_decoder", "fid"),
-    "fid_scratch": metric("evaluate", "scores", "gan_scratch", "fid"),
+    "fid_real": score("real_train", "fid"),
+    "fid_recon": score("vae_reconstructions", "fid"),
+    "fid_vae": score("vae_prior", "fid"),
+    "fid_decoder": score("gan_decoder", "fid"),
+    "fid_scratch": score("gan_scratch", "fid"),
 }
 
 # The headline numbers every view shows first, in this order: `dvc metrics show` and `dvc exp show`
@@ -98,6 +139,6 @@ CI_LOW, CI_HIGH, CI_HALF_WIDTH, CI_COUNT = "ci95_low", "ci95_high", "ci95_half_w
 # precision, recall and sharpness of each model's samples (the report's VAE-against-GAN claims).
 SUMMARY_METRICS = [
     *HEADLINE_METRICS.values(),
-    *(metric("evaluate", "scores", images, measure) for images in ("vae_prior", "gan_decoder", "gan_scratch")
+    *(score(images, measure) for images in ("vae_prior", "gan_decoder", "gan_scratch")
       for measure in ("precision", "recall", "sharpness")),
 ]

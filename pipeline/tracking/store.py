@@ -1,5 +1,7 @@
-"""The MLflow store and how a stage execution becomes (part of) a row; docs/tracking.md explains
-the row model: where the store is, one row per result, upstream copies, interrupted stages.
+"""The MLflow store itself: where it is, how long a write waits for another process's lock, how
+MLflow connects to it (SQLAlchemy hooks), whether it works (checked before any work), and what
+its failures mean for the user, in one line. How a stage execution becomes (part of) a row is
+record.py's; docs/tracking.md explains both, docs/reliability.md the faults.
 """
 
 from __future__ import annotations
@@ -8,21 +10,11 @@ import contextlib
 import logging
 import os
 import re
-import socket
-import subprocess
-import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from pipeline.core.config import Config, flatten
-from pipeline.core.errors import Terminated, TrackingError, causes, without_credentials
-from pipeline.core.io import read_json, write_json
-from pipeline.tracking import names, views
-
-log = logging.getLogger(__name__)
-
+from pipeline.core.errors import TrackingError, causes, without_credentials
 
 
 def project_root() -> Path:
@@ -222,6 +214,11 @@ def _creation_lock(uri: str) -> Iterator[None]:
 _opened: weakref.WeakSet = weakref.WeakSet()
 
 
+def opened_connections() -> list:
+    """The pool records of the database connections MLflow has opened in this process (still open)."""
+    return list(_opened)
+
+
 def _opened_connection(dbapi_connection, record) -> None:
     """SQLAlchemy hook: remember each connection MLflow opens, by its pool record."""
     _opened.add(record)
@@ -251,195 +248,10 @@ def connect():
     mlflow.set_tracking_uri(engine_uri(uri))
     with _creation_lock(uri):
         try:
-            with _quiet("mlflow.store.db.utils"):
+            with quiet("mlflow.store.db.utils"):
                 return mlflow, mlflow.MlflowClient()  # the client's store creates and migrates the database
         except Exception as error:  # a damaged or unwritable file; MLflow raises several kinds
             raise store_fault(error) or error from None
-
-
-def experiment_tags(name: str, existing: dict[str, str] | None = None) -> dict[str, str]:
-    """The tags experiment `name` must carry that it lacks (or holds out of date): every experiment
-    says it holds model training (names.py); a result experiment also carries the UI's saved view of
-    the headline numbers (views.py)."""
-    existing = existing or {}
-    tags = {}
-    if existing.get(names.EXPERIMENT_KIND_TAG) != names.TRAINING_KIND:
-        tags[names.EXPERIMENT_KIND_TAG] = names.TRAINING_KIND
-    if name not in names.OWN_EXPERIMENTS and not views.is_current(
-            existing.get(views.VIEW_TAG)):
-        tags[views.VIEW_TAG] = views.envelope(int(time.time() * 1000))
-    return tags
-
-
-def ensure_experiment(name: str) -> str:
-    """The id of experiment `name`, created (with artifacts beside the local store) if missing, with
-    its tags brought up to date (experiment_tags)."""
-    mlflow, client = connect()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        check_artifact_location(name, experiment.artifact_location)
-        for key, value in experiment_tags(name, experiment.tags).items():  # made by older code
-            client.set_experiment_tag(experiment.experiment_id, key, value)
-        return experiment.experiment_id
-    # A SQLite store keeps its artifacts beside it, in mlartifacts/ (the project root's, for the
-    # local store): MLflow's own default, ./mlruns, would be in the working folder, a temporary
-    # copy in a queued DVC experiment. A tracking server chooses its own.
-    database = local_store(tracking_uri())
-    location = (database.parent.resolve() / "mlartifacts").as_uri() if database is not None else None
-    try:
-        return client.create_experiment(name, artifact_location=location, tags=experiment_tags(name))
-    except mlflow.exceptions.MlflowException:
-        # Another process created it between our lookup and our create.
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
-
-
-def check_artifact_location(name: str, location: str) -> None:
-    """Refuse an experiment whose artifacts would be lost: kept at a relative path, or inside DVC's
-    temporary copy of the project (deleted after a queued or `--temp` experiment), as an
-    experiment made by other code or an older version can be."""
-    from urllib.parse import unquote, urlsplit
-
-    parts = urlsplit(location or "")
-    if parts.scheme not in ("", "file"):
-        return
-    path = Path(unquote(parts.path))
-    workdir = Path.cwd().resolve()
-    temporary = workdir != project_root() and path.is_absolute() and path.resolve().is_relative_to(workdir)
-    if not path.is_absolute() or temporary or "/.dvc/tmp/" in f"{path}/":
-        where = "a relative path" if not path.is_absolute() else "inside DVC's temporary copy of the project"
-        raise TrackingError(f"MLflow experiment '{name}' in {shown_uri()} keeps its artifacts at {location}, "
-                            f"{where}, where they would be lost; record into another experiment "
-                            "(tracking.experiment in params.yaml), or delete this one (`mlflow experiments "
-                            "delete`) so that it is made again with its artifacts beside the store")
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
-def dvc_exp_name() -> str:
-    """The DVC experiment this process runs in, or 'workspace' for a plain `dvc repro`."""
-    return os.environ.get("DVC_EXP_NAME", "workspace")
-
-
-def context_tags(stage: str) -> dict[str, str]:
-    """Tags that say where a record comes from: stage, git commit, DVC experiment, CPU threads."""
-    import torch
-
-    tags = {
-        names.STAGE_TAG: stage,
-        names.COMMIT_TAG: _git("rev-parse", "HEAD") or "unknown",
-        # Whether the sources differ from that commit. params.yaml is recorded as params (and
-        # `dvc exp run -S` edits it), and DVC rewrites dvc.lock after every stage: neither counts.
-        names.DIRTY_TAG: str(bool(_git("status", "--porcelain", "--untracked-files=no", "--",
-                                   ".", ":!params.yaml", ":!dvc.lock"))).lower(),
-        names.EXP_NAME_TAG: dvc_exp_name(),
-        names.THREADS_TAG: str(torch.get_num_threads()),
-        names.HOST_TAG: socket.gethostname(),
-        names.PID_TAG: str(os.getpid()),
-    }
-    if os.environ.get("DVC_EXP_BASELINE_REV"):
-        tags[names.BASELINE_TAG] = os.environ["DVC_EXP_BASELINE_REV"]
-    return tags
-
-
-def experiment_for(stage: str, config: Config) -> str:
-    """The MLflow experiment `stage` records into (see names.STAGE_EXPERIMENT)."""
-    return names.STAGE_EXPERIMENT[stage] or config.experiment_name
-
-
-def run_name(config: Config) -> str:
-    """A result row's name: `vae-gan-ld<latent_dim>-s<seed>-<DVC experiment name or 'workspace'>`."""
-    return f"vae-gan-ld{config.latent_dim}-s{config.seed}-{dvc_exp_name()}"
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this PID runs on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def close_abandoned(client, experiment_id: str) -> list[str]:
-    """Mark KILLED the experiment's RUNNING rows that a process on this machine held and that
-    process is gone (killed without a chance to end its row); returns their ids. Rows of other
-    machines, and of live processes (a queue worker running now), are left alone."""
-    host = socket.gethostname()
-    closed = []
-    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
-        pid = run.data.tags.get(names.PID_TAG, "")
-        if run.data.tags.get(names.HOST_TAG) == host and pid.isdigit() and not process_alive(int(pid)):
-            client.set_terminated(run.info.run_id, "KILLED")
-            log.warning("MLflow row %s was left RUNNING by process %s, which is gone: marked KILLED",
-                        run.info.run_id, pid)
-            closed.append(run.info.run_id)
-    return closed
-
-
-def close_dead_attempts(experiment_name: str, exp_names: list[str]) -> list[str]:
-    """Mark KILLED the rows of DVC experiments `exp_names` still RUNNING once the sweep knows that
-    every attempt at them has ended: attempts that died with their Ray node. Their process was on
-    another host, so close_abandoned, which sees this machine's processes only, cannot tell that
-    it is gone. Returns their ids."""
-    from mlflow.entities import RunTag
-
-    _, client = connect()
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        return []
-    closed = []
-    for run in client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'RUNNING'"):
-        if run.data.tags.get(names.EXP_NAME_TAG) in exp_names:
-            client.log_batch(run.info.run_id, tags=[RunTag(names.CLOSED_BY_TAG, "sweep: its attempt died with its node")])
-            client.set_terminated(run.info.run_id, "KILLED")
-            log.warning("MLflow row %s of %s was left RUNNING by an attempt that died with its node: marked KILLED",
-                        run.info.run_id, run.data.tags[names.EXP_NAME_TAG])
-            closed.append(run.info.run_id)
-    return closed
-
-
-def _recorded_stages(run) -> list[str]:
-    value = run.data.tags.get(names.STAGES_TAG, "")
-    return value.split(",") if value else []
-
-
-def _can_add_to(run, stage: str, params: dict[str, str]) -> bool:
-    """Whether `stage` may add its record to the existing row `run` (see module docstring)."""
-    return (
-        run.info.status == "FINISHED"
-        and stage not in _recorded_stages(run)
-        and all(run.data.params.get(key, value) == value for key, value in params.items())
-    )
-
-
-def _copy_upstream(client, source, target_id: str, stage: str) -> list[str]:
-    """Copy the records of the stages before `stage` from row `source` into row `target_id`."""
-    from mlflow.entities import RunTag
-
-    recorded = _recorded_stages(source)
-    kept = recorded[: recorded.index(stage)] if stage in recorded else recorded
-    prefixes = tuple(f"{names.STAGE_METRIC_PREFIX[s]}/" for s in kept)
-    metrics = [
-        point
-        for key in source.data.metrics
-        if key.startswith(prefixes)
-        for point in client.get_metric_history(source.info.run_id, key)
-    ]
-    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
-        client.log_batch(target_id, metrics=metrics[start : start + 1000])
-    client.log_batch(target_id, tags=[RunTag(f"{names.SOURCE_TAG}{s}", source.data.tags.get(
-        f"{names.SOURCE_TAG}{s}", source.info.run_id)) for s in kept])
-    return kept
 
 
 # What SQLite says, and what it means for the user: (substring, the problem, what to do).
@@ -486,7 +298,7 @@ def store_fault(error: BaseException) -> TrackingError | None:
 
 
 @contextlib.contextmanager
-def _quiet(logger: str) -> Iterator[None]:
+def quiet(logger: str) -> Iterator[None]:
     """Silence one logger for the block (MLflow logs a database error's traceback before raising
     it; the stage reports it once, as a TrackingError)."""
     previous = logging.getLogger(logger).level
@@ -495,123 +307,3 @@ def _quiet(logger: str) -> Iterator[None]:
         yield
     finally:
         logging.getLogger(logger).setLevel(previous)
-
-
-@contextlib.contextmanager
-def stage_run(
-    stage: str,
-    config: Config,
-    *,
-    experiment: str,
-    run_name: str,
-    params: dict[str, Any] | None = None,
-    upstream_run_id: str | None = None,
-) -> Iterator[Any]:
-    """Record one stage execution in MLflow; yields the active `mlflow.ActiveRun`.
-
-    `experiment` is normally `experiment_for(stage, config)`. With `upstream_run_id` the stage
-    adds to that row or starts a new one holding copies of its upstream records (docs/tracking.md).
-    `params` defaults to the full typed config. If the block raises, the run ends FAILED (KILLED
-    for Ctrl-C and SIGTERM) and the stage is not added to `pipeline.stages`.
-    """
-    mlflow, client = connect()
-    params = {key: str(value) for key, value in (params or flatten(config)).items()}
-    try:
-        experiment_id = ensure_experiment(experiment)
-        close_abandoned(client, experiment_id)
-        upstream = client.get_run(upstream_run_id) if upstream_run_id else None
-    except mlflow.exceptions.MlflowException as error:
-        if upstream_run_id and "not found" in str(error).lower():
-            log.warning("upstream MLflow run %s is not in %s; starting a new row", upstream_run_id, shown_uri())
-            upstream = None
-        else:
-            raise unusable_store(error) from None
-
-    adding = upstream is not None and _can_add_to(upstream, stage, params)
-    try:
-        with _quiet("mlflow.store.db.utils"):
-            if adding:
-                active = mlflow.start_run(run_id=upstream.info.run_id)
-            else:
-                active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
-    except mlflow.exceptions.MlflowException as error:  # a read-only store, say: nothing was recorded
-        raise unusable_store(error) from None
-    # Everything from here on ends the run, FAILED or KILLED on a failure, rather than leaving it
-    # RUNNING and half-copied.
-    run_id = active.info.run_id
-    try:
-        stages = _recorded_stages(upstream) if adding else []
-        if upstream is not None and not adding:
-            stages = _copy_upstream(client, upstream, run_id, stage)
-            mlflow.set_tag(names.FORKED_TAG, upstream.info.run_id)
-        mlflow.set_tags(context_tags(stage))
-        mlflow.log_params({k: v for k, v in params.items() if k not in active.data.params})
-        if names.STAGE_EXPERIMENT[stage] is None:  # a result row: tag what its replicates share
-            mlflow.set_tag(names.CONFIGURATION_TAG, names.configuration_id(params))
-        yield active
-        mlflow.set_tag(names.STAGES_TAG, ",".join([*stages, stage]))
-        mlflow.set_tag(f"{names.SOURCE_TAG}{stage}", run_id)
-        with _quiet("mlflow.store.db.utils"):
-            mlflow.end_run("FINISHED")
-    except (KeyboardInterrupt, Terminated):  # Ctrl-C, or SIGTERM (see pipeline.stages.cli)
-        end_run(run_id, "KILLED")
-        raise
-    except BaseException:
-        end_run(run_id, "FAILED")
-        raise
-
-
-def end_run(run_id: str, status: str) -> None:
-    """End a failed or interrupted stage's row as `status`. An interrupt that lands inside one of
-    MLflow's writes can leave this process's connection in its write transaction, holding the
-    store's lock against this very call for the whole store_wait(): the write is rolled back first
-    (interrupted, it was never to be kept). The store can still refuse, locked by another process
-    past store_wait(). Then the row stays RUNNING with its host and pid, and the next stage on this
-    machine marks it KILLED (`close_abandoned`), as after a SIGKILL; the stage still ends with its
-    own error or exit code, not a traceback."""
-    import mlflow
-
-    for record in list(_opened):
-        connection = record.dbapi_connection
-        if getattr(connection, "in_transaction", False):
-            with contextlib.suppress(Exception):  # another thread's, or already closed
-                connection.rollback()
-    try:
-        with _quiet("mlflow.store.db.utils"):
-            if mlflow.active_run() is not None:
-                mlflow.end_run(status)
-            else:
-                mlflow.MlflowClient().set_terminated(run_id, status)
-    except Exception as error:
-        log.warning("MLflow row %s could not be marked %s (%s); the next stage on this machine will mark it KILLED",
-                    run_id, status, store_fault(error) or error)
-
-
-def log_dataset(splits, facts: dict) -> None:
-    """Log both splits as MLflow dataset inputs, with the data's content hash as digest."""
-    import mlflow
-    import mlflow.data
-
-    for context, x, y in (("train", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)):
-        dataset = mlflow.data.from_numpy(x, targets=y, name=f"{splits.name}-{context}", digest=facts["content_hash"])
-        try:
-            mlflow.log_input(dataset, context=context)
-        except mlflow.exceptions.MlflowException as error:
-            # MLflow looks a dataset up, then inserts it if missing: two processes logging the same
-            # dataset at once (two queue workers) both insert, and the second hits the table's
-            # uniqueness. Once the first has committed, the lookup finds it: one retry is enough.
-            if "unique" not in str(error).lower():
-                raise
-            log.info("dataset %s was being recorded by another process; logging it again", dataset.name)
-            mlflow.log_input(dataset, context=context)
-
-
-def write_run_file(path: Path, run) -> None:
-    """Store which MLflow row a stage recorded into, for the stages after it."""
-    write_json(path, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
-
-
-def read_run_file(path: Path) -> str | None:
-    """The row id a previous stage recorded into, or None when the file is missing."""
-    path = Path(path)
-    return read_json(path)["run_id"] if path.exists() else None

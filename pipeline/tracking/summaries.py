@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.tracking import names, store
+from pipeline.tracking import experiments, names
 from pipeline.tracking.rows import Configuration, Row, open_experiment
 
 LOW, HIGH, HALF, COUNT = names.CI_LOW, names.CI_HIGH, names.CI_HALF_WIDTH, names.CI_COUNT
@@ -55,7 +55,7 @@ def record(experiment: str, configurations: list[Configuration], rows: list[Row]
     from mlflow.entities import Metric, Param, RunTag
 
     client, experiment_id = open_experiment(experiment)
-    store.ensure_experiment(experiment)  # an experiment made by older code gets the training kind (names.py)
+    experiments.ensure_experiment(experiment)  # an experiment made by older code gets the training kind (names.py)
     existing = {row.tags[names.SUMMARY_TAG]: row for row in sorted(rows, key=lambda r: r.start_time)
                 if row.is_summary}
     now = int(time.time() * 1000)

@@ -5,6 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.tools.report.numbers import Source
+from pipeline.tracking.names import (
+    ENCODER_GRAD_KL,
+    ENCODER_GRAD_RECONSTRUCTION,
+    GAN_VAE_PRIOR_FID,
+    KL_PER_DIM,
+    gan_measure,
+    score,
+)
 from pipeline.tracking.names import HEADLINE_METRICS as HEADLINE
 from pipeline.tracking.rows import Configuration, Row
 
@@ -43,8 +51,8 @@ def _image(path: Path):
 def figure_gradients(source: Source, run: Row, path: Path) -> None:
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 3.5))
-    for key, label in (("vae/encoder_grad_reconstruction", "reconstruction term (through z = mu + sigma * eps)"),
-                       ("vae/encoder_grad_kl", "KL term (closed form in mu, logvar)")):
+    for key, label in ((ENCODER_GRAD_RECONSTRUCTION, "reconstruction term (through z = mu + sigma * eps)"),
+                       (ENCODER_GRAD_KL, "KL term (closed form in mu, logvar)")):
         steps, values = zip(*source.history(run, key))
         axes.plot(steps, values, marker="o", label=label)
     axes.set(xlabel="epoch", ylabel="gradient norm on encoder weights", yscale="log",
@@ -57,7 +65,7 @@ def figure_kl_per_dim(source: Source, runs: list[Row], path: Path) -> None:
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 3.5))
     for run in runs:
-        kl = sorted((v for _, v in source.history(run, "eval/vae/kl_per_dim")), reverse=True)
+        kl = sorted((v for _, v in source.history(run, KL_PER_DIM)), reverse=True)
         axes.plot(range(1, len(kl) + 1), kl, marker=".", label=f"latent_dim {run.latent_dim}")
     axes.set(xlabel="latent dimension, by KL (largest first)", ylabel="KL to N(0, 1), nats", yscale="log",
              xscale="log", title="KL per latent dimension, test split")
@@ -81,7 +89,7 @@ def figure_latent_dim(configurations: list[Configuration], path: Path) -> None:
         (panels[0, 1], "KL (nats)", {"VAE": HEADLINE["kl"]}),
         (panels[1, 0], "nats per image", {"negative ELBO": HEADLINE["neg_elbo"], "IWAE NLL": HEADLINE["iwae_nll"]}),
         (panels[1, 1], "FID-style score (lower is better)",
-         {SOURCES[name]: f"eval/scores/{name}/fid" for name in
+         {SOURCES[name]: score(name, "fid") for name in
           ("vae_reconstructions", "vae_prior", "gan_decoder", "gan_scratch", "real_train")}),
     ]
     seeds = sorted({c.n for c in configurations})
@@ -125,12 +133,12 @@ def figure_gan_curves(source: Source, run: Row, path: Path) -> None:
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
     for init, colour in (("decoder", "C0"), ("scratch", "C1")):
-        steps, values = zip(*source.history(run, f"gan/{init}/fid"))
+        steps, values = zip(*source.history(run, gan_measure(init, "fid")))
         left.plot(steps, values, marker="o", color=colour, label=SOURCES[f"gan_{init}"])
         for measure, style, name in (("d_real", "-", "D(x), real"), ("d_fake", "--", "D(G(z)), generated")):
-            steps, values = zip(*source.history(run, f"gan/{init}/{measure}"))
+            steps, values = zip(*source.history(run, gan_measure(init, measure)))
             right.plot(steps, values, style, color=colour, label=f"{name}: {SOURCES[f'gan_{init}']}")
-    left.axhline(run.metrics["gan/vae_prior_fid"], color="grey", linestyle=":", label="VAE samples")
+    left.axhline(run.metrics[GAN_VAE_PRIOR_FID], color="grey", linestyle=":", label="VAE samples")
     left.set(xlabel="epoch (0 = before training)", ylabel="FID-style score", yscale="log",
              title="Sample quality while training")
     right.set(xlabel="epoch", ylabel="mean discriminator output", ylim=(0, 1), title="The discriminators")
@@ -156,8 +164,8 @@ def figure_scores(configuration: Configuration, path: Path) -> None:
     names = [n for n in SOURCES if n != "noise"]
     figure, axes = plt.subplots(figsize=(5.5, 4))
     for name in names:
-        (precision,), (precision_error,) = _mean_and_error([configuration], f"eval/scores/{name}/precision")
-        (recall,), (recall_error,) = _mean_and_error([configuration], f"eval/scores/{name}/recall")
+        (precision,), (precision_error,) = _mean_and_error([configuration], score(name, "precision"))
+        (recall,), (recall_error,) = _mean_and_error([configuration], score(name, "recall"))
         axes.errorbar(recall, precision, xerr=recall_error, yerr=precision_error, marker="o", capsize=3)
         axes.annotate(SOURCES[name], (recall, precision), fontsize=8, xytext=(4, 4), textcoords="offset points")
     axes.set(xlabel="recall (variety of the data covered)", ylabel="precision (samples that look real)",

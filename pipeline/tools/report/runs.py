@@ -6,19 +6,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.core.errors import PipelineError
+from pipeline.tracking.names import (
+    ENCODER_GRAD_KL,
+    ENCODER_GRAD_RECONSTRUCTION,
+    GAN_VAE_PRIOR_FID,
+    SEED,
+    VAE_TEST_NEG_ELBO,
+    discriminator_verdict,
+    gan_measure,
+    probe,
+    reparameterisation,
+    score,
+)
 from pipeline.tracking.names import HEADLINE_METRICS as HEADLINE
-from pipeline.tracking.names import SEED
 from pipeline.tracking.rows import Configuration, Row, readable, replicates
 
 # Where a run ran and under which name, not what it did; and the seed, the replicate axis.
 IGNORED_PARAMS = {"device", "tracking.experiment", SEED}
 # Metrics every run in the report must hold (older rows lack the later ones).
 REQUIRED = (
-    "vae/encoder_grad_reconstruction", "vae/encoder_grad_kl", "vae/test_neg_elbo",
-    "gan/decoder/fid", "gan/scratch/fid", "gan/vae_prior_fid",
+    ENCODER_GRAD_RECONSTRUCTION, ENCODER_GRAD_KL, VAE_TEST_NEG_ELBO,
+    gan_measure("decoder", "fid"), gan_measure("scratch", "fid"), GAN_VAE_PRIOR_FID,
     HEADLINE["recon_mse"], HEADLINE["kl"], HEADLINE["neg_elbo"], HEADLINE["iwae_nll"], HEADLINE["active_units"],
-    HEADLINE["fid_decoder"], HEADLINE["fid_scratch"], "eval/scores/vae_prior/sharpness",
-    "eval/reparameterisation/score_function", "eval/probes/encoder", "eval/discriminators/decoder/real_train",
+    HEADLINE["fid_decoder"], HEADLINE["fid_scratch"], score("vae_prior", "sharpness"),
+    reparameterisation("score_function"), probe("encoder"), discriminator_verdict("decoder", "real_train"),
 )
 
 

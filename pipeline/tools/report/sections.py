@@ -22,6 +22,17 @@ from pipeline.tools.report.figures import (
 )
 from pipeline.tools.report.numbers import Numbers, Source
 from pipeline.tools.report.runs import ReportError, Study
+from pipeline.tracking.names import (
+    ENCODER_GRAD_KL,
+    ENCODER_GRAD_RECONSTRUCTION,
+    KL_PER_DIM,
+    VAE_TEST_NEG_ELBO,
+    discriminator_verdict,
+    gan_measure,
+    probe,
+    reparameterisation,
+    score,
+)
 from pipeline.tracking.names import HEADLINE_METRICS as HEADLINE
 from pipeline.tracking.rows import Configuration, Row
 
@@ -97,9 +108,9 @@ def section_runs(study: Study, n: Numbers) -> str:
 
 def section_reparameterisation(study: Study, n: Numbers, fig: Callable[[str], str]) -> str:
     m = study.main
-    g = "eval/reparameterisation"
-    epochs = n.steps(m, "vae/encoder_grad_reconstruction")
-    ratio_plain = m.metrics[f"{g}/score_function"] / m.metrics[f"{g}/reparameterised"]
+    g = reparameterisation
+    epochs = n.steps(m, ENCODER_GRAD_RECONSTRUCTION)
+    ratio_plain = m.metrics[g("score_function")] / m.metrics[g("reparameterised")]
     return "\n\n".join([
         "## 1. Why the reparameterisation trick",
         "**Claim.** The reconstruction term needs the gradient of an expectation over `z ~ q(z|x)`, whose "
@@ -113,21 +124,21 @@ def section_reparameterisation(study: Study, n: Numbers, fig: Callable[[str], st
         "```",
         f"**Evidence: the path carries gradient.** In {literal(m.name)} the reconstruction term's gradient on the encoder's "
         f"weights, measured on the same training images after every epoch, had norm "
-        f"{n.metric(m, 'vae/encoder_grad_reconstruction', step=1)} after the first epoch and "
-        f"{n.metric(m, 'vae/encoder_grad_reconstruction', step=epochs)} after the last, epoch "
+        f"{n.metric(m, ENCODER_GRAD_RECONSTRUCTION, step=1)} after the first epoch and "
+        f"{n.metric(m, ENCODER_GRAD_RECONSTRUCTION, step=epochs)} after the last, epoch "
         f"{n.param(m, 'vae.epochs')}; the KL term's, which "
-        f"reaches the encoder directly in closed form, {n.metric(m, 'vae/encoder_grad_kl', step=1)} and "
-        f"{n.metric(m, 'vae/encoder_grad_kl', step=epochs)}. With the sample cut from the graph (`z.detach()`) "
+        f"reaches the encoder directly in closed form, {n.metric(m, ENCODER_GRAD_KL, step=1)} and "
+        f"{n.metric(m, ENCODER_GRAD_KL, step=epochs)}. With the sample cut from the graph (`z.detach()`) "
         "the reconstruction gradient on the encoder is exactly zero: `tests/test_train_vae.py` checks both.",
         fig("gradients.png", "Encoder gradient norms per epoch"),
         f"**Evidence: why this path and not the score function.** Both estimators are unbiased for the gradient "
-        f"of the reconstruction term with respect to `mu`. On {n.metric(m, f'{g}/images', '.0f')} test images with "
-        f"{n.metric(m, f'{g}/samples', '.0f')} draws each, a single reparameterised estimate has variance "
-        f"{n.metric(m, f'{g}/reparameterised')} per coordinate; the score-function estimate "
-        f"{n.metric(m, f'{g}/score_function')}, {n.ratio(m, f'{g}/score_function', m, f'{g}/reparameterised')} "
-        f"times more, and {n.metric(m, f'{g}/score_function_baseline')} with a mean baseline subtracted "
-        f"({n.ratio(m, f'{g}/score_function_baseline', m, f'{g}/reparameterised')} times more). The squared mean "
-        f"gradient, the signal being estimated, is {n.metric(m, f'{g}/signal')}. "
+        f"of the reconstruction term with respect to `mu`. On {n.metric(m, g('images'), '.0f')} test images with "
+        f"{n.metric(m, g('samples'), '.0f')} draws each, a single reparameterised estimate has variance "
+        f"{n.metric(m, g('reparameterised'))} per coordinate; the score-function estimate "
+        f"{n.metric(m, g('score_function'))}, {n.ratio(m, g('score_function'), m, g('reparameterised'))} "
+        f"times more, and {n.metric(m, g('score_function_baseline'))} with a mean baseline subtracted "
+        f"({n.ratio(m, g('score_function_baseline'), m, g('reparameterised'))} times more). The squared mean "
+        f"gradient, the signal being estimated, is {n.metric(m, g('signal'))}. "
         + ("As the textbook says, the reparameterised estimator is the far less noisy one here."
            if ratio_plain > 1 else "Here, against the textbook claim, the score-function estimator was not noisier."),
     ])
@@ -140,7 +151,7 @@ def latent_plane_run(study: Study) -> Row | None:
 
 def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str], str]) -> str:
     m = study.main
-    kl = source.history(m, "eval/vae/kl_per_dim")
+    kl = source.history(m, KL_PER_DIM)
     strongest, weakest = max(kl, key=lambda p: p[1]), min(kl, key=lambda p: p[1])
     text = [
         "## 2. How the KL term shapes the latent space",
@@ -149,22 +160,22 @@ def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str
         "close to the prior; `beta` sets the price.",
         f"**Evidence.** In {literal(m.name)} the KL of the test split is {n.metric(m, HEADLINE['kl'])} nats per image, "
         f"spread unevenly over its {n.param(m, 'latent_dim')} dimensions: the strongest carries "
-        f"{n.metric(m, 'eval/vae/kl_per_dim', step=strongest[0])} nats, the weakest "
-        f"{n.metric(m, 'eval/vae/kl_per_dim', step=weakest[0])}. {n.metric(m, HEADLINE['active_units'], '.0f')} of "
+        f"{n.metric(m, KL_PER_DIM, step=strongest[0])} nats, the weakest "
+        f"{n.metric(m, KL_PER_DIM, step=weakest[0])}. {n.metric(m, HEADLINE['active_units'], '.0f')} of "
         f"{n.param(m, 'latent_dim')} dimensions are active (the variance over test images of their posterior mean "
         "is above `0.01`, Burda et al.).",
     ]
     if len(study.one_per_latent_dim) > 1:
         rows = [[n.param(r, "latent_dim"), n.metric(r, HEADLINE["kl"]), n.metric(r, HEADLINE["active_units"], ".0f"),
-                 n.metric(r, "eval/vae/kl_per_dim", step=min(source.history(r, "eval/vae/kl_per_dim"),
+                 n.metric(r, KL_PER_DIM, step=min(source.history(r, KL_PER_DIM),
                                                               key=lambda p: p[1])[0])]
                 for r in study.one_per_latent_dim]
         widest = study.one_per_latent_dim[-1]
-        widest_kl = source.history(widest, "eval/vae/kl_per_dim")
+        widest_kl = source.history(widest, KL_PER_DIM)
         all_active = all(r.metrics[HEADLINE["active_units"]] == r.latent_dim for r in study.one_per_latent_dim)
         spread = (f"At latent_dim {n.param(widest, 'latent_dim')} the weakest dimension carries "
-                  f"{n.metric(widest, 'eval/vae/kl_per_dim', step=min(widest_kl, key=lambda p: p[1])[0])} nats and "
-                  f"the strongest {n.metric(widest, 'eval/vae/kl_per_dim', step=max(widest_kl, key=lambda p: p[1])[0])}"
+                  f"{n.metric(widest, KL_PER_DIM, step=min(widest_kl, key=lambda p: p[1])[0])} nats and "
+                  f"the strongest {n.metric(widest, KL_PER_DIM, step=max(widest_kl, key=lambda p: p[1])[0])}"
                   f", for a total of {n.metric(widest, HEADLINE['kl'])} nats.")
         shown = ("Each latent_dim's run" if len(study.one_per_latent_dim) == len(study.by_latent_dim) else
                  f"The runs of {n.count(study.one_per_latent_dim)} of the "
@@ -200,7 +211,7 @@ def section_beta(study: Study, n: Numbers) -> str:
                 "beta buys a latent space closer to the prior with worse reconstructions.")
     rows = [[n.param(c.rows[0], "vae.beta"), n.count(list(c.rows)), n.mean(c, HEADLINE["recon_mse"]),
              n.mean(c, HEADLINE["kl"]), n.mean(c, HEADLINE["active_units"], ".3g"), n.mean(c, HEADLINE["fid_vae"]),
-             n.mean(c, "eval/scores/vae_prior/sharpness", ".3g")] for c in configs]
+             n.mean(c, score("vae_prior", "sharpness"), ".3g")] for c in configs]
     low, high = configs[0], configs[-1]
     fid_key = HEADLINE["fid_vae"]
     best = _best(configs, fid_key)
@@ -278,7 +289,7 @@ def section_latent_dim(study: Study, n: Numbers, fig: Callable[[str, str], str])
 
 def section_gan(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str:
     m, c = study.main, study.main_config
-    final = n.steps(m, "gan/decoder/fid")
+    final = n.steps(m, gan_measure("decoder", "fid"))
     decoder, scratch, prior = HEADLINE["fid_decoder"], HEADLINE["fid_scratch"], HEADLINE["fid_vae"]
     _, against_scratch = contrast(n, c, decoder, c, scratch, "the GAN from the decoder", "the GAN from scratch")
     _, against_vae = contrast(n, c, decoder, c, prior, "The GAN from the decoder", "the VAE's own samples")
@@ -288,10 +299,10 @@ def section_gan(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str
         "GAN from scratch has to get to; adversarial training then sharpens it.",
         f"**Evidence: one run.** In {literal(m.name)} (FID-style score of {n.param(m, 'gan.fid_samples')} samples from one "
         f"fixed noise, against the test split) the decoder-started generator scores "
-        f"{n.metric(m, 'gan/decoder/fid', step=0)} before any GAN training (these are the VAE's own samples), "
-        f"against {n.metric(m, 'gan/scratch/fid', step=0)} for the random generator. After "
-        f"{n.param(m, 'gan.epochs')} epochs they score {n.metric(m, 'gan/decoder/fid', step=final)} and "
-        f"{n.metric(m, 'gan/scratch/fid', step=final)}.",
+        f"{n.metric(m, gan_measure('decoder', 'fid'), step=0)} before any GAN training (these are the VAE's own samples), "
+        f"against {n.metric(m, gan_measure('scratch', 'fid'), step=0)} for the random generator. After "
+        f"{n.param(m, 'gan.epochs')} epochs they score {n.metric(m, gan_measure('decoder', 'fid'), step=final)} and "
+        f"{n.metric(m, gan_measure('scratch', 'fid'), step=final)}.",
         fig("gan_training.png", "FID-style score and discriminator outputs per epoch"),
         f"**Evidence: over the seeds.** On the evaluation's samples at latent_dim {n.param(m, 'latent_dim')}, the GAN "
         f"from the decoder scores {n.mean(c, decoder)}, the GAN from scratch {n.mean(c, scratch)}, the VAE's samples "
@@ -322,11 +333,11 @@ def section_gan(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str
 
 def section_encoder_discriminator(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str:
     m = study.main
-    p = "eval/probes"
-    encoder, pixels = m.metrics[f"{p}/encoder"], m.metrics[f"{p}/pixels"]
-    best_d = max(m.metrics[f"{p}/discriminator_decoder"], m.metrics[f"{p}/discriminator_scratch"])
-    least_sharp = min((s for s in SOURCES if s != "noise"), key=lambda s: m.metrics[f"eval/scores/{s}/sharpness"])
-    verdict = {name: [n.metric(m, f"eval/discriminators/{init}/{name}", ".3g") for init in ("decoder", "scratch")]
+    p = probe
+    encoder, pixels = m.metrics[p("encoder")], m.metrics[p("pixels")]
+    best_d = max(m.metrics[p("discriminator_decoder")], m.metrics[p("discriminator_scratch")])
+    least_sharp = min((s for s in SOURCES if s != "noise"), key=lambda s: m.metrics[score(s, "sharpness")])
+    verdict = {name: [n.metric(m, discriminator_verdict(init, name), ".3g") for init in ("decoder", "scratch")]
                for name in SOURCES}
     return "\n\n".join([
         "## 5. The VAE encoder and the GAN discriminator",
@@ -335,10 +346,10 @@ def section_encoder_discriminator(study: Study, n: Numbers, fig: Callable[[str, 
         "trained to tell data from the generator's output: it keeps what separates real from generated, and "
         "digit identity only as far as that helps.",
         f"**Evidence: what the features keep.** A `k`-nearest-neighbour vote (`k = 5`) over the training images "
-        f"reads the test images' class correctly for {n.metric(m, f'{p}/encoder', '.3f')} of them from the encoder's "
-        f"{n.param(m, 'latent_dim')}-dimensional posterior means, {n.metric(m, f'{p}/pixels', '.3f')} from the raw "
-        f"pixels, and {n.metric(m, f'{p}/discriminator_decoder', '.3f')} and "
-        f"{n.metric(m, f'{p}/discriminator_scratch', '.3f')} from the last hidden layer of the two discriminators "
+        f"reads the test images' class correctly for {n.metric(m, p('encoder'), '.3f')} of them from the encoder's "
+        f"{n.param(m, 'latent_dim')}-dimensional posterior means, {n.metric(m, p('pixels'), '.3f')} from the raw "
+        f"pixels, and {n.metric(m, p('discriminator_decoder'), '.3f')} and "
+        f"{n.metric(m, p('discriminator_scratch'), '.3f')} from the last hidden layer of the two discriminators "
         f"({n.param(m, 'gan.discriminator_hidden')} units). "
         + ("The encoder's small code keeps class at least as well as the pixels, " if encoder >= pixels else
            "The encoder's small code keeps slightly less class information than the pixels, ")
@@ -349,8 +360,8 @@ def section_encoder_discriminator(study: Study, n: Numbers, fig: Callable[[str, 
         _table(["images", "discriminator vs. GAN from decoder", "discriminator vs. GAN from scratch"],
                [[SOURCES[name], *verdict[name]] for name in SOURCES]),
         f"The discriminator trained against the decoder-started generator gives real images "
-        f"{n.metric(m, 'eval/discriminators/decoder/real_train', '.3f')} and the VAE's samples "
-        f"{n.metric(m, 'eval/discriminators/decoder/vae_prior', '.3f')}: it has learned to spot what the VAE "
+        f"{n.metric(m, discriminator_verdict('decoder', 'real_train'), '.3f')} and the VAE's samples "
+        f"{n.metric(m, discriminator_verdict('decoder', 'vae_prior'), '.3f')}: it has learned to spot what the VAE "
         + ("gets wrong (its samples are the least sharp, see the last section), which no term of the VAE's loss "
            "measures. " if least_sharp == "vae_prior" else "gets wrong. ")
         + "What the encoder's code stands for shows "
@@ -366,7 +377,7 @@ def section_strengths(study: Study, n: Numbers) -> str:
     names = ["real_train", "vae_reconstructions", "vae_prior", "gan_decoder", "gan_scratch"]
 
     def key(name: str, measure: str) -> str:
-        return f"eval/scores/{name}/{measure}"
+        return score(name, measure)
 
     def mean(name: str, measure: str, fmt: str = ".3g") -> str:
         return n.mean(c, key(name, measure), fmt)
@@ -392,9 +403,10 @@ def section_strengths(study: Study, n: Numbers) -> str:
         f"{versus('recall', 'vae_prior', 'gan_decoder')} {versus('recall', 'vae_prior', 'gan_scratch')} "
         f"In precision: {versus('precision', 'vae_prior', 'gan_decoder')}",
         f"**Stability (one run, {literal(m.name)}).** Over the {n.param(m, 'vae.epochs')} epochs of the VAE's training the "
-        f"test negative ELBO went up from one epoch to the next {n.rises(m, 'vae/test_neg_elbo')} times; over the "
-        f"GANs' {n.param(m, 'gan.epochs')} epochs the FID-style score went up {n.rises(m, 'gan/decoder/fid')} times "
-        f"(from the decoder) and {n.rises(m, 'gan/scratch/fid')} times (from scratch). The VAE's loss is a bound that "
+        f"test negative ELBO went up from one epoch to the next {n.rises(m, VAE_TEST_NEG_ELBO)} times; over the "
+        f"GANs' {n.param(m, 'gan.epochs')} epochs the FID-style score went up "
+        f"{n.rises(m, gan_measure('decoder', 'fid'))} times (from the decoder) and "
+        f"{n.rises(m, gan_measure('scratch', 'fid'))} times (from scratch). The VAE's loss is a bound that "
         "each step lowers on average; the GAN's two players chase each other, and a better discriminator can make "
         "the samples worse for a while.",
     ])

@@ -1,7 +1,7 @@
-"""A team's machinery on 127.0.0.1, for the Ray sweep's test and benchmark: a throwaway
-PostgreSQL cluster, `mlflow server` on it with served artifacts, and a Ray head and worker node
-started as separate processes (`ray start`). Every process started here is stopped by its context
-manager, with everything it started."""
+"""A team's machinery on 127.0.0.1, for the Ray sweep's tests and benchmark (and a one-machine try
+of docs/cluster.md): a throwaway PostgreSQL cluster, `mlflow server` on it with served artifacts,
+and a Ray head and worker node started as separate processes (`ray start`). Every process started
+here is stopped by its context manager, with everything it started."""
 
 from __future__ import annotations
 
@@ -225,6 +225,17 @@ class RayCluster:
 
     def add_node(self, cpus: int = 1) -> subprocess.Popen:
         return self._start("--address", self.address, "--num-cpus", str(cpus), "--num-gpus", "0")
+
+    def replace_dead_nodes(self, cpus: int = 1) -> None:
+        """Start a new worker node for each one whose process has died (killed by a test, say), and
+        wait until as many nodes are alive as were started."""
+        dead = [node for node in self.nodes[1:] if node.poll() is not None]
+        if not dead:
+            return
+        self.nodes = [node for node in self.nodes if node not in dead]
+        for _ in dead:
+            self.add_node(cpus)
+        self.wait_for_nodes(len(self.nodes))
 
     def wait_for_nodes(self, count: int, seconds: float = 120) -> None:
         """Until `count` nodes are alive (asked through `ray status`)."""
