@@ -27,8 +27,9 @@ repro: $(VENV)/.installed $(PLOTS_TEMPLATE)  ## run the pipeline on the embedded
 plots: $(PLOTS_TEMPLATE)  ## draw the workspace's curves and image grids into dvc_plots/index.html (no network)
 	dvc plots show
 
-test: lint  ## lint, then the whole test suite (what CI runs: .ci/run)
-	python -m pytest
+# The suite's budget is 15 minutes on 2 cores (docs/development.md): it prints its 20 slowest tests.
+test: lint  ## lint, then the whole test suite (what CI runs: .ci/run), then its 20 slowest tests
+	python -m pytest --durations=20
 
 test-fast: $(VENV)/.installed  ## the inner loop: every test not marked slow (see pytest.ini)
 	python -m pytest -m "not slow"

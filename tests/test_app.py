@@ -1,6 +1,7 @@
-"""The explorer app (pipeline/app/app.py), driven page by page with Streamlit's AppTest on tiny runs,
-its logic (pipeline/app/explorer.py) checked against the runs' recorded metrics, a real training
-started from it, and one real browser rendering its sample grid."""
+"""The explorer app (pipeline/app/app.py), driven page by page with Streamlit's AppTest on the tiny
+study, its logic (pipeline/app/explorer.py) checked against the runs' recorded metrics, a real
+training started from it (pipeline/app/training_job.py), and one real browser rendering its sample
+grid."""
 
 from __future__ import annotations
 
@@ -13,26 +14,21 @@ import time
 import mlflow
 import pytest
 import torch
-from conftest import REPO, UP_TO_GAN, Project, free_port, mlflow_runs, open_browser, tiny_project, wait_until_healthy
+from conftest import REPO, RESULT_STAGES, Project, free_port, mlflow_runs, open_browser, wait_until_healthy
 from streamlit.testing.v1 import AppTest
 
-from pipeline.app import explorer
+from pipeline.app import explorer, training_job
 from pipeline.core.config import ConfigError
-from pipeline.tools.sweep import SweepError
+from pipeline.tools.dvc_cli import SweepError
 
 APP = str(REPO / "pipeline" / "app" / "app.py")
-RESULT_STAGES = ("train_vae", "train_gan", "evaluate")
 
 
-@pytest.fixture(scope="module")
-def explored(tmp_path_factory) -> Project:
-    """Two tiny complete runs: latent_dim 4 (the params.yaml value), then latent_dim 2."""
-    project = tiny_project(tmp_path_factory.mktemp("explored"), (*UP_TO_GAN, "evaluate"))
-    project.write_params({"latent_dim": 2})
-    for stage in RESULT_STAGES:
-        project.stage(stage)
-    project.write_params()
-    return project
+@pytest.fixture
+def explored(study) -> Project:
+    """The study, read only: four complete runs, latent_dim 2 and 4 at seeds 0 and 1, the last
+    one latent_dim 4, seed 0 (the params.yaml values)."""
+    return study
 
 
 @pytest.fixture
@@ -58,10 +54,10 @@ def open_app(page: str | None = None) -> AppTest:
     return app
 
 
-def run_ids(project: Project) -> dict[int, str]:
-    """Complete result rows by latent_dim."""
-    return {int(r.data.params["latent_dim"]): r.info.run_id for r in project.runs("mnist5k")
-            if r.data.tags.get("pipeline.stages") == ",".join(RESULT_STAGES)}
+def run_ids(project: Project) -> dict[tuple[int, int], str]:
+    """Complete result rows by (latent_dim, seed)."""
+    return {(int(r.data.params["latent_dim"]), int(r.data.params["seed"])): r.info.run_id
+            for r in project.runs("mnist5k") if r.data.tags.get("pipeline.stages") == ",".join(RESULT_STAGES)}
 
 
 def open_run_page(run_id: str, page: str) -> AppTest:
@@ -128,10 +124,10 @@ def test_runs_page_lists_each_run_with_dataset_latent_dim_and_metrics(explored, 
     inside(explored)
     page = open_app("Runs")
     configurations, table = (frame.value for frame in page.dataframe)
-    assert sorted(configurations["latent_dim"]) == [2, 4] and set(configurations["n"]) == {1}
+    assert sorted(configurations["latent_dim"]) == [2, 4] and set(configurations["n"]) == {2}
     ids = run_ids(explored)
-    assert sorted(table["latent_dim"]) == [2, 4] and set(table["dataset"]) == {"mnist5k"}
-    assert list(table["run_id"]) == [ids[2], ids[4]]  # newest first
+    assert sorted(table["latent_dim"]) == [2, 2, 4, 4] and set(table["dataset"]) == {"mnist5k"}
+    assert list(table["run_id"]) == [ids[(4, 0)], ids[(4, 1)], ids[(2, 1)], ids[(2, 0)]]  # newest first
     for row in table.itertuples():
         assert row.neg_elbo == metric(explored, row.run_id, "eval/vae/neg_elbo")
         assert row.fid_decoder == metric(explored, row.run_id, "eval/scores/gan_decoder/fid")
@@ -157,7 +153,7 @@ def test_generate_feeds_every_decoder_the_same_noise(explored, inside):
     """With a GAN generator that is a copy of the VAE decoder, both must draw identical images:
     only the same noise makes that so."""
     inside(explored)
-    run = explorer.load_run(run_ids(explored)[4])
+    run = explorer.load_run(run_ids(explored)[(4, 0)])
     run.generators = {"copy": run.vae.decoder}
     samples = explorer.generate(run, 16, seed=3)
     assert torch.equal(samples["VAE decoder"], samples["GAN from copy"])
@@ -168,13 +164,13 @@ def test_generate_feeds_every_decoder_the_same_noise(explored, inside):
 def test_reconstruct_shows_each_image_with_its_mse_as_the_evaluation_measures_it(explored, inside):
     inside(explored)
     ids = run_ids(explored)
-    run = explorer.load_run(ids[4])
+    run = explorer.load_run(ids[(4, 0)])
     _, mse = explorer.reconstruct(run.vae, run.x_test)
     # The app's models and test images are the run's: its mean MSE is the evaluation's.
-    assert mse.mean().item() == pytest.approx(metric(explored, ids[4], "eval/vae/recon_mse_per_pixel"), rel=1e-5)
-    assert run.kl_per_dim.sum().item() == pytest.approx(metric(explored, ids[4], "eval/vae/kl"), rel=1e-4)
+    assert mse.mean().item() == pytest.approx(metric(explored, ids[(4, 0)], "eval/vae/recon_mse_per_pixel"), rel=1e-5)
+    assert run.kl_per_dim.sum().item() == pytest.approx(metric(explored, ids[(4, 0)], "eval/vae/kl"), rel=1e-4)
 
-    app = open_run_page(ids[4], "Reconstruct")
+    app = open_run_page(ids[(4, 0)], "Reconstruct")
     originals, reconstructions = app.image
     assert originals.captions[:2] == [f"#0 (class {run.y_test[0]})", f"#1 (class {run.y_test[1]})"]
     assert reconstructions.captions == [f"MSE {m:.4f}" for m in mse[:8].tolist()]
@@ -188,7 +184,7 @@ def test_reconstruct_shows_each_image_with_its_mse_as_the_evaluation_measures_it
 @pytest.mark.slow
 def test_interpolation_runs_from_one_test_image_to_the_other(explored, inside):
     inside(explored)
-    run = explorer.load_run(run_ids(explored)[4])
+    run = explorer.load_run(run_ids(explored)[(4, 0)])
     path = explorer.interpolate(run.vae, run.x_test[0], run.x_test[5], steps=6)
     ends, _ = explorer.reconstruct(run.vae, run.x_test[[0, 5]])
     assert path.shape == (6, *run.x_test.shape[1:])
@@ -199,8 +195,8 @@ def test_interpolation_runs_from_one_test_image_to_the_other(explored, inside):
 def test_latent_page_sliders_follow_the_most_active_dimensions_and_decode_live(explored, inside):
     inside(explored)
     ids = run_ids(explored)
-    app = open_run_page(ids[4], "Latent space")
-    run = explorer.load_run(ids[4])
+    app = open_run_page(ids[(4, 0)], "Latent space")
+    run = explorer.load_run(ids[(4, 0)])
     sliders = [s for s in app.slider if s.key.startswith("dim-")]
     assert [int(s.key.rsplit("-", 1)[1]) for s in sliders] == run.most_active(4)
     kl = [float(s.label.split("KL ")[1].split()[0]) for s in sliders]
@@ -217,14 +213,14 @@ def test_latent_page_sliders_follow_the_most_active_dimensions_and_decode_live(e
 def test_latent_dim_2_shows_the_plane_and_decodes_the_slider_position(explored, inside):
     inside(explored)
     ids = run_ids(explored)
-    app = open_run_page(ids[2], "Latent space")
+    app = open_run_page(ids[(2, 0)], "Latent space")
     chart = app.get("vega_lite_chart")[0].proto
     assert '"picked"' in chart.spec and chart.selection_mode == ["picked"]  # a click selects a point
-    app.slider(key=f"z1-{ids[2]}").set_value(1.5).run()
-    app.slider(key=f"z2-{ids[2]}").set_value(-0.5).run()
+    app.slider(key=f"z1-{ids[(2, 0)]}").set_value(1.5).run()
+    app.slider(key=f"z2-{ids[(2, 0)]}").set_value(-0.5).run()
     caption, url = images(app)[-1]
     assert caption == "decoded at (1.50, -0.50)"
-    app.slider(key=f"z1-{ids[2]}").set_value(-1.0).run()
+    app.slider(key=f"z1-{ids[(2, 0)]}").set_value(-1.0).run()
     assert images(app)[-1][1] != url
 
 
@@ -238,23 +234,24 @@ def test_bad_settings_and_a_folder_without_git_start_nothing(project, inside):
                               ({"vae.beta": -1.0}, "vae.beta = -1.0 is not allowed"),
                               ({"vae.lr": 0.1}, "the explorer cannot set vae.lr")):
         with pytest.raises(ConfigError, match=message):
-            explorer.start_training(settings)
+            training_job.start_training(settings)
     with pytest.raises(SweepError, match="git repository"):
-        explorer.start_training({"latent_dim": 3})
-    assert explorer.training_status().state == "idle" and not (project.root / ".dvc").exists()
+        training_job.start_training({"latent_dim": 3})
+    assert training_job.training_status().state == "idle" and not (project.root / ".dvc").exists()
 
 
-def wait_for_training(seconds: float = 300) -> explorer.TrainingStatus:
+def wait_for_training(seconds: float = 300) -> training_job.TrainingStatus:
     deadline = time.monotonic() + seconds
-    while explorer.training_status().state == "running" and time.monotonic() < deadline:
+    while training_job.training_status().state == "running" and time.monotonic() < deadline:
         time.sleep(2)
-    status = explorer.training_status()
+    status = training_job.training_status()
     assert status.state == "finished", status.log_tail
     return status
 
 
 @pytest.mark.slow
-def test_training_from_the_app_records_a_new_run_and_refuses_a_second_at_once(repo, inside, monkeypatch):
+def test_training_from_the_app_records_a_new_run_and_refuses_a_second_at_once(workspace, inside, monkeypatch):
+    repo = workspace
     monkeypatch.chdir(repo)
     app = open_app("Train")
     app.number_input(key="train-latent_dim").set_value(3)
@@ -288,11 +285,11 @@ def test_training_from_the_app_records_a_new_run_and_refuses_a_second_at_once(re
 def test_progress_follows_the_stages_and_epochs_of_the_log():
     log = ("Stage 'download' didn't change, skipping\nRunning stage 'train_vae':\n> python -m pipeline.stages.train_vae\n"
            "train_vae: epoch 1/4  train loss 200.0\n")
-    assert explorer.progress(log) == (pytest.approx((1 + 0.25) / 5), "train_vae: epoch 1/4")
+    assert training_job.progress(log) == (pytest.approx((1 + 0.25) / 5), "train_vae: epoch 1/4")
     log += "Running stage 'train_classifier':\nStage 'train_classifier' is cached\nRunning stage 'train_gan':\n"
     log += "train_gan: decoder epoch 2/2  D(x) 0.5\ntrain_gan: scratch epoch 1/2  D(x) 0.5\n"
-    assert explorer.progress(log) == (pytest.approx((3 + 0.75) / 5), "train_gan (scratch): epoch 1/2")
-    assert explorer.progress("") == (0.0, "starting")
+    assert training_job.progress(log) == (pytest.approx((3 + 0.75) / 5), "train_gan (scratch): epoch 1/2")
+    assert training_job.progress("") == (0.0, "starting")
 
 
 # ---------------------------------------------------------------------------------------------

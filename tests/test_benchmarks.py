@@ -10,21 +10,23 @@ import sys
 
 import pytest
 import yaml
-from cluster import missing
-from conftest import REPO, TINY, merge, mlflow_runs, repo_params
+from conftest import REPO, mlflow_runs, tiny_params
+
+from pipeline.core.config import TINY
+from pipeline.tools.local_cluster import missing
 
 LINE = re.compile(r"^(\w+(?:\[n=\d+\])?): (-?[\d,.]+)", re.M)
 
 
-def tiny_params(tmp_path):
+def tiny_params_file(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(merge(repo_params(), TINY)))
+    params.write_text(yaml.safe_dump(tiny_params()))
     return params
 
 
 @pytest.mark.slow
 def test_bench_prints_every_training_and_scaling_figure(tmp_path):
-    params = tiny_params(tmp_path)
+    params = tiny_params_file(tmp_path)
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--epochs", "2", "--params",
                              str(params), "--skip-repro"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -45,7 +47,7 @@ def test_bench_prints_every_training_and_scaling_figure(tmp_path):
 @pytest.mark.slow
 def test_gan_study_prints_one_line_per_seed(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gan_from_decoder.py"), "--seeds", "3", "4",
-                             "--params", str(tiny_params(tmp_path))], capture_output=True, text=True, timeout=600)
+                             "--params", str(tiny_params_file(tmp_path))], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [row[0] for row in rows] == ["3", "4"] and all(len(row) == 9 for row in rows)
@@ -67,8 +69,12 @@ def test_load_benchmark_prints_every_figure(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("CI") and missing() is not None, reason=str(missing()))
-def test_ray_sweep_benchmark_prints_both_executors_wall_times():
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ray_sweep.py"), "--tiny", "--latent-dims", "2"],
+def test_ray_sweep_benchmark_prints_both_executors_wall_times(two_nodes):
+    """On the session's server and cluster (the benchmark starts its own without --tracking-uri and
+    --address: the same code as the tests' `team`, pipeline/tools/local_cluster.py)."""
+    url, cluster = two_nodes
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ray_sweep.py"), "--tiny", "--latent-dims", "2",
+                             "--tracking-uri", url, "--address", cluster.address],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     figures = {name: float(value.replace(",", "")) for name, value in LINE.findall(result.stdout)}

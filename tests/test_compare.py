@@ -49,7 +49,7 @@ def test_no_rows_give_an_empty_table_with_the_columns():
 
 
 def test_command_without_a_store_says_so_and_creates_nothing(project):
-    result = project.stage("compare", check=False)
+    result = project.call("compare")
     assert result.returncode == 2 and "there is no MLflow store at" in result.stderr
     assert not project.store.exists() and project.files() == []
 

@@ -4,9 +4,9 @@ import os
 
 import pytest
 import torch
-from conftest import merge, repo_params
+from conftest import repo_params
 
-from pipeline.core.config import ConfigError, flatten, parse_config, thread_limit
+from pipeline.core.config import ConfigError, flatten, merged, parse_config, thread_limit
 
 
 def test_repository_params_are_valid():
@@ -45,7 +45,7 @@ def test_repository_params_are_valid():
 )
 def test_bad_value_names_key_value_and_what_is_allowed(override, key, shown, allowed):
     with pytest.raises(ConfigError) as error:
-        parse_config(merge(repo_params(), override))
+        parse_config(merged(repo_params(), override))
     assert f"{key} = {shown} is not allowed; expected {allowed}" in str(error.value)
 
 
@@ -64,26 +64,37 @@ def test_missing_key_is_reported():
 
 
 def test_exponent_literal_that_yaml_reads_as_string_is_a_number():
-    config = parse_config(merge(repo_params(), {"vae": {"learning_rate": "1e-3"}}))
+    config = parse_config(merged(repo_params(), {"vae": {"learning_rate": "1e-3"}}))
     assert config.vae.learning_rate == 0.001
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_device_without_cuda_is_refused():
     with pytest.raises(ConfigError, match="device = 'cuda' but this machine has no CUDA device"):
-        parse_config(merge(repo_params(), {"device": "cuda"}))
+        parse_config(merged(repo_params(), {"device": "cuda"}))
 
 
 @pytest.mark.parametrize("stage", ["download", "train_vae"])
 @pytest.mark.parametrize("override", [{"latent_dim": 0}, {"vae": {"learning_rate": -1.0}}, {"data": {"name": "nope"}}])
 def test_stage_with_bad_params_exits_non_zero_and_writes_nothing(project, stage, override):
+    """In this process, as `python -m` runs it (conftest.run_in_process)."""
     project.write_params(override)
-    result = project.stage(stage, check=False)
+    result = project.call(stage)
     assert result.returncode == 2
     assert "error: params.yaml:" in result.stderr and "is not allowed" in result.stderr
     assert "Traceback" not in result.stderr
     assert project.files() == []
     assert not project.store.exists()  # no MLflow run, not even an empty store
+
+
+def test_a_refusal_is_one_line_and_exit_2_from_a_real_process(project):
+    """The same refusal as DVC meets it: a fresh `python -m` process, its exit status and stderr."""
+    project.write_params({"latent_dim": 0})
+    result = project.stage("train_vae", check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "train_vae: error: params.yaml: latent_dim = 0 is not allowed; expected an integer >= 1 and <= 1024"]
+    assert project.files() == [] and not project.store.exists()
 
 
 def test_thread_limit_comes_from_the_environment():
@@ -98,10 +109,10 @@ def test_thread_limit_comes_from_the_environment():
 
 
 def test_stage_applies_the_thread_limit_and_refuses_a_bad_one(project):
-    result = project.stage("download", check=False, env={"PIPELINE_THREADS": "zero"})
+    result = project.call("download", env={"PIPELINE_THREADS": "zero"})
     assert result.returncode == 2 and "PIPELINE_THREADS = 'zero' is not allowed" in result.stderr
     assert project.files() == [] and not project.store.exists()
-    project.stage("download", env={"PIPELINE_THREADS": "1"})
+    project.call("download", check=True, env={"PIPELINE_THREADS": "1"})
     (record,) = project.runs("datasets")
     assert record.data.tags["pipeline.threads"] == "1"
 
@@ -109,7 +120,7 @@ def test_stage_applies_the_thread_limit_and_refuses_a_bad_one(project):
 def test_a_rows_params_read_back_as_the_config_that_recorded_them():
     from pipeline.core.config import config_from_params
 
-    config = parse_config(merge(repo_params(), {"gan": {"compare_scratch": False}, "vae": {"beta": 0.25}}))
+    config = parse_config(merged(repo_params(), {"gan": {"compare_scratch": False}, "vae": {"beta": 0.25}}))
     recorded = {key: str(value) for key, value in flatten(config).items()}  # MLflow keeps params as text
     assert config_from_params(recorded) == config
     assert config_from_params({**recorded, "added.by.later.code": "1"}) == config

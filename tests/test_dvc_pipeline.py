@@ -1,5 +1,7 @@
 """The pipeline as users drive it: `dvc repro`, a no-op repro, `dvc exp run -S latent_dim=8`,
-`dvc exp show`, in a temporary git repository made from this project's sources."""
+`dvc exp show`, sweeps through DVC's queue, in a temporary git repository made from this project's
+sources: most start from a copy of the session's repository after `dvc repro` (`workspace`), as a
+user's sweep starts after the quick start."""
 
 from __future__ import annotations
 
@@ -15,13 +17,14 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, git, merge, mlflow_runs, repo_params
+from conftest import REPO, git, mlflow_runs, repo_params
 
+from pipeline.core.config import merged
 from pipeline.stages import paths
-from pipeline.tools import sweep
-from pipeline.tools.sweep import QueueView, SweepError
-from pipeline.tracking import names
-from pipeline.tracking import store as tracking
+from pipeline.tools import queue_sweep
+from pipeline.tools.dvc_cli import SweepError
+from pipeline.tools.queue_sweep import QueueView
+from pipeline.tracking import names, record
 
 
 def test_dvc_yaml_declares_every_path_the_stages_write_and_only_known_params():
@@ -76,8 +79,8 @@ def result_rows(root):
 
 
 @pytest.mark.slow
-def test_repro_then_experiment_gives_one_row_per_result(repo):
-    dvc(repo, "repro")
+def test_repro_then_experiment_gives_one_row_per_result(workspace):
+    repo = workspace  # after `dvc repro`, committed
     rows = result_rows(repo)
     assert list(rows) == ["4"] and rows["4"].info.status == "FINISHED"
     assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/scores/gan_decoder/fid"} <= set(rows["4"].data.metrics)
@@ -86,8 +89,6 @@ def test_repro_then_experiment_gives_one_row_per_result(repo):
     assert "Data and pipelines are up to date" in dvc(repo, "repro")
     assert len(mlflow_runs(repo / "mlflow.db")) == 3  # still one result, one dataset, one classifier record
 
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "first result")
     dvc(repo, "exp", "run", "-S", "latent_dim=8")
     rows = result_rows(repo)
     assert sorted(rows) == ["4", "8"]
@@ -129,8 +130,8 @@ def newest_rows(repo, count: int):
 
 
 @pytest.mark.slow
-def test_changing_a_gan_or_evaluation_param_reruns_only_the_stages_after_it(repo):
-    dvc(repo, "repro")
+def test_changing_a_gan_or_evaluation_param_reruns_only_the_stages_after_it(workspace):
+    repo = workspace
     assert repro_with(repo, "gan", "epochs", 1) == {"train_gan", "evaluate"}
     # The new result gets its own row, which still carries the VAE's numbers it started from.
     (old, new) = newest_rows(repo, 2)
@@ -147,10 +148,8 @@ def test_changing_a_gan_or_evaluation_param_reruns_only_the_stages_after_it(repo
 
 
 @pytest.mark.slow
-def test_a_new_seed_reruns_the_models_on_the_same_ruler(repo, monkeypatch):
-    dvc(repo, "repro")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "seed 0")
+def test_a_new_seed_reruns_the_models_on_the_same_ruler(workspace, monkeypatch):
+    repo = workspace
     log = dvc(repo, "exp", "run", "-n", "s1", "-S", "seed=1")
     assert {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")} == {
         "train_vae", "train_gan", "evaluate"}
@@ -177,12 +176,20 @@ def test_a_new_seed_reruns_the_models_on_the_same_ruler(repo, monkeypatch):
     assert set(workspace["data"]["outputs/eval/metrics.json"]["data"]) == set(names.SHOWN_FIRST)
 
 
+def swept_rows(repo, latent_dim: str = "2"):
+    """The result rows of latent_dim `latent_dim` (the workspace's own `dvc repro` made latent_dim 4's)."""
+    return [run for run in mlflow_runs(repo / "mlflow.db", "mnist5k") if run.data.params["latent_dim"] == latent_dim]
+
+
 @pytest.mark.slow
-def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
+def test_queued_sweep_with_two_workers_records_one_row_per_value(workspace):
+    """Two queue workers running experiments at once into one SQLite store: every experiment leaves
+    its complete row, none lost, none twice; the shared stages are not run again."""
+    repo = workspace
     head = git(repo, "rev-parse", "HEAD").strip()
     out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "--seeds", "0", "1", "--jobs", "2")
     assert "sweep of 2 experiments with 2 worker(s)" in out
-    rows = mlflow_runs(repo / "mlflow.db", "mnist5k")
+    rows = swept_rows(repo)
     assert sorted(run.data.params["seed"] for run in rows) == ["0", "1"]  # none lost, none twice
     threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
     for run in rows:
@@ -203,8 +210,8 @@ def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
     assert summary.data.metrics[f"{fid}/n"] == 2
     assert re.search(r"ld2-beta1-\w{8} +2 +1 +2 ", out)  # the configuration's line: latent_dim 2, beta 1, n 2
     # No queue worker is left behind: one would hold this test's pipes open for good.
-    assert sweep.read_queue(repo).workers == []
-    # The shared stages ran once, in the workspace, not once per experiment.
+    assert queue_sweep.read_queue(repo).workers == []
+    # The shared stages ran once, in the workspace (its `dvc repro`), not once per experiment.
     assert len(mlflow_runs(repo / "mlflow.db", "datasets")) == 1
     assert len(mlflow_runs(repo / "mlflow.db", "classifiers")) == 1
     table = list(csv.DictReader((repo / "outputs" / "sweep.csv").open()))
@@ -216,7 +223,7 @@ def test_queued_sweep_with_two_workers_records_one_row_per_value(repo):
     out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "--seeds", "0", "1", "--jobs", "2")
     assert out.count("computed before (DVC reused those outputs and ran nothing)") == 2
     assert len(mlflow_runs(repo / "mlflow.db", "mnist5k", summaries=True)) == 1  # updated, not made again
-    assert len(mlflow_runs(repo / "mlflow.db", "mnist5k")) == 2
+    assert len(swept_rows(repo)) == 2
     again = list(csv.DictReader((repo / "outputs" / "sweep.csv").open()))
     assert sorted(row["run_id"] for row in again) == sorted(row["run_id"] for row in table)
 
@@ -236,7 +243,7 @@ class ScriptedQueue:
 
 
 def follow(queue: ScriptedQueue, names=("a", "b"), **kwargs) -> dict[str, str]:
-    return sweep.follow(list(names), queue.look, queue.restart, poll=0, grace=0, sleep=lambda s: None, **kwargs)
+    return queue_sweep.follow(list(names), queue.look, queue.restart, poll=0, grace=0, sleep=lambda s: None, **kwargs)
 
 
 def test_follow_waits_for_every_experiment_of_its_own_and_reports_the_final_status():
@@ -274,15 +281,16 @@ def test_stop_idle_workers_ends_the_workers_left_once_the_queue_is_idle_and_leav
     sent = []
     idle = ScriptedQueue(QueueView({"a": "Success", "b": "Failed"}, [10, 11]), QueueView({"a": "Success"}, [11]),
                          QueueView({"a": "Success"}, []))
-    assert sweep.stop_idle_workers(idle.look, kill=lambda pid, sig: sent.append((pid, sig)), sleep=lambda s: None) == []
+    assert queue_sweep.stop_idle_workers(idle.look, kill=lambda pid, sig: sent.append((pid, sig)),
+                                         sleep=lambda s: None) == []
     assert sent == [(10, signal.SIGTERM), (11, signal.SIGTERM)] and idle.looks == 3
 
     busy = ScriptedQueue(QueueView({"a": "Success", "other": "Queued"}, [10]))
-    assert sweep.stop_idle_workers(busy.look, kill=lambda pid, sig: sent.append(pid), sleep=lambda s: None) == []
+    assert queue_sweep.stop_idle_workers(busy.look, kill=lambda pid, sig: sent.append(pid), sleep=lambda s: None) == []
     assert len(sent) == 2  # nothing more
 
     stubborn = ScriptedQueue(QueueView({"a": "Success"}, [10]))
-    assert sweep.stop_idle_workers(stubborn.look, kill=lambda pid, sig: None, wait=0.05, poll=0.01) == [10]
+    assert queue_sweep.stop_idle_workers(stubborn.look, kill=lambda pid, sig: None, wait=0.05, poll=0.01) == [10]
 
 
 @pytest.mark.slow
@@ -294,7 +302,7 @@ def test_read_queue_counts_the_workers_whose_process_is_alive(repo):
     for number, pid, returncode in ((1, os.getpid(), None), (2, ended.pid, None), (3, os.getpid(), 0)):
         (celery / f"dvc-exp-worker-{number}.json").write_text(json.dumps(
             {"pid": pid, "stdin": None, "stdout": None, "stderr": None, "returncode": returncode}))
-    view = sweep.read_queue(repo)
+    view = queue_sweep.read_queue(repo)
     assert view.states == {"waiting": "Queued"}
     assert view.workers == [os.getpid()]  # not the process that ended, nor the one with an exit code
 
@@ -302,20 +310,21 @@ def test_read_queue_counts_the_workers_whose_process_is_alive(repo):
 @pytest.mark.slow
 def test_a_real_worker_is_seen_while_it_runs_and_ended_once_the_queue_is_idle(repo, monkeypatch):
     monkeypatch.chdir(repo)
-    sweep.start_workers(1, dict(os.environ))  # an empty queue: DVC's own check would end it after 10 s
+    queue_sweep.start_workers(1, dict(os.environ))  # an empty queue: DVC's own check would end it after 10 s
     deadline = time.monotonic() + 30
-    while not (workers := sweep.read_queue(repo).workers) and time.monotonic() < deadline:
+    while not (workers := queue_sweep.read_queue(repo).workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(workers) == 1
-    assert sweep.stop_idle_workers(lambda: sweep.read_queue(repo)) == []
-    assert not tracking.process_alive(workers[0])
+    assert queue_sweep.stop_idle_workers(lambda: queue_sweep.read_queue(repo)) == []
+    assert not record.process_alive(workers[0])
 
 
 @pytest.mark.slow
-def test_sweep_over_beta_records_one_row_per_pair(repo):
+def test_sweep_over_beta_records_one_row_per_pair(workspace):
+    repo = workspace
     out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "--betas", "0.5", "2", "--jobs", "2")
     assert "sweep of 2 experiments with 2 worker(s)" in out
-    rows = mlflow_runs(repo / "mlflow.db", "mnist5k")
+    rows = swept_rows(repo)
     assert sorted((r.data.params["latent_dim"], r.data.params["vae.beta"]) for r in rows) == [("2", "0.5"), ("2", "2.0")]
     assert sorted(r.data.tags["dvc.exp_name"].split("-", 3)[3] for r in rows) == ["ld2-beta0.5", "ld2-beta2"]
 
@@ -328,17 +337,19 @@ def test_sweep_over_beta_records_one_row_per_pair(repo):
     (["--latent-dims", "4", "--seeds", "0", "-1"], "seed = -1 is not allowed"),
     (["--latent-dims", "4", "--seeds", "3", "3"], "seed values [3] are given more than once"),
 ])
-@pytest.mark.slow
 def test_sweep_refuses_bad_values_before_queueing_anything(repo, args, message):
-    result = subprocess.run([sys.executable, "-m", "pipeline.tools.sweep", *args], cwd=repo, capture_output=True, text=True)
+    """In this process, as `python -m` runs it (conftest.run_in_process)."""
+    from conftest import run_in_process
+
+    result = run_in_process(repo, "sweep", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (repo / "mlflow.db").exists() and not (repo / "outputs").exists()
-    assert "sweep-" not in dvc(repo, "queue", "status")
+    assert git(repo, "for-each-ref", "refs/exps") == ""  # nothing queued: DVC keeps its queue under refs/exps
 
 
 @pytest.mark.slow
-def test_outputs_pushed_to_a_dvc_remote_restore_a_fresh_clone(repo, tmp_path):
-    dvc(repo, "repro")
+def test_outputs_pushed_to_a_dvc_remote_restore_a_fresh_clone(workspace, tmp_path):
+    repo = workspace
     dvc(repo, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "results and their remote")
@@ -355,10 +366,11 @@ def test_outputs_pushed_to_a_dvc_remote_restore_a_fresh_clone(repo, tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_names_an_experiment_that_failed(repo):
+def test_sweep_names_an_experiment_that_failed(workspace):
     # Valid by the params' rules, but the VAE's training diverges: train_vae, in the queued
-    # experiment, refuses (the shared stages the sweep runs first, download and the classifier, pass).
-    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), {"vae": {"learning_rate": 1e30}})
+    # experiment, refuses (the shared stages, download and the classifier, are up to date).
+    repo = workspace
+    params = merged(yaml.safe_load((repo / "params.yaml").read_text()), {"vae": {"learning_rate": 1e30}})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = subprocess.run([sys.executable, "-m", "pipeline.tools.sweep", "--latent-dims", "2"], cwd=repo,
                             capture_output=True, text=True)

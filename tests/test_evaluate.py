@@ -8,7 +8,7 @@ import json
 import mlflow
 import pytest
 import torch
-from conftest import TINY, UP_TO_GAN, assert_refused, merge, repo_params, tiny_project
+from conftest import Project, assert_refused, copy_project, tiny_params
 
 from pipeline.core import data
 from pipeline.core.config import parse_config
@@ -19,9 +19,16 @@ from pipeline.tracking import names
 SETS = {"real_train", "noise", "vae_reconstructions", "vae_prior", "gan_decoder", "gan_scratch"}
 
 
+@pytest.fixture
+def evaluated(study) -> Project:
+    """The study (read-only): its workspace holds the evaluation of latent_dim 4, seed 0."""
+    return study
+
+
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    return tiny_project(tmp_path_factory.mktemp("evaluate"), (*UP_TO_GAN, "evaluate"))
+def evaluate_project(study, tmp_path_factory) -> Project:
+    """This module's copy of the study, to rerun the stage in and to refuse params in."""
+    return Project(copy_project(study.root, tmp_path_factory.mktemp("evaluate") / "project"))
 
 
 @pytest.mark.slow
@@ -61,10 +68,10 @@ def test_evaluation_measures_the_vae_and_every_set_with_its_scale(evaluated):
 
 @pytest.mark.slow
 def test_evaluation_lands_in_the_row_of_the_vae_and_gan(evaluated):
-    (row,) = evaluated.runs("mnist5k")
-    assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
     ids = {json.loads((evaluated.root / f"outputs/{s}/mlflow_run.json").read_text())["run_id"]
            for s in ("vae", "gan", "eval")}
+    (row,) = [run for run in evaluated.runs("mnist5k") if run.info.run_id in ids]
+    assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
     assert ids == {row.info.run_id}
     metrics = json.loads((evaluated.root / "outputs/eval/details.json").read_text())
     assert row.data.metrics["eval/scores/gan_decoder/fid"] == pytest.approx(metrics["scores"]["gan_decoder"]["fid"])
@@ -87,16 +94,18 @@ def test_evaluation_lands_in_the_row_of_the_vae_and_gan(evaluated):
 
 
 @pytest.mark.slow
-def test_rerun_reproduces_metrics_and_figures(evaluated):
-    out = evaluated.root / "outputs/eval"
+def test_rerun_in_a_fresh_process_reproduces_metrics_and_figures(evaluate_project):
+    """The stage as DVC runs it, a fresh process, gives the bytes the study's run gave."""
+    out = evaluate_project.root / "outputs/eval"
     files = ["metrics.json", "details.json", "kl_per_dim.csv", *(f"figures/{p.name}" for p in (out / "figures").iterdir())]
     first = {name: (out / name).read_bytes() for name in files}
-    evaluated.stage("evaluate")
+    rows_before = len(evaluate_project.runs("mnist5k"))
+    evaluate_project.stage("evaluate")
     assert {name: (out / name).read_bytes() for name in files} == first
     # The stage had already been recorded in that row, so the rerun got a row of its own that
     # carries the training numbers it evaluated.
-    rows = evaluated.runs("mnist5k")
-    assert len(rows) == 2
+    rows = evaluate_project.runs("mnist5k")
+    assert len(rows) == rows_before + 1
     newest = max(rows, key=lambda r: r.info.start_time)
     assert newest.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
     assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/scores/vae_prior/fid"} <= set(newest.data.metrics)
@@ -108,21 +117,20 @@ def test_rerun_reproduces_metrics_and_figures(evaluated):
     ({"evaluate": {"iwae_samples": 0}}, "evaluate.iwae_samples = 0 is not allowed; expected an integer >= 1"),
 ])
 @pytest.mark.slow
-def test_bad_evaluation_params_fail_before_any_work(evaluated, override, message):
-    assert_refused(evaluated, "evaluate", override, message)
+def test_bad_evaluation_params_fail_before_any_work(evaluate_project, override, message):
+    assert_refused(evaluate_project, "evaluate", override, message)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    config = parse_config(merge(repo_params(), TINY))
+    config = parse_config(tiny_params())
     splits = data.build_splits(config.data, tmp_path_factory.mktemp("data"))
     return config, splits
 
 
 def test_classifier_learns_the_digits(tiny):
     config, splits = tiny
-    config = parse_config(merge(repo_params(), merge(TINY, {"classifier": {"epochs": 10, "feature_dim": 64},
-                                                           "evaluate": {"num_samples": 100}})))
+    config = parse_config(tiny_params({"classifier": {"epochs": 10, "feature_dim": 64}, "evaluate": {"num_samples": 100}}))
     result = train_classifier.run(config, splits, "cpu")
     assert result.final["test_accuracy"] > 0.6  # ten classes: chance is 0.1; 240 training images only
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -130,7 +138,7 @@ def test_classifier_learns_the_digits(tiny):
 
 def test_latent_plane_figures_when_latent_dim_is_two(tiny, tmp_path):
     config, splits = tiny
-    config = parse_config(merge(repo_params(), merge(TINY, {"latent_dim": 2})))
+    config = parse_config(tiny_params({"latent_dim": 2}))
     classifier = train_classifier.run(config, splits, "cpu").model
     torch.manual_seed(0)
     vae = VAE(VAEArchitecture("mlp", splits.image_shape, 2, 32))

@@ -1,8 +1,9 @@
 """The sweep on Ray (`--executor ray`), recorded in a PostgreSQL-backed MLflow server: on a real
-local cluster (a Ray head and a second node, each its own `ray start` process on this machine),
-with a bare git remote and a local-folder DVC remote; a node killed in the middle of an
-experiment; an experiment that fails for a real reason; and the checks made before anything is
-queued."""
+local cluster (a Ray head and a second node, each its own `ray start` process on this machine,
+started once for the session: conftest's `team`), with a bare git remote and a local-folder DVC
+remote; a node killed in the middle of an experiment; an experiment that fails for a real reason;
+and the checks made before anything is queued. Each test's rows are told from the others' on the
+shared server by its own commit and experiment names."""
 
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from cluster import ClusterError, alive, descendants, kill_tree, missing, mlflow_server, postgres, ray_cluster, ray_worker_of
-from conftest import git, merge
+from conftest import git
 
+from pipeline.core.config import merged
 from pipeline.tools import ray_sweep
-from pipeline.tools.sweep import SweepError
-from pipeline.tracking import names
-from pipeline.tracking import store as tracking
+from pipeline.tools.dvc_cli import SweepError
+from pipeline.tools.local_cluster import alive, descendants, kill_tree, missing, ray_worker_of
+from pipeline.tracking import experiments, names, record, store
 
 # The cluster tests need Ray and PostgreSQL; the CI command installs both, so there they fail
 # rather than skip.
@@ -64,27 +65,13 @@ def finish(process: subprocess.Popen, seconds: float = 600) -> tuple[int, str, s
     return process.returncode, out, err
 
 
-@pytest.fixture(scope="module")
-def team(tmp_path_factory):
-    """PostgreSQL, `mlflow server` on it with served artifacts, and a two-node Ray cluster; yields
-    (server URL, cluster). Everything is stopped afterwards."""
-    if missing():
-        pytest.fail(missing())
-    folder = tmp_path_factory.mktemp("team")
-    (folder / "artifacts").mkdir()
-    try:
-        with postgres() as database, mlflow_server(database, folder / "artifacts") as url, \
-                ray_cluster(folder, nodes=2, cpus_per_node=1) as cluster:
-            yield url, cluster
-    except ClusterError as error:
-        pytest.fail(str(error))
-
-
-def result_rows(url: str, experiment: str = "mnist5k"):
+def result_rows(url: str, experiment: str = "mnist5k", commit: str | None = None):
+    """The experiment's rows on the server (not summaries); with `commit`, only those recorded at it."""
     client = mlflow.MlflowClient(tracking_uri=url)
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id]) if found else []
-    return [run for run in runs if names.SUMMARY_TAG not in run.data.tags]
+    return [run for run in runs if names.SUMMARY_TAG not in run.data.tags
+            and (commit is None or run.data.tags.get(names.COMMIT_TAG) == commit)]
 
 
 def sweep_names(out: str) -> list[str]:
@@ -93,8 +80,8 @@ def sweep_names(out: str) -> list[str]:
 
 @cluster_test
 def test_a_sweep_on_a_two_node_ray_cluster_records_one_row_per_value_and_comes_back_as_experiments(repo, tmp_path,
-                                                                                                  team):
-    url, cluster = team
+                                                                                                  two_nodes):
+    url, cluster = two_nodes
     share(repo, tmp_path)
     code, out, err = finish(sweep(repo, "--address", cluster.address, "--latent-dims", "2", "3",
                                   env={"MLFLOW_TRACKING_URI": url}))
@@ -114,7 +101,8 @@ def test_a_sweep_on_a_two_node_ray_cluster_records_one_row_per_value_and_comes_b
         assert Path(mlflow.MlflowClient(url).download_artifacts(run.info.run_id, "vae/checkpoint.pt",
                                                                 str(tmp_path / run.info.run_id))).stat().st_size > 0
     # The shared stages ran once, in the workspace, and the experiments restored them from the remote.
-    assert len(result_rows(url, "datasets")) == 1 and len(result_rows(url, "classifiers")) == 1
+    commit = git(repo, "rev-parse", "HEAD").strip()
+    assert len(result_rows(url, "datasets", commit)) == 1 and len(result_rows(url, "classifiers", commit)) == 1
     assert not (repo / "mlflow.db").exists()  # nothing went to a local store
 
     # Back in the workspace: DVC sees both experiments, with their results.
@@ -144,8 +132,8 @@ def running_row(process: subprocess.Popen, url: str, where, seconds: float = 400
 
 @cluster_test
 def test_a_worker_killed_during_an_experiment_takes_its_processes_along_and_the_task_runs_again(repo, tmp_path,
-                                                                                                 team):
-    url, cluster = team
+                                                                                                 two_nodes):
+    url, cluster = two_nodes
     share(repo, tmp_path)
     process = sweep(repo, "--address", cluster.address, "--latent-dims", "8", env={"MLFLOW_TRACKING_URI": url})
     # The Ray worker running the task dies (the OOM killer, a crash); the node lives on.
@@ -168,8 +156,8 @@ def test_a_worker_killed_during_an_experiment_takes_its_processes_along_and_the_
 
 
 @cluster_test
-def test_a_node_killed_during_an_experiment_still_ends_with_one_complete_row_per_value(repo, tmp_path, team):
-    url, cluster = team
+def test_a_node_killed_during_an_experiment_still_ends_with_one_complete_row_per_value(repo, tmp_path, two_nodes):
+    url, cluster = two_nodes
     share(repo, tmp_path)
     process = sweep(repo, "--address", cluster.address, "--latent-dims", "5", "6", env={"MLFLOW_TRACKING_URI": url})
     second = cluster.nodes[1]
@@ -194,10 +182,11 @@ def test_a_node_killed_during_an_experiment_still_ends_with_one_complete_row_per
 
 
 @cluster_test
-def test_an_experiment_that_fails_for_a_real_reason_is_reported_with_its_log_and_not_retried(repo, tmp_path, team):
-    url, cluster = team
+def test_an_experiment_that_fails_for_a_real_reason_is_reported_with_its_log_and_not_retried(repo, tmp_path,
+                                                                                               two_nodes):
+    url, cluster = two_nodes
     # Valid by the params' rules, but the VAE's training diverges: train_vae refuses, on the node.
-    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), {"vae": {"learning_rate": 1e30}})
+    params = merged(yaml.safe_load((repo / "params.yaml").read_text()), {"vae": {"learning_rate": 1e30}})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(repo, "commit", "-qam", "a learning rate that diverges")
     share(repo, tmp_path)
@@ -313,8 +302,8 @@ def test_a_task_asks_for_a_gpu_when_the_device_asks_for_cuda(device, gpus, expec
 
 def test_the_sweep_marks_killed_the_rows_its_dead_attempts_left_running(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    _, client = tracking.connect()
-    experiment = tracking.ensure_experiment("mnist5k")
+    _, client = store.connect()
+    experiment = experiments.ensure_experiment("mnist5k")
 
     def row(exp_name: str, status: str | None) -> str:
         run = client.create_run(experiment, tags={names.EXP_NAME_TAG: exp_name, names.HOST_TAG: "node-that-died",
@@ -324,9 +313,9 @@ def test_the_sweep_marks_killed_the_rows_its_dead_attempts_left_running(tmp_path
         return run.info.run_id
 
     dead, done, other = row("sweep-a-ld2", None), row("sweep-a-ld2", "FINISHED"), row("sweep-b-ld2", None)
-    assert tracking.close_dead_attempts("mnist5k", ["sweep-a-ld2", "sweep-a-ld3"]) == [dead]
+    assert record.close_dead_attempts("mnist5k", ["sweep-a-ld2", "sweep-a-ld3"]) == [dead]
     assert client.get_run(dead).info.status == "KILLED"
     assert client.get_run(dead).data.tags[names.CLOSED_BY_TAG] == "sweep: its attempt died with its node"
     assert client.get_run(done).info.status == "FINISHED"
     assert client.get_run(other).info.status == "RUNNING"  # another sweep's, maybe still running
-    assert tracking.close_dead_attempts("no-such-experiment", ["sweep-a-ld2"]) == []
+    assert record.close_dead_attempts("no-such-experiment", ["sweep-a-ld2"]) == []

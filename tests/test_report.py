@@ -6,31 +6,28 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 
 import mlflow
 import pytest
-from conftest import UP_TO_GAN, Project, tiny_project
+from conftest import RESULT_STAGES, Project, copy_project
 
 from pipeline.core import stats
 from pipeline.tools import compare
 from pipeline.tools.report import numbers, runs, sections
 from pipeline.tracking.rows import Configuration, Row
 
-RESULT_STAGES = ("train_vae", "train_gan", "evaluate")
-
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory) -> Project:
-    """Four tiny runs (latent_dim 4 at seeds 0 and 1, latent_dim 2, latent_dim 4 with beta 4) and the
-    report from them, built with params.yaml back at latent_dim 4, beta 1, seed 0."""
-    project = tiny_project(tmp_path_factory.mktemp("report"), (*UP_TO_GAN, "evaluate"))
-    for overrides in ({"seed": 1}, {"latent_dim": 2}, {"vae": {"beta": 4.0}}):
-        project.write_params(overrides)
-        for stage in RESULT_STAGES:
-            project.stage(stage)
+def reported(study, tmp_path_factory) -> Project:
+    """A copy of the study (latent_dim 2 and 4 at seeds 0 and 1) with a fifth run, latent_dim 4 at
+    beta 4 (seed 0), and the report from them, built with params.yaml back at latent_dim 4, beta 1,
+    seed 0."""
+    project = Project(copy_project(study.root, tmp_path_factory.mktemp("report") / "project"))
+    project.write_params({"vae": {"beta": 4.0}})
+    for stage in RESULT_STAGES:
+        project.call(stage, check=True)
     project.write_params()
-    project.stage("report")
+    project.call("report", check=True)
     return project
 
 
@@ -63,15 +60,15 @@ def test_report_answers_each_question_and_every_figure_it_links_exists(reported)
     assert sorted(p.name for p in (out / "figures").iterdir()) == sorted({link.split("/")[1] for link in links})
     html = (out / "reflection.html").read_text()
     assert all('<img alt="' in html and f'src="{link}"' in html for link in links)
-    # Four runs, named with latent_dim and commit; the sweep and beta branches were taken.
+    # Five runs, named with latent_dim and commit; the sweep and beta branches were taken.
     runs = reported.runs("mnist5k")
-    assert len(runs) == 4 and all(sections.literal(r.data.tags["mlflow.runName"]) in text for r in runs)
+    assert len(runs) == 5 and all(sections.literal(r.data.tags["mlflow.runName"]) in text for r in runs)
     assert all(sections.literal(r.data.tags["git.commit"][:8]) in text for r in runs)
     assert "figures/latent_scatter.png" in text and "figures/reconstructions.png" in text
     assert "The KL at beta 4.0 minus at beta 1.0 is" in text and "Only latent_dim" not in text
     # latent_dim 4 has two seeds: its numbers come with an interval, and its two GANs are paired.
     assert "the GAN from the decoder minus the GAN from scratch is" in text and "paired over 2 seeds" in text
-    assert "from one seed a side: no interval can be given" in text  # latent_dim 2 and beta 4 have one seed
+    assert "from one seed a side: no interval can be given" in text  # beta 4 has one seed
 
 
 @pytest.mark.slow
@@ -132,7 +129,7 @@ def test_one_run_report_says_what_a_sweep_would_add(reported, tmp_path):
     store = client(reported)
     rows = [Row.from_mlflow(run) for run in store.search_runs([store.get_experiment_by_name("mnist5k").experiment_id])]
     usable, outdated = runs.usable(rows)
-    assert len(usable) == 4 and outdated == []
+    assert len(usable) == 5 and outdated == []
     reference = {k: v for k, v in usable[0].params.items()}
     only = [r for r in usable if r.latent_dim == 4 and r.beta == 1.0 and r.seed == 0]
     study = runs.select(only, {**reference, "latent_dim": "4", "vae.beta": "1.0", "seed": "0"}, "mnist5k")
@@ -214,7 +211,7 @@ def test_no_matching_run_is_refused_and_writes_nothing(reported):
     before = {p: p.stat().st_mtime_ns for p in (reported.root / "outputs/report").rglob("*")}
     reported.write_params({"gan": {"epochs": 3}})
     try:
-        result = reported.stage("report", check=False)
+        result = reported.call("report")
     finally:
         reported.write_params()
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -238,8 +235,7 @@ def test_the_main_configuration_comes_from_the_committed_settings_not_the_last_e
     try:
         for argv, main in (([], "ld4-beta1-"), (["--main-latent-dim", "2"], "ld2-beta1-")):
             out = tmp_path / main
-            result = subprocess.run([sys.executable, "-m", "pipeline.tools.report", "--output", str(out), *argv],
-                                    cwd=root, env=environment, capture_output=True, text=True)
+            result = reported.call("report", "--output", str(out), *argv, env=environment)
             assert result.returncode == 0, result.stderr
             text = (out / "reflection.md").read_text()
             assert f"the settings of `params.yaml` as committed at `{commit}`" in text
@@ -252,7 +248,7 @@ def test_the_main_configuration_comes_from_the_committed_settings_not_the_last_e
 
 
 def test_no_store_is_refused_without_creating_one(project):
-    result = project.stage("report", check=False)
+    result = project.call("report")
     assert result.returncode == 2 and "there is no MLflow store" in result.stderr
     assert not project.store.exists() and not (project.root / "outputs/report").exists()
 
@@ -272,8 +268,7 @@ def test_markup_in_run_names_and_tags_reaches_the_report_as_text(reported, tmp_p
         for run in runs:
             for key, value in hostile.items():
                 store.set_tag(run.info.run_id, key, value)
-        result = subprocess.run([sys.executable, "-m", "pipeline.tools.report", "--output", str(tmp_path)],
-                                cwd=reported.root, env=reported.environment(), capture_output=True, text=True)
+        result = reported.call("report", "--output", str(tmp_path))
     finally:
         for run_id, tags in saved.items():
             for key, value in tags.items():
@@ -300,8 +295,7 @@ def test_a_row_whose_params_cannot_be_read_is_left_out_and_named(reported, tmp_p
     store.set_terminated(run.info.run_id, "FINISHED")
     try:
         for tool, argv in (("compare", ["--csv", str(tmp_path / "c.csv")]), ("report", ["--output", str(tmp_path)])):
-            result = subprocess.run([sys.executable, "-m", f"pipeline.tools.{tool}", *argv], cwd=reported.root,
-                                    env=reported.environment(), capture_output=True, text=True)
+            result = reported.call(tool, *argv)
             assert result.returncode == 0, result.stderr
             assert f"left out 1 row(s) whose params cannot be read: by-hand ({run.info.run_id}): seed = 'one'" \
                 in result.stderr

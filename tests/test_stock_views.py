@@ -10,8 +10,9 @@ import sys
 
 import pytest
 import yaml
-from conftest import TINY, copy_repo, free_port, merge, mlflow_runs, open_browser, repo_params, wait_until_healthy
+from conftest import IDENTITY, clean_environment, copy_project, free_port, mlflow_runs, open_browser, wait_until_healthy
 
+from pipeline.core.commands import environment_first
 from pipeline.tracking import names, views
 
 # Where the screenshots go when asked (docs/ holds the published ones): a folder.
@@ -19,24 +20,16 @@ SCREENSHOTS = os.environ.get("STOCK_VIEWS_SCREENSHOTS")
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
-    """The project with tiny params after `dvc repro` and the plots template (as `make repro` leaves it)."""
-    root = copy_repo(tmp_path_factory.mktemp("views") / "repo")
-    (root / "dvc.lock").unlink(missing_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump(merge(repo_params(), TINY), sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME")}
-    env |= {"PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
-            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "test",
-            "GIT_COMMITTER_EMAIL": "t@example.com"}
+def replicated(reproduced, tmp_path_factory):
+    """A copy of the session's repository after `dvc repro` (and the plots template, as `make repro`
+    leaves it), with a replicate and the configuration's summary run: (root, environment)."""
+    root = copy_project(reproduced, tmp_path_factory.mktemp("views") / "repo")
+    env = {**environment_first(clean_environment()), **IDENTITY}
+
     def run(*command: str) -> None:
         result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
 
-    run("git", "init", "-q")
-    run(sys.executable, "-m", "pipeline.tools.plots_template")
-    run(sys.executable, "-m", "dvc", "repro")
-    run("git", "add", "-A")
-    run("git", "commit", "-qm", "seed 0")
     run(sys.executable, "-m", "dvc", "exp", "run", "-n", "s1", "-S", "seed=1")  # a replicate
     run(sys.executable, "-m", "pipeline.tools.compare")  # the configuration's summary run, with its interval
     return root, env
@@ -48,8 +41,8 @@ def keep(browser, name: str) -> None:
 
 
 @pytest.mark.slow
-def test_dvc_plots_page_draws_its_curves_with_no_network(reproduced, tmp_path):
-    root, env = reproduced
+def test_dvc_plots_page_draws_its_curves_with_no_network(replicated, tmp_path):
+    root, env = replicated
     result = subprocess.run([sys.executable, "-m", "dvc", "plots", "show"], cwd=root, env=env, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
@@ -85,12 +78,12 @@ def test_dvc_plots_page_draws_its_curves_with_no_network(reproduced, tmp_path):
 
 
 @pytest.mark.slow
-def test_mlflow_ui_as_make_ui_starts_it_lands_on_the_runs_with_the_headline_columns(reproduced, tmp_path):
+def test_mlflow_ui_as_make_ui_starts_it_lands_on_the_runs_with_the_headline_columns(replicated, tmp_path):
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    root, env = reproduced
+    root, env = replicated
     (summary,) = mlflow_runs(root / "mlflow.db", "mnist5k", summaries=True)
     port = free_port()
     log = tmp_path / "ui.log"
@@ -169,8 +162,9 @@ def test_the_saved_view_is_what_the_ui_reads():
 
 
 def test_make_ui_refuses_a_project_without_a_store(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pipeline.tools.ui"], cwd=tmp_path, capture_output=True, text=True,
-                            env={k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "MLFLOW_TRACKING_URI")})
+    from conftest import run_in_process
+
+    result = run_in_process(tmp_path, "ui")
     assert result.returncode == 2 and "run `make repro` first" in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []  # nothing created
 

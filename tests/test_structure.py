@@ -1,6 +1,7 @@
 """The code's structure, checked from its source: imports go one way through the layers, no stage
-imports another, and dvc.yaml lists every project file a stage's command imports (so that DVC
-reruns a stage whenever code it runs changes, and never reports stale outputs as up to date)."""
+imports another, no modules import each other in a circle, and dvc.yaml lists every project file a
+stage's command imports (so that DVC reruns a stage whenever code it runs changes, and never
+reports stale outputs as up to date)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,14 @@ def imports_of(source: str, module: str, known: set[str]) -> set[str]:
     libraries by their top-level name."""
     found = set()
     package = module if module in known and any(k.startswith(module + ".") for k in known) else module.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    # Imports under `if TYPE_CHECKING:` are for type checkers only: they never run.
+    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                   for statement in node.body for inner in ast.walk(statement)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -71,6 +79,35 @@ def layering_violations(graph: dict[str, set[str]]) -> list[str]:
             elif own == 0 and name in EDGE_LIBRARIES:
                 problems.append(f"{module} (the core) imports {name}")
     return problems
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every circle of project modules that import each other (directly or through others, in
+    functions too), each as the modules along it, its first module repeated at its end. A package
+    importing its own modules is not one: its `__init__` runs first either way."""
+    edges = {module: sorted(name for name in imported if name in graph and not module.startswith(name + "."))
+             for module, imported in graph.items()}
+    found, done, path = [], set(), []
+
+    def visit(module: str) -> None:
+        if module in path:
+            circle = path[path.index(module):] + [module]
+            start = circle.index(min(circle[:-1]))  # each circle once, from its smallest module
+            rotated = circle[start:-1] + circle[:start] + [circle[start]]
+            if rotated not in found:
+                found.append(rotated)
+            return
+        if module in done:
+            return
+        path.append(module)
+        for name in edges[module]:
+            visit(name)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+    return found
 
 
 def closure(graph: dict[str, set[str]], start: str) -> set[str]:
@@ -119,6 +156,20 @@ def test_the_layering_check_finds_a_back_import_a_stage_to_stage_import_and_mlfl
     assert any("imports the stage pipeline.stages.train_vae" in p for p in problems)
 
 
+def test_no_modules_import_each_other_in_a_circle():
+    assert import_cycles(import_graph()) == []
+
+
+def test_the_circle_check_finds_two_modules_that_import_each_other():
+    graph = import_graph()
+    graph["pipeline.tools.dvc_cli"] = graph["pipeline.tools.dvc_cli"] | {"pipeline.tools.sweep"}
+    circles = import_cycles(graph)
+    assert ["pipeline.tools.dvc_cli", "pipeline.tools.sweep", "pipeline.tools.dvc_cli"] in circles
+    # and the longer ones through the executors, which sweep imports and which import dvc_cli
+    assert all({"pipeline.tools.dvc_cli", "pipeline.tools.sweep"} <= set(circle) for circle in circles)
+    assert len(circles) == 3
+
+
 def test_every_stage_module_is_a_dvc_stage_and_every_stage_runs_its_module():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert {name: stage["cmd"] for name, stage in stages.items()} == {
@@ -150,6 +201,7 @@ def test_the_deps_check_names_a_file_a_stage_imports_that_dvc_yaml_leaves_out():
     ("from pipeline.core.config import Config", {"pipeline.core.config"}),
     ("import mlflow.pytorch", {"mlflow"}),
     ("from . import numbers", {"pipeline.tools.report.numbers"}),
+    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pipeline.core.config import Config\n", {"typing"}),
 ])
 def test_imports_are_read_in_every_form(source, expected):
     known = set(module_files())

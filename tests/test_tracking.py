@@ -13,37 +13,44 @@ import numpy as np
 import pytest
 from conftest import REPO, mlflow_runs, repo_params
 
-from pipeline.core.config import flatten, parse_config
+from pipeline.core.config import flatten, merged, parse_config
 from pipeline.core.errors import TrackingError
-from pipeline.tracking import names
-from pipeline.tracking import store as tracking
+from pipeline.tracking import experiments, names, store
+from pipeline.tracking import record as recording
+
+# Rows recorded here go to an experiment of their own, "rows" (tracking.experiment).
+ROWS = {"tracking": {"experiment": "rows"}}
+
+
+def rows_config():
+    return parse_config(merged(repo_params(), ROWS))
 
 
 def test_store_defaults_to_the_project_root_and_follows_dvc_root(project, monkeypatch, tmp_path_factory):
-    assert tracking.tracking_uri() == f"sqlite:///{project.root.resolve()}/mlflow.db"
+    assert store.tracking_uri() == f"sqlite:///{project.root.resolve()}/mlflow.db"
     elsewhere = tmp_path_factory.mktemp("dvc-root")
     monkeypatch.setenv("DVC_ROOT", str(elsewhere))
-    assert tracking.tracking_uri() == f"sqlite:///{elsewhere.resolve()}/mlflow.db"
+    assert store.tracking_uri() == f"sqlite:///{elsewhere.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking.tracking_uri() == "http://127.0.0.1:5999"
+    assert store.tracking_uri() == "http://127.0.0.1:5999"
 
 
 @pytest.fixture
 def record(project, monkeypatch):
     """Record a fake stage execution; returns its run id. Stages here stand in for later ones."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.store}")
-    config = parse_config(repo_params())
+    config = rows_config()
 
-    def record(stage: str, metric: float, upstream: str | None = None, params: dict | None = None, fail=False):
+    def recorded(stage: str, metric: float, upstream: str | None = None, params: dict | None = None, fail=False):
         prefix = names.STAGE_METRIC_PREFIX[stage]
-        with tracking.stage_run(stage, config, experiment="rows", run_name=f"{stage}-run",
-                                params=params, upstream_run_id=upstream) as active:
+        with recording.stage_run(stage, config, run_name=f"{stage}-run", params=params,
+                              upstream_run_id=upstream) as active:
             mlflow.log_metric(f"{prefix}/score", metric, step=1)
             if fail:
                 raise RuntimeError("stage failed")
         return active.info.run_id
 
-    return record
+    return recorded
 
 
 def rows(project):
@@ -101,7 +108,7 @@ def test_a_failure_while_copying_into_a_new_row_marks_it_failed(project, record,
     def broken_copy(*args, **kwargs):
         raise RuntimeError("store went away mid-copy")
 
-    monkeypatch.setattr(tracking, "_copy_upstream", broken_copy)
+    monkeypatch.setattr(recording, "_copy_upstream", broken_copy)
     with pytest.raises(RuntimeError, match="mid-copy"):
         record("train_gan", 3.0, upstream=vae)
     statuses = sorted(run.info.status for run in rows(project).values())
@@ -114,8 +121,8 @@ def test_processes_that_create_a_new_store_at_once_all_record(tmp_path):
     (queue workers starting at once); the creation lock makes them take turns."""
     script = (
         "import mlflow\n"
-        "from pipeline.tracking import store as tracking\n"
-        "experiment = tracking.ensure_experiment('rows')\n"
+        "from pipeline.tracking import experiments\n"
+        "experiment = experiments.ensure_experiment('rows')\n"
         "for step in range(3):\n"
         "    with mlflow.start_run(experiment_id=experiment):\n"
         "        mlflow.log_metric('m', step)\n"
@@ -135,7 +142,7 @@ def test_an_unreachable_tracking_server_is_reported_at_once(monkeypatch):
         port = probe.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     with pytest.raises(TrackingError, match=rf"server http://127.0.0.1:{port} is unreachable \(\[Errno 111\]"):
-        tracking.check_server()
+        store.check_server()
 
 
 def test_a_dataset_that_another_process_is_recording_is_logged_again(project, monkeypatch):
@@ -152,8 +159,8 @@ def test_a_dataset_that_another_process_is_recording_is_logged_again(project, mo
         real_log_input(dataset, context=context)
 
     monkeypatch.setattr(mlflow, "log_input", racing)
-    with mlflow.start_run(experiment_id=tracking.ensure_experiment("rows")) as active:
-        tracking.log_dataset(splits, {"content_hash": "abc"})
+    with mlflow.start_run(experiment_id=experiments.ensure_experiment("rows")) as active:
+        recording.log_dataset(splits, {"content_hash": "abc"})
     inputs = mlflow.MlflowClient().get_run(active.info.run_id).inputs.dataset_inputs
     assert calls == ["train", "train", "test"]
     assert sorted(i.dataset.name for i in inputs) == ["tiny-test", "tiny-train"]
@@ -163,15 +170,15 @@ def test_a_dataset_that_another_process_is_recording_is_logged_again(project, mo
 
     monkeypatch.setattr(mlflow, "log_input", broken)
     with pytest.raises(mlflow.exceptions.MlflowException, match="read-only"), mlflow.start_run(
-            experiment_id=tracking.ensure_experiment("rows")):
-        tracking.log_dataset(splits, {"content_hash": "abc"})
+            experiment_id=experiments.ensure_experiment("rows")):
+        recording.log_dataset(splits, {"content_hash": "abc"})
 
 
 def test_an_interrupted_stage_ends_its_row_killed_or_leaves_it_to_the_next_stage(project, monkeypatch, caplog):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.store}")
-    config = parse_config(repo_params())
+    config = rows_config()
     with pytest.raises(KeyboardInterrupt):
-        with tracking.stage_run("train_vae", config, experiment="rows", run_name="interrupted"):
+        with recording.stage_run("train_vae", config, run_name="interrupted"):
             raise KeyboardInterrupt
     assert [run.info.status for run in rows(project).values()] == ["KILLED"]
 
@@ -183,7 +190,7 @@ def test_an_interrupted_stage_ends_its_row_killed_or_leaves_it_to_the_next_stage
 
     monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", locked)
     with pytest.raises(KeyboardInterrupt):
-        with tracking.stage_run("train_vae", config, experiment="rows", run_name="locked") as active:
+        with recording.stage_run("train_vae", config, run_name="locked") as active:
             raise KeyboardInterrupt
     monkeypatch.undo()
     assert f"MLflow row {active.info.run_id} could not be marked KILLED (" in caplog.text
@@ -203,7 +210,7 @@ def test_an_interrupt_in_mlflows_commit_does_not_lock_the_row_out_of_being_kille
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.store}")
     monkeypatch.setenv("PIPELINE_STORE_WAIT_S", "5")
-    config = parse_config(repo_params())
+    config = rows_config()
     armed = []
 
     def interrupt(connection):
@@ -214,7 +221,7 @@ def test_an_interrupt_in_mlflows_commit_does_not_lock_the_row_out_of_being_kille
     event.listen(Engine, "commit", interrupt)
     try:
         with pytest.raises(KeyboardInterrupt):
-            with tracking.stage_run("train_vae", config, experiment="rows", run_name="interrupted") as active:
+            with recording.stage_run("train_vae", config, run_name="interrupted") as active:
                 armed.append(True)
                 mlflow.log_metric("vae/loss", 1.0)  # the interrupt lands in this write's commit
     finally:
@@ -230,7 +237,7 @@ def test_each_configuration_gets_one_summary_run_with_its_seeds_nested_and_updat
     fid = names.HEADLINE_METRICS["fid_vae"]
 
     def result(seed: int, value: float) -> str:
-        params = {**{k: str(v) for k, v in flatten(parse_config(repo_params())).items()}, "seed": str(seed)}
+        params = {**{k: str(v) for k, v in flatten(rows_config()).items()}, "seed": str(seed)}
         row = record("train_vae", 1.0, params=params)
         record("train_gan", 2.0, upstream=row, params=params)
         with mlflow.start_run(run_id=record("evaluate", 3.0, upstream=row, params=params)):

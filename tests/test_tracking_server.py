@@ -9,10 +9,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from cluster import ClusterError, mlflow_server
 from conftest import UP_TO_GAN, free_port, tiny_project
 
 from pipeline.stages import paths
+from pipeline.tools.local_cluster import ClusterError, mlflow_server
 from pipeline.tracking import names
 
 
@@ -32,7 +32,7 @@ def test_pipeline_records_everything_into_a_tracking_server(server, tmp_path):
     url, server_root = server
     project = tiny_project(tmp_path, ())
     for stage in (*UP_TO_GAN, "evaluate"):
-        project.stage(stage, env={"MLFLOW_TRACKING_URI": url})
+        project.call(stage, check=True, env={"MLFLOW_TRACKING_URI": url})
     assert not project.store.exists() and not (tmp_path / "mlartifacts").exists()  # nothing stayed local
 
     client = mlflow.MlflowClient(tracking_uri=url)  # read back over HTTP
@@ -60,8 +60,8 @@ def test_an_unreachable_server_stops_a_stage_at_once_and_nothing_is_written(tmp_
     before = project.files()
     unreachable = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     for stage in ("train_vae", "download"):
-        # MLflow's client alone would retry for minutes; the timeout turns a hang into a failure.
-        result = project.stage(stage, check=False, env=unreachable, timeout=60)
+        # MLflow's client alone would retry for minutes (pytest.ini's timeout turns a hang into a failure).
+        result = project.call(stage, env=unreachable)
         assert result.returncode == 2, result.stderr
         assert f"MLflow tracking server {unreachable['MLFLOW_TRACKING_URI']} is unreachable" in result.stderr
         assert "Traceback" not in result.stderr

@@ -8,7 +8,7 @@ import json
 import mlflow
 import pytest
 import torch
-from conftest import TINY, UP_TO_GAN, assert_refused, merge, repo_params, tiny_project
+from conftest import Project, assert_refused, copy_project, tiny_params
 
 from pipeline.core import data, losses, training
 from pipeline.core.checkpoints import load_gan, load_gans
@@ -84,7 +84,7 @@ def test_snapshot_epochs_are_spread_before_the_last():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    config = parse_config(merge(repo_params(), TINY))
+    config = parse_config(tiny_params())
     splits = data.build_splits(config.data, tmp_path_factory.mktemp("data"))
     classifier = train_classifier.run(config, splits, "cpu").model
     return config, splits, classifier
@@ -113,17 +113,12 @@ def test_nan_stops_gan_training_naming_the_gan_and_the_term(tiny, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# The stage as DVC runs it
-
-
-@pytest.fixture(scope="module")
-def stage_project(tmp_path_factory):
-    return tiny_project(tmp_path_factory.mktemp("gan-stage"), UP_TO_GAN)
+# The stage as DVC runs it: the study's outputs (latent_dim 4, seed 0) and record
 
 
 @pytest.mark.slow
-def test_stage_writes_checkpoints_history_and_samples(stage_project):
-    root = stage_project.root
+def test_stage_writes_checkpoints_history_and_samples(study):
+    root = study.root
     assert sorted(p.name for p in (root / "outputs/gan/generators").iterdir()) == ["decoder.pt", "scratch.pt"]
     assert sorted(p.name for p in (root / "outputs/gan/samples").iterdir()) == ["decoder.png", "scratch.png"]
     metrics = json.loads((root / "outputs/gan/metrics.json").read_text())
@@ -136,8 +131,8 @@ def test_stage_writes_checkpoints_history_and_samples(stage_project):
 
 
 @pytest.mark.slow
-def test_checkpoint_round_trip_rebuilds_the_same_generator_and_discriminator(stage_project):
-    path = stage_project.root / "outputs/gan/generators/decoder.pt"
+def test_checkpoint_round_trip_rebuilds_the_same_generator_and_discriminator(study):
+    path = study.root / "outputs/gan/generators/decoder.pt"
     generator, discriminator, checkpoint = load_gan(path, latent_dim=4)
     assert checkpoint["config"]["init"] == "decoder" and checkpoint["epoch"] == 2
     assert checkpoint["config"]["architecture"]["latent_dim"] == 4
@@ -154,45 +149,52 @@ def test_checkpoint_round_trip_rebuilds_the_same_generator_and_discriminator(sta
     with pytest.raises(CheckpointError, match="latent_dim 4 but params.yaml says 8"):
         load_gan(path, latent_dim=8)
     with pytest.raises(CheckpointError, match="is not a gan_generator checkpoint"):
-        load_gan(stage_project.root / "outputs/vae/checkpoint.pt")
+        load_gan(study.root / "outputs/vae/checkpoint.pt")
     with pytest.raises(CheckpointError, match="holds no generator"):
-        load_gans(stage_project.root / "outputs/vae")
+        load_gans(study.root / "outputs/vae")
 
 
 @pytest.mark.slow
-def test_stage_records_into_the_vae_row(stage_project):
-    (row,) = stage_project.runs("mnist5k")
-    vae_run = json.loads((stage_project.root / "outputs/vae/mlflow_run.json").read_text())["run_id"]
-    gan_run = json.loads((stage_project.root / "outputs/gan/mlflow_run.json").read_text())["run_id"]
+def test_stage_records_into_the_vae_row(study):
+    vae_run = json.loads((study.root / "outputs/vae/mlflow_run.json").read_text())["run_id"]
+    gan_run = json.loads((study.root / "outputs/gan/mlflow_run.json").read_text())["run_id"]
+    (row,) = [run for run in study.runs("mnist5k") if run.info.run_id == gan_run]
     assert row.info.run_id == vae_run == gan_run and row.info.status == "FINISHED"
-    assert row.data.tags["pipeline.stages"] == "train_vae,train_gan"
+    assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"  # and the evaluation after it
     assert row.data.params["gan.init"] == "decoder" and row.data.params["latent_dim"] == "4"
     assert {"vae/test_neg_elbo", "gan/vae_prior_fid", "gan/decoder/fid", "gan/scratch/fid",
             "gan/decoder/d_real", "gan/decoder/classes"} <= set(row.data.metrics)
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{stage_project.store}")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{study.store}")
     assert [p.step for p in client.get_metric_history(row.info.run_id, "gan/decoder/fid")] == [0, 1, 2]
     artifacts = {a.path for a in client.list_artifacts(row.info.run_id, "gan/decoder")}
     assert {"gan/decoder/samples_epoch_001.png", "gan/decoder/samples_epoch_002.png"} <= artifacts
 
 
+@pytest.fixture(scope="module")
+def gan_project(study, tmp_path_factory) -> Project:
+    """This module's copy of the study, to rerun the stage in and to refuse params in."""
+    return Project(copy_project(study.root, tmp_path_factory.mktemp("gan") / "project"))
+
+
 @pytest.mark.slow
-def test_stage_rerun_reproduces_its_outputs_bit_for_bit(stage_project):
-    root = stage_project.root
+def test_stage_rerun_in_a_fresh_process_reproduces_its_outputs_bit_for_bit(gan_project):
+    """The stage as DVC runs it, a fresh process, gives the bytes the study's run gave."""
+    root = gan_project.root
     names = ["generators/decoder.pt", "generators/scratch.pt", "samples/decoder.png", "metrics.json", "history.csv"]
     first = {name: (root / "outputs/gan" / name).read_bytes() for name in names}
-    stage_project.stage("train_gan")
+    gan_project.stage("train_gan")
     assert {name: (root / "outputs/gan" / name).read_bytes() for name in names} == first
 
 
 @pytest.mark.slow
-def test_without_comparison_only_the_chosen_gan_is_trained(tmp_path):
-    project = tiny_project(tmp_path, ("download", "train_vae", "train_classifier"),
-                           {"gan": {"compare_scratch": False, "epochs": 1}})
-    project.stage("train_gan")
-    assert [p.name for p in (tmp_path / "outputs/gan/generators").iterdir()] == ["decoder.pt"]
-    history = list(csv.DictReader(open(tmp_path / "outputs/gan/history.csv")))
+def test_without_comparison_only_the_chosen_gan_is_trained(study, tmp_path):
+    project = Project(copy_project(study.root, tmp_path / "project"))
+    project.write_params({"gan": {"compare_scratch": False, "epochs": 1}})
+    project.call("train_gan", check=True)
+    assert [p.name for p in (project.root / "outputs/gan/generators").iterdir()] == ["decoder.pt"]
+    history = list(csv.DictReader(open(project.root / "outputs/gan/history.csv")))
     assert history[-1]["scratch_fid"] == "" and history[-1]["decoder_fid"] != ""
-    assert "scratch" not in json.loads((tmp_path / "outputs/gan/metrics.json").read_text())
+    assert "scratch" not in json.loads((project.root / "outputs/gan/metrics.json").read_text())
 
 
 @pytest.mark.parametrize("override, message", [
@@ -202,5 +204,5 @@ def test_without_comparison_only_the_chosen_gan_is_trained(tmp_path):
     ({"gan": {"compare_scratch": "yes please"}}, "gan.compare_scratch = 'yes please' is not allowed"),
 ])
 @pytest.mark.slow
-def test_bad_gan_params_fail_before_any_work(stage_project, override, message):
-    assert_refused(stage_project, "train_gan", override, message)
+def test_bad_gan_params_fail_before_any_work(gan_project, override, message):
+    assert_refused(gan_project, "train_gan", override, message)
