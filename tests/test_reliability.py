@@ -892,3 +892,31 @@ def test_params_changed_between_the_stages_of_one_dvc_command_are_refused(projec
     with pytest.raises(ConfigError, match=r"params.yaml was changed at [\d:]+, after `dvc repro` \(process \d+\) "
                                           r"started at [\d:]+"):
         params_guard.started()
+
+
+def test_params_caught_in_the_middle_of_a_rewrite_are_read_once_they_settle(project, monkeypatch):
+    """An editor or `dvc exp run -S` empties params.yaml, then writes it: the check after an epoch
+    that reads it in between waits for it to settle, then compares what it settled on."""
+    import threading
+
+    from pipeline.core.config import ConfigError
+    from pipeline.stages import params_guard
+
+    monkeypatch.setattr(params_guard, "_started", {})
+    monkeypatch.setattr(params_guard, "dvc_command", lambda: None)
+    params_guard.started()
+    original = (project.root / "params.yaml").read_text()
+
+    def rewrite_later(text: str) -> threading.Thread:
+        (project.root / "params.yaml").write_text("")  # emptied: the writer is under way
+        writer = threading.Timer(0.3, lambda: (project.root / "params.yaml").write_text(text))
+        writer.start()
+        return writer
+
+    writer = rewrite_later(original)  # the same params back: no change
+    params_guard.unchanged()
+    writer.join()
+    writer = rewrite_later(original.replace("latent_dim: 4", "latent_dim: 8"))
+    with pytest.raises(ConfigError, match=r"changed while the stage was running \(latent_dim: 4 -> 8\)"):
+        params_guard.unchanged()
+    writer.join()

@@ -71,7 +71,7 @@ def _changes(before: Any, after: Any, prefix: str = "") -> list[str]:
     if isinstance(before, dict) and isinstance(after, dict):
         return [change for key in {**before, **after}
                 for change in _changes(before.get(key), after.get(key), f"{prefix}{key}.")]
-    return [] if before == after else [f"{prefix.rstrip('.')}: {before!r} -> {after!r}"]
+    return [] if before == after else [f"{prefix.rstrip('.') or 'the whole file'}: {before!r} -> {after!r}"]
 
 
 def _named(command: dict[str, Any] | None) -> str:
@@ -88,9 +88,28 @@ def _refuse(command: str, changes: list[str]) -> ConfigError:
                        "again")
 
 
+# A writer (an editor, `dvc exp run -S`) empties params.yaml, then writes it: a read in between
+# sees an empty or partial file. How long to wait for it to settle, in steps.
+SETTLE_S, SETTLE_STEPS = 1.0, 10
+
+
+def _settled() -> Any:
+    """params.yaml as read once it holds a mapping again (at most SETTLE_S later); what it holds
+    then, or the error reading it, otherwise."""
+    for _ in range(SETTLE_STEPS):
+        try:
+            params = read_params(PARAMS_FILE)
+        except ConfigError:  # half written: not YAML yet
+            params = None
+        if isinstance(params, dict):
+            return params
+        time.sleep(SETTLE_S / SETTLE_STEPS)
+    return read_params(PARAMS_FILE)
+
+
 def started() -> None:
     """Called at a stage's start: remember params.yaml, and check it against the DVC command's."""
-    params = read_params(PARAMS_FILE)
+    params = _settled()
     command = dvc_command()
     _started.update(params=params, command=command)
     if command is None or not Path(".dvc").is_dir():
@@ -120,9 +139,12 @@ def unchanged() -> None:
     finished and its outputs appear: params.yaml still holds what the stage read at its start."""
     if "params" not in _started:
         return  # not run through pipeline.stages.cli (a test calling main)
-    now = read_params(PARAMS_FILE)
+    now = _settled()
     if now != _started["params"]:
-        raise _refuse(_named(_started["command"]), _changes(_started["params"], now))
+        time.sleep(SETTLE_S / SETTLE_STEPS)  # a rewrite under way: name the keys of what it settles on
+        now = _settled()
+        if now != _started["params"]:
+            raise _refuse(_named(_started["command"]), _changes(_started["params"], now))
 
 
 def _forget_finished_commands() -> None:
