@@ -1,14 +1,16 @@
 """How the views cope with a large experiment: `make compare`, the report and the explorer over
 2,000 rows (a study with seeds makes hundreds; a team's server, thousands).
 
-    python benchmarks/load.py [--rows 2000] [--keep DIR]
+    python benchmarks/load.py [--rows 2000] [--keep DIR | --project DIR]
 
-It runs the pipeline once on tiny params in a temporary project, then copies that complete row
-inside the SQLite store until the experiment holds `--rows` rows, each a (`latent_dim`, `seed`)
-of its own: 5 seeds per latent_dim, from the first run's (4, 0) on (400 latent_dims for 2,000
-rows). A copy holds the first run's params (but those two), metrics with their histories and tags,
-and the configuration tag its params give; the copies share the first run's artifact folder, so
-the report can draw its figures. Then it times, each in a fresh process:
+It runs the pipeline once on tiny params in a temporary project (or `--keep DIR`, kept; or uses
+`--project DIR`, a tiny project whose pipeline has run already, as the tests pass a copy of their
+study), then copies its newest complete row inside the SQLite store until the experiment holds
+`--rows` rows, each a (`latent_dim`, `seed`) of its own: 5 seeds per latent_dim, from that run's
+(4, 0) on, skipping those recorded already (400 latent_dims for 2,000 rows). A copy holds the
+run's params (but those two), metrics with their histories and tags, and the configuration tag its
+params give; the copies share the run's artifact folder, so the report can draw its figures. Then
+it times, each in a fresh process:
 - `python -m pipeline.tools.compare` (`make compare`), seconds and peak memory;
 - `python -m pipeline.tools.report`, seconds, peak memory, and the tallest figure it drew;
 - the explorer's Runs page through Streamlit's AppTest: the first load, and a rerun (a click).
@@ -58,18 +60,29 @@ def timed(command: list[str], project: Path) -> tuple[float, float]:
 
 
 def copy_rows(database: Path, experiment: str, rows: int) -> None:
-    """Copy the experiment's one complete result row until it holds `rows` rows."""
+    """Copy the experiment's newest complete result row until the experiment holds `rows` rows."""
     connection = sqlite3.connect(database)
     experiment_id = connection.execute("SELECT experiment_id FROM experiments WHERE name = ?", (experiment,)).fetchone()[0]
-    [(source,)] = connection.execute("SELECT run_uuid FROM runs WHERE experiment_id = ?", (experiment_id,)).fetchall()
+    complete = ",".join(names.RESULT_STAGES)
+    recorded = connection.execute("SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                                  "WHERE r.experiment_id = ? AND t.key = ? AND t.value = ? ORDER BY r.start_time",
+                                  (experiment_id, names.STAGES_TAG, complete)).fetchall()
+    source = recorded[-1][0]
+    taken = {tuple(connection.execute("SELECT value FROM params WHERE run_uuid = ? AND key = ?", (run, key)).fetchone()[0]
+                   for key in (names.LATENT_DIM, names.SEED)) for (run,) in recorded}
     params = dict(connection.execute("SELECT key, value FROM params WHERE run_uuid = ?", (source,)).fetchall())
     first_dim = int(params[names.LATENT_DIM])
     columns = [row[1] for row in connection.execute("PRAGMA table_info(runs)")]
     run = dict(zip(columns, connection.execute("SELECT * FROM runs WHERE run_uuid = ?", (source,)).fetchone()))
     with connection:
-        for index in range(1, rows):
-            # After the first run's latent_dim (not 2: its report figures differ) and seed 0.
+        added, index = 0, 0
+        while len(recorded) + added < rows:
+            # From the run's latent_dim (not 2: its report figures differ) and seed 0 on.
             latent_dim, seed = first_dim + index // SEEDS_PER_DIM, index % SEEDS_PER_DIM
+            index += 1
+            if (str(latent_dim), str(seed)) in taken:
+                continue
+            added += 1
             run_id = uuid.uuid4().hex
             name = f"vae-gan-ld{latent_dim}-s{seed}-bench"
             changed = {**params, names.LATENT_DIM: str(latent_dim), names.SEED: str(seed)}
@@ -116,17 +129,22 @@ def explorer_times(project: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2000, help="rows in the experiment (default 2000)")
-    parser.add_argument("--keep", type=Path, help="build the project here and keep it (default: a temporary folder)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--keep", type=Path, help="build the project here and keep it (default: a temporary folder)")
+    where.add_argument("--project", type=Path, help="a tiny project whose pipeline has run: add the rows there")
     args = parser.parse_args()
-    project = args.keep or Path(tempfile.mkdtemp(prefix="load-"))
-    project.mkdir(parents=True, exist_ok=True)
-    params = merged(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    project = args.project or args.keep or Path(tempfile.mkdtemp(prefix="load-"))
     started = time.perf_counter()
-    for stage in names.STAGES:
-        timed([sys.executable, "-m", f"pipeline.stages.{stage}"], project)
+    if args.project is None:
+        project.mkdir(parents=True, exist_ok=True)
+        params = merged(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        for stage in names.STAGES:
+            timed([sys.executable, "-m", f"pipeline.stages.{stage}"], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
     copy_rows(project / "mlflow.db", params["data"]["name"], args.rows)
-    print(f"setup_s: {time.perf_counter() - started:.1f}  (tiny pipeline, then {args.rows} rows in the store)")
+    ran = "the tiny pipeline" if args.project is None else f"the project in {project}"
+    print(f"setup_s: {time.perf_counter() - started:.1f}  ({ran}, then {args.rows} rows in the store)")
 
     seconds, peak = timed([sys.executable, "-m", "pipeline.tools.compare"], project)
     print(f"compare_s[n={args.rows}]: {seconds:.1f}  peak {peak:.2f} GiB")
@@ -138,7 +156,7 @@ def main() -> None:
     first, rerun = explorer_times(project)
     print(f"explorer_first_load_s[n={args.rows}]: {first:.1f}")
     print(f"explorer_rerun_s[n={args.rows}]: {rerun:.2f}  (a click)")
-    if args.keep is None:
+    if args.keep is None and args.project is None:
         shutil.rmtree(project, ignore_errors=True)
 
 

@@ -3,14 +3,16 @@ each its own `ray start` process on this machine, 1 CPU each), both recording in
 PostgreSQL-backed `mlflow server` (pipeline/tools/local_cluster.py starts all three, and stops them).
 
     python benchmarks/ray_sweep.py [--latent-dims 2 4 8 16 32 64] [--tiny] [--tracking-uri URL --address ADDR]
+                                   [--source REPO] [--work DIR]
 
-Each executor gets a project of its own, a fresh clone of this one's committed sources (with a bare
-git remote and a local-folder DVC remote), so neither reuses the other's results: every experiment
-is computed. Both run one thread per experiment (2 workers or 2 one-CPU nodes on this machine's
-cores). Prints, per executor, the sweep's wall time as the command took it and as the sweep
-printed it. `--tiny` uses the tests' tiny params (seconds per stage) instead of params.yaml's.
-`--tracking-uri` and `--address` use a server and a Ray cluster already running (the tests' own)
-rather than starting them.
+Each executor gets a project of its own, a fresh clone of this one's committed sources (or of
+`--source`'s) with a bare git remote and a local-folder DVC remote, so neither reuses the other's
+results: every experiment is computed. The projects stay in the work folder (`--work`, or a new
+temporary one), `dvc/project` and `ray/project`, for a look afterwards. Both run one thread per
+experiment (2 workers or 2 one-CPU nodes on this machine's cores). Prints, per executor, the
+sweep's wall time as the command took it and as the sweep printed it. `--tiny` uses the tests'
+tiny params (seconds per stage) instead of params.yaml's. `--tracking-uri` and `--address` use a
+server and a Ray cluster already running (the tests' own) rather than starting them.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ def run(*command: str, cwd: Path, env: dict | None = None) -> str:
     return result.stdout + result.stderr
 
 
-def project(folder: Path, tiny: bool, env: dict) -> Path:
-    """A clone of this project's commit with its own git and DVC remotes, committed and pushed."""
+def project(folder: Path, source: Path, tiny: bool, env: dict) -> Path:
+    """A clone of `source`'s commit with its own git and DVC remotes, committed and pushed."""
     root = folder / "project"
-    run("git", "clone", "-q", str(ROOT), str(root), cwd=folder)
+    run("git", "clone", "-q", str(source), str(root), cwd=folder)
     if tiny:
         params = yaml.safe_load((root / "params.yaml").read_text())
         (root / "params.yaml").write_text(yaml.safe_dump(merged(params, TINY), sort_keys=False))
@@ -92,8 +94,11 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny params instead of params.yaml's")
     parser.add_argument("--tracking-uri", help="an MLflow server already running (default: start one on PostgreSQL)")
     parser.add_argument("--address", help="a two-node Ray cluster already running (default: start one)")
+    parser.add_argument("--source", type=Path, default=ROOT, help="the git repository to clone (default: this one)")
+    parser.add_argument("--work", type=Path, help="the folder to work in, kept (default: a new temporary one)")
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    folder = args.work or Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    folder.mkdir(parents=True, exist_ok=True)
     environ = {k: v for k, v in os.environ.items() if k not in ("DVC_ROOT", "DVC_EXP_NAME", "PIPELINE_THREADS")}
     base = {**environment_first(environ), **IDENTITY, "MLFLOW_DISABLE_TELEMETRY": "true"}
     values = ["--latent-dims", *args.latent_dims]
@@ -102,12 +107,12 @@ def main() -> None:
     with server(folder, args.tracking_uri) as url:
         env = {**base, "MLFLOW_TRACKING_URI": url}
         (folder / "dvc").mkdir()
-        seconds, out = timed_sweep(project(folder / "dvc", args.tiny, env), [*values, "--jobs", "2"], env)
+        seconds, out = timed_sweep(project(folder / "dvc", args.source, args.tiny, env), [*values, "--jobs", "2"], env)
         printed = re.search(r"sweep of \d+ experiments with (.*): (\d+) s;", out)
         print(f"dvc_queue_2_workers_s: {seconds:.1f} (the sweep printed {printed.group(2)} s, {printed.group(1)})")
         (folder / "ray").mkdir()
         with cluster_address(folder / "ray", args.address) as address:
-            root = project(folder / "ray", args.tiny, env)
+            root = project(folder / "ray", args.source, args.tiny, env)
             seconds, out = timed_sweep(root, [*values, "--executor", "ray", "--address", address], env)
         printed = re.search(r"sweep of \d+ experiments with (.*): (\d+) s;", out)
         print(f"ray_2_nodes_s: {seconds:.1f} (the sweep printed {printed.group(2)} s, {printed.group(1)})")

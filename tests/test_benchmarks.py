@@ -1,19 +1,18 @@
 """The benchmark script runs and prints each figure it promises (its numbers are not judged here:
-they are measurements, see `make bench`)."""
+they are measurements, see `make bench`). benchmarks/ray_sweep.py's test is test_ray_sweep.py's
+two-value sweep, on the session's cluster."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 import yaml
-from conftest import REPO, mlflow_runs, tiny_params
+from conftest import REPO, copy_project, mlflow_runs, tiny_params
 
 from pipeline.core.config import TINY
-from pipeline.tools.local_cluster import missing
 
 LINE = re.compile(r"^(\w+(?:\[n=\d+\])?): (-?[\d,.]+)", re.M)
 
@@ -55,9 +54,11 @@ def test_gan_study_prints_one_line_per_seed(tmp_path):
 
 
 @pytest.mark.slow
-def test_load_benchmark_prints_every_figure(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "load.py"), "--rows", "30", "--keep",
-                             str(tmp_path / "project")], capture_output=True, text=True, timeout=900)
+def test_load_benchmark_prints_every_figure(study, tmp_path):
+    """On a copy of the study (its four rows, then copies up to 30), rather than a pipeline run of its own."""
+    project = copy_project(study.root, tmp_path / "project")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "load.py"), "--rows", "30", "--project",
+                             str(project)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     figures = {name: float(value.replace(",", "")) for name, value in LINE.findall(result.stdout)}
     for name in ("compare_s[n=30]", "compare_again_s[n=30]", "report_s[n=30]", "report_tallest_figure_px[n=30]",
@@ -65,19 +66,3 @@ def test_load_benchmark_prints_every_figure(tmp_path):
         assert figures[name] > 0, name
     rows = mlflow_runs(tmp_path / "project" / "mlflow.db", "mnist5k")
     assert len(rows) == 30 and len({(r.data.params["latent_dim"], r.data.params["seed"]) for r in rows}) == 30
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("CI") and missing() is not None, reason=str(missing()))
-def test_ray_sweep_benchmark_prints_both_executors_wall_times(two_nodes):
-    """On the session's server and cluster (the benchmark starts its own without --tracking-uri and
-    --address: the same code as the tests' `team`, pipeline/tools/local_cluster.py)."""
-    url, cluster = two_nodes
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ray_sweep.py"), "--tiny", "--latent-dims", "2",
-                             "--tracking-uri", url, "--address", cluster.address],
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    figures = {name: float(value.replace(",", "")) for name, value in LINE.findall(result.stdout)}
-    for name in ("dvc_queue_2_workers_s", "ray_2_nodes_s", "ray_task_s"):
-        assert figures[name] > 0, name
-    assert "Ray (2 node(s)), 1 CPU(s) each" in result.stdout

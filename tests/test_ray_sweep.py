@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import git
+from conftest import REPO, git, run_in_process
 
 from pipeline.core.config import merged
 from pipeline.tools import ray_sweep
@@ -78,93 +78,106 @@ def sweep_names(out: str) -> list[str]:
     return sorted(set(re.findall(r"(sweep-\d{4}-\d{6}-ld\d+)", out)))
 
 
-@cluster_test
-def test_a_sweep_on_a_two_node_ray_cluster_records_one_row_per_value_and_comes_back_as_experiments(repo, tmp_path,
-                                                                                                  two_nodes):
-    url, cluster = two_nodes
-    share(repo, tmp_path)
-    code, out, err = finish(sweep(repo, "--address", cluster.address, "--latent-dims", "2", "3",
-                                  env={"MLFLOW_TRACKING_URI": url}))
-    assert code == 0, f"{out}\n{err}"
-    assert "with Ray (2 node(s)), 1 CPU(s) each" in out
-    experiments = sweep_names(out)
-    assert len(experiments) == 2
+FIGURE = re.compile(r"^(\w+(?:\[n=\d+\])?): (-?[\d,.]+)", re.M)
 
+
+@cluster_test
+def test_a_sweep_on_a_two_node_ray_cluster_records_one_row_per_value_and_the_benchmark_prints_its_figures(
+        repo, tmp_path, two_nodes):
+    """benchmarks/ray_sweep.py on the session's server and cluster, from a committed copy of this
+    working tree (`--source`): the same two-value sweep on DVC's queue and on Ray, each in a fresh
+    clone where nothing has run. It prints every figure it promises (measurements, not judged), and
+    the Ray sweep records one complete row per value on the server and comes back as experiments."""
+    url, cluster = two_nodes
+    work = tmp_path / "bench"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "ray_sweep.py"), "--tiny", "--latent-dims", "2",
+                             "3", "--tracking-uri", url, "--address", cluster.address, "--source", str(repo), "--work",
+                             str(work)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = {name: float(value.replace(",", "")) for name, value in FIGURE.findall(result.stdout)}
+    for name in ("dvc_queue_2_workers_s", "ray_2_nodes_s", "ray_task_s"):
+        assert figures[name] > 0, name
+    assert "Ray (2 node(s)), 1 CPU(s) each" in result.stdout
+
+    project = work / "ray" / "project"  # the Ray sweep's
+    experiments = sorted(log.stem for log in (project / "outputs" / "sweep_logs").glob("*.log"))
+    assert len(experiments) == 2
+    commit = git(project, "rev-parse", "HEAD").strip()
     rows = [run for run in result_rows(url) if run.data.tags.get(names.EXP_NAME_TAG) in experiments]
     assert sorted(run.data.params["latent_dim"] for run in rows) == ["2", "3"]  # one row per value, none lost
     for run in rows:
         assert run.info.status == "FINISHED"
         assert run.data.tags[names.STAGES_TAG] == "train_vae,train_gan,evaluate"
         assert run.data.tags[names.THREADS_TAG] == "1"  # the task's one CPU
-        assert run.data.tags[names.BASELINE_TAG] == git(repo, "rev-parse", "HEAD").strip()
+        assert run.data.tags[names.BASELINE_TAG] == commit
         # Artifacts went through the server: the checkpoint comes back.
         assert Path(mlflow.MlflowClient(url).download_artifacts(run.info.run_id, "vae/checkpoint.pt",
                                                                 str(tmp_path / run.info.run_id))).stat().st_size > 0
     # The shared stages ran once, in the workspace, and the experiments restored them from the remote.
-    commit = git(repo, "rev-parse", "HEAD").strip()
     assert len(result_rows(url, "datasets", commit)) == 1 and len(result_rows(url, "classifiers", commit)) == 1
-    assert not (repo / "mlflow.db").exists()  # nothing went to a local store
+    assert not (project / "mlflow.db").exists()  # nothing went to a local store
 
     # Back in the workspace: DVC sees both experiments, with their results.
-    shown = dvc(repo, "exp", "show", "--no-pager", "--csv")
+    shown = dvc(project, "exp", "show", "--no-pager", "--csv")
     for name in experiments:
         assert name in shown
-        assert (repo / "outputs" / "sweep_logs" / f"{name}.log").read_text().count("$ git clone") == 1
-    assert len(list((tmp_path / "dvc-remote").rglob("*"))) > 0
+        assert (project / "outputs" / "sweep_logs" / f"{name}.log").read_text().count("$ git clone") == 1
+    assert len(list((work / "ray" / "dvc-remote").rglob("*"))) > 0
     # And on the git remote, where the team sees them.
-    remote_refs = git(repo, "ls-remote", "origin", "refs/exps/*")
+    remote_refs = git(project, "ls-remote", "origin", "refs/exps/*")
     assert all(name in remote_refs for name in experiments)
 
 
-def running_row(process: subprocess.Popen, url: str, where, seconds: float = 400):
-    """The first result row found RUNNING whose stage process `where(pid)` accepts, polling the
-    server while the sweep `process` runs."""
+def running_rows(process: subprocess.Popen, url: str, where: dict, seconds: float = 400) -> dict:
+    """For each `where` (name -> a test of a stage's PID), a result row found RUNNING whose stage
+    process it accepts, polling the server while the sweep `process` runs, until one is found for
+    each."""
     deadline = time.monotonic() + seconds
+    found: dict = {}
     while True:
         assert process.poll() is None, finish(process)
-        assert time.monotonic() < deadline, "no stage ran where expected"
+        assert time.monotonic() < deadline, f"no stage ran where expected: found {sorted(found)} of {sorted(where)}"
         for run in result_rows(url):
             pid = run.data.tags.get(names.PID_TAG, "")
-            if run.info.status == "RUNNING" and pid.isdigit() and where(int(pid)):
-                return run
+            if run.info.status != "RUNNING" or not pid.isdigit():
+                continue
+            for name, test in where.items():
+                taken = {row.info.run_id for row in found.values()}
+                if name not in found and run.info.run_id not in taken and test(int(pid)):
+                    found[name] = run
+        if len(found) == len(where):
+            return found
         time.sleep(0.5)
 
 
 @cluster_test
-def test_a_worker_killed_during_an_experiment_takes_its_processes_along_and_the_task_runs_again(repo, tmp_path,
-                                                                                                 two_nodes):
+def test_a_worker_and_a_node_killed_during_a_sweep_still_end_with_one_complete_row_per_value(workspace, tmp_path,
+                                                                                               two_nodes):
+    """Two experiments, one on each node. On the head, the Ray worker running one dies (the OOM
+    killer, a crash) while the node lives on: its `dvc exp run` and stage go with it, and Ray runs
+    the task again. The second node dies whole, as if its machine did: the sweep logs it and Ray
+    runs its experiment again on the head. Each value ends with exactly one complete row, and each
+    dead attempt's row KILLED."""
     url, cluster = two_nodes
+    repo = workspace
     share(repo, tmp_path)
-    process = sweep(repo, "--address", cluster.address, "--latent-dims", "8", env={"MLFLOW_TRACKING_URI": url})
-    # The Ray worker running the task dies (the OOM killer, a crash); the node lives on.
-    victim = running_row(process, url, lambda pid: ray_worker_of(pid) is not None)
-    stage = int(victim.data.tags[names.PID_TAG])
+    process = sweep(repo, "--address", cluster.address, "--latent-dims", "5", "6", env={"MLFLOW_TRACKING_URI": url})
+    second = cluster.nodes[1]
+
+    def on_second(pid: int) -> bool:
+        return pid in [second.pid, *descendants(second.pid)]
+
+    victims = running_rows(process, url, {"node": on_second,
+                                          "worker": lambda pid: ray_worker_of(pid) is not None and not on_second(pid)})
+    stage = int(victims["worker"].data.tags[names.PID_TAG])
     os.kill(ray_worker_of(stage), signal.SIGKILL)
-    # Its `dvc exp run` and the stage it ran go with it (the node's process-group clean-up), so
-    # nothing of the dead attempt runs on to record or push a second result.
+    kill_tree(second.pid)
+    # The dead worker's `dvc exp run` and the stage it ran go with it (the node's process-group
+    # clean-up), so nothing of the dead attempt runs on to record or push a second result.
     deadline = time.monotonic() + 30
     while alive(stage):
         assert time.monotonic() < deadline, "the dead worker's stage process ran on"
         time.sleep(0.5)
-    code, out, err = finish(process)
-    assert code == 0, f"{out}\n{err}"
-    (name,) = sweep_names(out)
-    rows = [run for run in result_rows(url) if run.data.tags.get(names.EXP_NAME_TAG) == name]
-    assert sorted(run.info.status for run in rows) == ["FINISHED", "KILLED"]  # the retry's, the dead attempt's
-    assert {run.info.run_id for run in rows if run.info.status == "KILLED"} == {victim.info.run_id}
-    assert (repo / "outputs" / "sweep_logs" / f"{name}.log").exists()
-
-
-@cluster_test
-def test_a_node_killed_during_an_experiment_still_ends_with_one_complete_row_per_value(repo, tmp_path, two_nodes):
-    url, cluster = two_nodes
-    share(repo, tmp_path)
-    process = sweep(repo, "--address", cluster.address, "--latent-dims", "5", "6", env={"MLFLOW_TRACKING_URI": url})
-    second = cluster.nodes[1]
-    # Once the second node runs a stage of an experiment, kill every process of that node, as if
-    # the machine died.
-    victim = running_row(process, url, lambda pid: pid in [second.pid, *descendants(second.pid)])
-    kill_tree(second.pid)
     code, out, err = finish(process)
     assert code == 0, f"{out}\n{err}"
     assert re.search(r"sweep: Ray node \w{8} at \S+ died: Ray runs the experiments it held again", err)
@@ -174,17 +187,23 @@ def test_a_node_killed_during_an_experiment_still_ends_with_one_complete_row_per
     finished = [run for run in rows if run.info.status == "FINISHED"]
     assert sorted(run.data.params["latent_dim"] for run in finished) == ["5", "6"]  # exactly one complete row each
     assert [run for run in rows if run.info.status == "RUNNING"] == []
-    (dead,) = [run for run in rows if run.info.run_id == victim.info.run_id]
-    assert dead.info.status == "KILLED"
-    assert dead.data.tags[names.EXP_NAME_TAG] == victim.data.tags[names.EXP_NAME_TAG]
+    for victim in victims.values():
+        (dead,) = [run for run in rows if run.info.run_id == victim.info.run_id]
+        assert dead.info.status == "KILLED"
+    worker_experiment = victims["worker"].data.tags[names.EXP_NAME_TAG]
+    # the worker's experiment: the retry's row, and the dead attempt's
+    assert sorted(run.info.status for run in rows if run.data.tags[names.EXP_NAME_TAG] == worker_experiment) == [
+        "FINISHED", "KILLED"]
+    assert all((repo / "outputs" / "sweep_logs" / f"{name}.log").exists() for name in experiments)
     shown = dvc(repo, "exp", "show", "--no-pager", "--csv")
     assert all(name in shown for name in experiments)
 
 
 @cluster_test
-def test_an_experiment_that_fails_for_a_real_reason_is_reported_with_its_log_and_not_retried(repo, tmp_path,
+def test_an_experiment_that_fails_for_a_real_reason_is_reported_with_its_log_and_not_retried(workspace, tmp_path,
                                                                                                two_nodes):
     url, cluster = two_nodes
+    repo = workspace
     # Valid by the params' rules, but the VAE's training diverges: train_vae refuses, on the node.
     params = merged(yaml.safe_load((repo / "params.yaml").read_text()), {"vae": {"learning_rate": 1e30}})
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -205,6 +224,12 @@ def test_an_experiment_that_fails_for_a_real_reason_is_reported_with_its_log_and
 
 # Checks before anything is queued: no cluster needed.
 
+def refused(repo: Path, *args: str) -> tuple[int, str, str]:
+    """`sweep --executor ray <args>` in this process, as `python -m` runs it (conftest.run_in_process)."""
+    result = run_in_process(repo, "sweep", "--executor", "ray", *args)
+    return result.returncode, result.stdout, result.stderr
+
+
 def assert_refused(result: tuple[int, str, str], message: str, repo: Path) -> None:
     code, _, err = result
     assert code == 2, err
@@ -214,20 +239,19 @@ def assert_refused(result: tuple[int, str, str], message: str, repo: Path) -> No
     assert not (repo / "outputs").exists() and not (repo / "mlflow.db").exists()  # nothing was run
 
 
-@pytest.mark.slow
 def test_the_ray_sweep_refuses_what_the_nodes_could_not_use_before_anything_is_queued(repo, tmp_path):
-    assert_refused(finish(sweep(repo, "--latent-dims", "2")), "git remote 'origin' is not set", repo)
+    assert_refused(refused(repo, "--latent-dims", "2"), "git remote 'origin' is not set", repo)
     subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "remote.git")], check=True)
     git(repo, "remote", "add", "origin", str(tmp_path / "remote.git"))
-    assert_refused(finish(sweep(repo, "--latent-dims", "2")), "is not on git remote 'origin'", repo)
+    assert_refused(refused(repo, "--latent-dims", "2"), "is not on git remote 'origin'", repo)
     git(repo, "push", "-q", "origin", "HEAD")
-    assert_refused(finish(sweep(repo, "--latent-dims", "2")), "no default DVC remote", repo)
+    assert_refused(refused(repo, "--latent-dims", "2"), "no default DVC remote", repo)
     dvc(repo, "remote", "add", "-d", "storage", str(tmp_path / "dvc-remote"))
-    assert_refused(finish(sweep(repo, "--latent-dims", "2")), "uncommitted changes to .dvc/config", repo)
+    assert_refused(refused(repo, "--latent-dims", "2"), "uncommitted changes to .dvc/config", repo)
     git(repo, "commit", "-qam", "DVC remote")
-    assert_refused(finish(sweep(repo, "--latent-dims", "2")), "is not on git remote 'origin'", repo)
+    assert_refused(refused(repo, "--latent-dims", "2"), "is not on git remote 'origin'", repo)
     git(repo, "push", "-q", "origin", "HEAD")
-    code, _, err = finish(sweep(repo, "--latent-dims", "2", "--jobs", "2"))
+    code, _, err = refused(repo, "--latent-dims", "2", "--jobs", "2")
     assert code == 2 and "--jobs sets DVC's queue workers" in err
 
 
