@@ -2,7 +2,8 @@
 
 What is expensive is computed once per session and shared, read-only (docs/development.md):
 - `study`: the pipeline on tiny data at two latent_dims and two seeds, run stage by stage;
-- `reproduced`: a committed git repository after `dvc repro` (real DVC, real stage processes);
+- `reproduced`: a committed git repository after `dvc repro` (real DVC, real stage processes), and
+  `replicated`, a copy of it with a second seed run as a DVC experiment and `make compare`;
 - `team`: PostgreSQL, an `mlflow server` on it and a two-node Ray cluster, for the Ray sweep.
 A test that changes a project works on its own copy (`copy_project`, the `study_copy` and
 `workspace` fixtures), never on the shared one; test_shared_fixtures.py checks at the end of the
@@ -208,6 +209,20 @@ def tiny_project(root: Path, stages: tuple[str, ...], overrides: dict | None = N
     return project
 
 
+@pytest.fixture(autouse=True)
+def kept_environment():
+    """Each test starts without DVC's and MLflow's variables and leaves the environment as it found
+    it: `mlflow.set_tracking_uri` (store.connect) writes MLFLOW_TRACKING_URI into this process's
+    environment, so that its children inherit it, and a test that talks to a store in this process
+    would otherwise send the next test's commands to that store."""
+    saved = dict(os.environ)
+    for name in OUTSIDE_VARIABLES:
+        os.environ.pop(name, None)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Project:
     """A tiny project whose stages record into its own local store (DVC's variables cleared)."""
@@ -235,6 +250,20 @@ def assert_refused(project: Project, stage: str, override: dict, message: str) -
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert {p: p.stat().st_mtime_ns for p in outputs.rglob("*")} == before
     assert len(project.runs()) == runs_before
+
+
+def wait_for_line(process: subprocess.Popen, log, text: str, seconds: float = 120) -> None:
+    """Wait until `text` appears in the file `log` that `process` writes; fail if it ends first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        log.seek(0)
+        if text in log.read():
+            return
+        if process.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"the process ended ({process.returncode}) before {text!r}:\n{log.read()}")
+        time.sleep(0.2)
+    pytest.fail(f"no {text!r} within {seconds} s")
 
 
 def wait_until_healthy(process: subprocess.Popen, url: str, output: Callable[[], str], seconds: float = 120) -> None:
@@ -358,6 +387,29 @@ def reproduced(tmp_path_factory) -> Path:
         assert result.returncode == 0, result.stdout + result.stderr
     SHARED["reproduced"] = (root, digest(root))
     return root
+
+
+class Replicated:
+    """`reproduced`'s copy with a replicate: `dvc exp run -n s1 -S seed=1` (its output in `log`),
+    then `make compare` (the configuration's summary run over seeds 0 and 1)."""
+
+    def __init__(self, root: Path, env: dict, log: str):
+        self.root, self.env, self.log = root, env, log
+
+
+@pytest.fixture(scope="session")
+def replicated(reproduced, tmp_path_factory) -> Replicated:
+    """Read-only: a copy of `reproduced` with a second seed, as a user's first replicate leaves it."""
+    root = copy_project(reproduced, tmp_path_factory.mktemp("replicated") / "repo")
+    env = {**environment_first(clean_environment()), **IDENTITY}
+    logs = []
+    for command in ([sys.executable, "-m", "dvc", "exp", "run", "-n", "s1", "-S", "seed=1"],
+                    [sys.executable, "-m", "pipeline.tools.compare"]):
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        logs.append(result.stdout)
+    SHARED["replicated"] = (root, digest(root))
+    return Replicated(root, env, logs[0])
 
 
 @pytest.fixture

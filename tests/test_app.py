@@ -251,10 +251,12 @@ def wait_for_training(seconds: float = 300) -> training_job.TrainingStatus:
 
 @pytest.mark.slow
 def test_training_from_the_app_records_a_new_run_and_refuses_a_second_at_once(workspace, inside, monkeypatch):
+    """After the quick start's `dvc repro`, a training with one GAN epoch (the GAN and the
+    evaluation rerun) from the Train page."""
     repo = workspace
     monkeypatch.chdir(repo)
     app = open_app("Train")
-    app.number_input(key="train-latent_dim").set_value(3)
+    app.number_input(key="train-gan.epochs").set_value(1)
     app.button[0].click().run()
     assert not app.exception and "Started DVC experiment ` app-" in app.success[0].value
     app.button[0].click().run()  # a second request while the first runs
@@ -264,7 +266,7 @@ def test_training_from_the_app_records_a_new_run_and_refuses_a_second_at_once(wo
     status = wait_for_training()
     app.run()
     app.run()  # the first run notices the end and reruns the page; the second shows it
-    new_run = next(r for r in mlflow_runs(repo / "mlflow.db", "mnist5k") if r.data.params["latent_dim"] == "3")
+    new_run = next(r for r in mlflow_runs(repo / "mlflow.db", "mnist5k") if r.data.params["gan.epochs"] == "1")
     assert new_run.info.status == "FINISHED" and new_run.data.tags["dvc.exp_name"] == status.name
     assert new_run.info.run_id in app.success[0].value
     app.sidebar.radio(key="page").set_value("Runs").run()
@@ -273,13 +275,13 @@ def test_training_from_the_app_records_a_new_run_and_refuses_a_second_at_once(wo
 
     # The same params again: DVC restores their outputs, records nothing, and the page says so.
     app.sidebar.radio(key="page").set_value("Train").run()
-    app.number_input(key="train-latent_dim").set_value(3)
+    app.number_input(key="train-gan.epochs").set_value(1)
     app.button[0].click().run()
     wait_for_training()
     app.run()
     app.run()
     assert f"recorded nothing new; their run is the earlier {new_run.info.run_id}" in app.success[0].value
-    assert len([r for r in mlflow_runs(repo / "mlflow.db", "mnist5k") if r.data.params["latent_dim"] == "3"]) == 1
+    assert len([r for r in mlflow_runs(repo / "mlflow.db", "mnist5k") if r.data.params["gan.epochs"] == "1"]) == 1
 
 
 def test_progress_follows_the_stages_and_epochs_of_the_log():

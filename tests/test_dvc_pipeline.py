@@ -17,7 +17,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, git, mlflow_runs, repo_params
+from conftest import REPO, git, mlflow_runs, repo_params, wait_for_line
 
 from pipeline.core.config import merged
 from pipeline.stages import paths
@@ -79,39 +79,41 @@ def result_rows(root):
 
 
 @pytest.mark.slow
-def test_repro_then_experiment_gives_one_row_per_result(workspace):
-    repo = workspace  # after `dvc repro`, committed
-    rows = result_rows(repo)
+def test_repro_then_experiment_gives_one_row_per_result(reproduced, replicated, tmp_path):
+    """`dvc repro` (conftest's `reproduced`), a no-op `dvc repro`, then `dvc exp run -n s1 -S seed=1`
+    (conftest's `replicated`): one complete MLflow row per result. Both are read, not changed."""
+    rows = result_rows(reproduced)
     assert list(rows) == ["4"] and rows["4"].info.status == "FINISHED"
     assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/scores/gan_decoder/fid"} <= set(rows["4"].data.metrics)
     assert rows["4"].data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+    assert "Data and pipelines are up to date" in dvc(reproduced, "repro")
+    assert len(mlflow_runs(reproduced / "mlflow.db")) == 3  # still one result, one dataset, one classifier record
 
-    assert "Data and pipelines are up to date" in dvc(repo, "repro")
-    assert len(mlflow_runs(repo / "mlflow.db")) == 3  # still one result, one dataset, one classifier record
-
-    dvc(repo, "exp", "run", "-S", "latent_dim=8")
-    rows = result_rows(repo)
-    assert sorted(rows) == ["4", "8"]
-    assert rows["8"].data.tags["dvc.exp_name"] not in ("", "workspace")
-    assert rows["8"].data.tags["dvc.baseline_rev"] == git(repo, "rev-parse", "HEAD").strip()
+    repo = replicated.root
+    rows = {run.data.params["seed"]: run for run in mlflow_runs(repo / "mlflow.db", "mnist5k")}
+    assert sorted(rows) == ["0", "1"]
+    new = rows["1"]
+    assert new.info.status == "FINISHED" and new.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+    assert new.data.tags["dvc.exp_name"] == "s1"
+    assert new.data.tags["dvc.baseline_rev"] == git(repo, "rev-parse", "HEAD").strip()
     assert len(mlflow_runs(repo / "mlflow.db", "datasets")) == 1  # the data stage did not rerun
-    assert len(mlflow_runs(repo / "mlflow.db", "classifiers")) == 1  # nor the classifier: no latent_dim in it
+    assert len(mlflow_runs(repo / "mlflow.db", "classifiers")) == 1  # nor the classifier: no seed of the models in it
 
-    assert rows["8"].data.tags["git.dirty"] == "false"  # -S edits params.yaml, which is recorded as params
-    assert rows["8"].info.run_name == f"vae-gan-ld8-s0-{rows['8'].data.tags['dvc.exp_name']}"
+    assert new.data.tags["git.dirty"] == "false"  # -S edits params.yaml, which is recorded as params
+    assert new.info.run_name == "vae-gan-ld4-s1-s1"
 
     table = list(csv.DictReader(io.StringIO(dvc(repo, "exp", "show", "--csv"))))
-    by_latent = {row["latent_dim"]: row for row in table if row["typ"] != "baseline" or row["rev"] != "workspace"}
-    assert set(by_latent) == {"4", "8"}
-    assert float(by_latent["8"]["neg_elbo"]) == pytest.approx(rows["8"].data.metrics["eval/vae/neg_elbo"])
+    by_seed = {row["seed"]: row for row in table if row["typ"] != "baseline" or row["rev"] != "workspace"}
+    assert set(by_seed) == {"0", "1"}
+    assert float(by_seed["1"]["neg_elbo"]) == pytest.approx(new.data.metrics["eval/vae/neg_elbo"])
 
     # The same comparison from MLflow, without the UI: printed, and written as CSV.
-    shown = run_module(repo, "pipeline.tools.compare", "--runs")
-    assert "vae-gan-ld4-s0-workspace" in shown and rows["8"].info.run_name in shown
-    compared = list(csv.DictReader((repo / "outputs" / "comparison.csv").open()))
-    assert [row["latent_dim"] for row in compared] == ["4", "8"]
+    shown = run_module(repo, "pipeline.tools.compare", "--runs", "--csv", str(tmp_path / "comparison.csv"))
+    assert "vae-gan-ld4-s0-workspace" in shown and new.info.run_name in shown
+    compared = list(csv.DictReader((tmp_path / "comparison.csv").open()))
+    assert [row["seed"] for row in compared] == ["0", "1"]
     for row in compared:
-        metrics = rows[row["latent_dim"]].data.metrics
+        metrics = rows[row["seed"]].data.metrics
         assert float(row["recon_mse"]) == metrics["eval/vae/recon_mse_per_pixel"]
         assert float(row["fid_decoder"]) == metrics["eval/scores/gan_decoder/fid"]
 
@@ -130,13 +132,31 @@ def newest_rows(repo, count: int):
 
 
 @pytest.mark.slow
-def test_changing_a_gan_or_evaluation_param_reruns_only_the_stages_after_it(workspace):
+def test_a_killed_repro_and_changed_params_rerun_only_the_stages_after_them(workspace):
+    """SIGKILL to `dvc repro` and its stage (the process group) while the GAN trains: DVC has removed
+    the stage's outputs and none is half written. The rerun, with another `gan.*` value, runs only
+    the GAN and the evaluation, from a clean state; the killed attempt's row ends KILLED, and the
+    new result gets its own complete row, which still carries the VAE's numbers it started from.
+    Then an `evaluate.*` change reruns only the evaluation."""
     repo = workspace
+    (first,) = mlflow_runs(repo / "mlflow.db", "mnist5k")  # the workspace's `dvc repro`
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["gan"]["epochs"] = 100_000
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = open(repo / "repro.log", "w+")
+    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    wait_for_line(process, log, "decoder epoch 2/", seconds=300)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not (repo / "outputs" / "gan").exists() or not any((repo / "outputs" / "gan").glob("generators/*.pt"))
+
     assert repro_with(repo, "gan", "epochs", 1) == {"train_gan", "evaluate"}
-    # The new result gets its own row, which still carries the VAE's numbers it started from.
-    (old, new) = newest_rows(repo, 2)
-    assert new.data.params["gan.epochs"] == "1" and old.data.params["gan.epochs"] == "2"
-    assert new.data.metrics["vae/test_neg_elbo"] == old.data.metrics["vae/test_neg_elbo"]
+    rows = [r for r in mlflow_runs(repo / "mlflow.db", "mnist5k") if r.info.run_id != first.info.run_id]
+    assert sorted(r.info.status for r in rows) == ["FINISHED", "KILLED"]
+    (new,) = [r for r in rows if r.info.status == "FINISHED"]
+    assert new.data.params["gan.epochs"] == "1" and first.data.params["gan.epochs"] == "2"
+    assert new.data.metrics["vae/test_neg_elbo"] == first.data.metrics["vae/test_neg_elbo"]
     assert new.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
 
     assert repro_with(repo, "evaluate", "num_samples", 50) == {"evaluate"}  # nothing retrained
@@ -148,9 +168,9 @@ def test_changing_a_gan_or_evaluation_param_reruns_only_the_stages_after_it(work
 
 
 @pytest.mark.slow
-def test_a_new_seed_reruns_the_models_on_the_same_ruler(workspace, monkeypatch):
-    repo = workspace
-    log = dvc(repo, "exp", "run", "-n", "s1", "-S", "seed=1")
+def test_a_new_seed_reruns_the_models_on_the_same_ruler(replicated, monkeypatch):
+    """`dvc exp run -n s1 -S seed=1` after `dvc repro` (conftest's `replicated`, read only)."""
+    repo, log = replicated.root, replicated.log
     assert {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")} == {
         "train_vae", "train_gan", "evaluate"}
     assert len(mlflow_runs(repo / "mlflow.db", "datasets")) == 1  # the split was not redrawn
@@ -176,39 +196,40 @@ def test_a_new_seed_reruns_the_models_on_the_same_ruler(workspace, monkeypatch):
     assert set(workspace["data"]["outputs/eval/metrics.json"]["data"]) == set(names.SHOWN_FIRST)
 
 
-def swept_rows(repo, latent_dim: str = "2"):
-    """The result rows of latent_dim `latent_dim` (the workspace's own `dvc repro` made latent_dim 4's)."""
-    return [run for run in mlflow_runs(repo / "mlflow.db", "mnist5k") if run.data.params["latent_dim"] == latent_dim]
-
-
 @pytest.mark.slow
-def test_queued_sweep_with_two_workers_records_one_row_per_value(workspace):
-    """Two queue workers running experiments at once into one SQLite store: every experiment leaves
-    its complete row, none lost, none twice; the shared stages are not run again."""
+def test_queued_sweep_with_two_workers_records_one_row_per_point(workspace):
+    """A sweep over two seeds at another beta, after `dvc repro` (as a user's sweep starts after
+    the quick start): two queue workers run the experiments at once into one SQLite store: every
+    experiment leaves its complete row, none lost, none twice, the shared stages are not run again,
+    and the configuration gets its summary run over its two seeds. (Which experiments a sweep makes
+    of several betas and seeds, and that it runs the shared stages first: the tests after it.)"""
     repo = workspace
     head = git(repo, "rev-parse", "HEAD").strip()
-    out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "--seeds", "0", "1", "--jobs", "2")
+    sweep = ("pipeline.tools.sweep", "--latent-dims", "2", "--betas", "0.5", "--seeds", "0", "1", "--jobs", "2")
+    out = run_module(repo, *sweep)
     assert "sweep of 2 experiments with 2 worker(s)" in out
     rows = swept_rows(repo)
-    assert sorted(run.data.params["seed"] for run in rows) == ["0", "1"]  # none lost, none twice
+    points = sorted((r.data.params["latent_dim"], r.data.params["vae.beta"], r.data.params["seed"]) for r in rows)
+    assert points == [("2", "0.5", "0"), ("2", "0.5", "1")]  # none lost, none twice
     threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
     for run in rows:
         assert run.info.status == "FINISHED"
         assert run.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
         assert run.data.tags["dvc.exp_name"].startswith("sweep-")
-        assert run.data.tags["dvc.exp_name"].endswith(f"-ld2-s{run.data.params['seed']}")
+        assert run.data.tags["dvc.exp_name"].endswith(f"-ld2-beta0.5-s{run.data.params['seed']}")
         assert run.data.tags["dvc.baseline_rev"] == head
         assert run.data.tags["pipeline.threads"] == threads
     # The two seeds are one configuration: one summary run with their mean and interval, both nested under it.
     (summary,) = mlflow_runs(repo / "mlflow.db", "mnist5k", summaries=True)
     assert {run.data.tags["mlflow.parentRunId"] for run in rows} == {summary.info.run_id}
     assert summary.data.tags["pipeline.seeds"] == "0,1" and summary.info.status == "FINISHED"
+    assert summary.data.params["vae.beta"] == "0.5"
     fid = "eval/scores/vae_prior/fid"
     values = [run.data.metrics[fid] for run in rows]
     assert summary.data.metrics[fid] == pytest.approx(sum(values) / 2)
     assert summary.data.metrics[f"{fid}/ci95_low"] < min(values) < max(values) < summary.data.metrics[f"{fid}/ci95_high"]
     assert summary.data.metrics[f"{fid}/n"] == 2
-    assert re.search(r"ld2-beta1-\w{8} +2 +1 +2 ", out)  # the configuration's line: latent_dim 2, beta 1, n 2
+    assert re.search(r"ld2-beta0\.5-\w{8} +2 +0\.5 +2 ", out)  # the configuration's line: latent_dim 2, beta 0.5, n 2
     # No queue worker is left behind: one would hold this test's pipes open for good.
     assert queue_sweep.read_queue(repo).workers == []
     # The shared stages ran once, in the workspace (its `dvc repro`), not once per experiment.
@@ -218,14 +239,50 @@ def test_queued_sweep_with_two_workers_records_one_row_per_value(workspace):
     assert sorted(row["run_id"] for row in table) == sorted(run.info.run_id for run in rows)
     assert "Success" in dvc(repo, "queue", "status")
 
-    # The same values again: DVC restores every stage from its run cache, records nothing new,
+    # The same points again: DVC restores every stage from its run cache, records nothing new,
     # and the sweep reports the rows that already hold those results.
-    out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "--seeds", "0", "1", "--jobs", "2")
+    out = run_module(repo, *sweep)
     assert out.count("computed before (DVC reused those outputs and ran nothing)") == 2
     assert len(mlflow_runs(repo / "mlflow.db", "mnist5k", summaries=True)) == 1  # updated, not made again
     assert len(swept_rows(repo)) == 2
     again = list(csv.DictReader((repo / "outputs" / "sweep.csv").open()))
     assert sorted(row["run_id"] for row in again) == sorted(row["run_id"] for row in table)
+
+
+def swept_rows(repo):
+    """The sweep's result rows: latent_dim 2 (the workspace's own `dvc repro` made latent_dim 4's)."""
+    return [run for run in mlflow_runs(repo / "mlflow.db", "mnist5k") if run.data.params["latent_dim"] == "2"]
+
+
+def test_the_queue_executor_runs_the_shared_stages_once_then_queues_each_point(monkeypatch):
+    """The DVC commands the executor gives, in order, with the queue itself stood in for: the
+    shared stages first, in the workspace (so that no experiment computes them again), then one
+    queued experiment per point with its settings, then the workers with their threads."""
+    given, started = [], []
+    monkeypatch.setattr(queue_sweep, "dvc", lambda *args, env: given.append(args))
+    monkeypatch.setattr(queue_sweep, "start_workers", lambda jobs, env: started.append((jobs, env["PIPELINE_THREADS"])))
+    monkeypatch.setattr(queue_sweep, "follow", lambda names, look, restart: dict.fromkeys(names, "Success"))
+    monkeypatch.setattr(queue_sweep, "stop_idle_workers", lambda look: [])
+    how = queue_sweep.execute({"sweep-a-ld2-s0": ("latent_dim=2", "seed=0"), "sweep-a-ld2-s1": ("latent_dim=2", "seed=1")},
+                              config=None, env={}, jobs=2, threads=1)
+    assert given == [("repro", "download", "train_classifier"),
+                     ("exp", "run", "--queue", "--quiet", "-n", "sweep-a-ld2-s0", "-S", "latent_dim=2", "-S", "seed=0"),
+                     ("exp", "run", "--queue", "--quiet", "-n", "sweep-a-ld2-s1", "-S", "latent_dim=2", "-S", "seed=1")]
+    assert started == [(2, "1")] and how == "2 worker(s), 1 thread(s) each"
+
+
+def test_a_sweep_makes_one_experiment_per_point():
+    """Every (latent_dim, beta, seed) of the grid is one DVC experiment, named after its values, and
+    sets exactly those values."""
+    from pipeline.tools.sweep import experiment_names, settings
+
+    names = experiment_names("1203-120000", [2, 8], [0.5, 2.0], [0, 1])
+    assert len(names) == 8 and len(set(names.values())) == 8
+    assert names[(8, 0.5, 1)] == "sweep-1203-120000-ld8-beta0.5-s1"
+    assert settings((8, 0.5, 1)) == ("latent_dim=8", "vae.beta=0.5", "seed=1")
+    assert experiment_names("1203-120000", [2, 8]) == {(2, None, None): "sweep-1203-120000-ld2",
+                                                      (8, None, None): "sweep-1203-120000-ld8"}
+    assert settings((2, None, None)) == ("latent_dim=2",)
 
 
 class ScriptedQueue:
@@ -317,16 +374,6 @@ def test_a_real_worker_is_seen_while_it_runs_and_ended_once_the_queue_is_idle(re
     assert len(workers) == 1
     assert queue_sweep.stop_idle_workers(lambda: queue_sweep.read_queue(repo)) == []
     assert not record.process_alive(workers[0])
-
-
-@pytest.mark.slow
-def test_sweep_over_beta_records_one_row_per_pair(workspace):
-    repo = workspace
-    out = run_module(repo, "pipeline.tools.sweep", "--latent-dims", "2", "--betas", "0.5", "2", "--jobs", "2")
-    assert "sweep of 2 experiments with 2 worker(s)" in out
-    rows = swept_rows(repo)
-    assert sorted((r.data.params["latent_dim"], r.data.params["vae.beta"]) for r in rows) == [("2", "0.5"), ("2", "2.0")]
-    assert sorted(r.data.tags["dvc.exp_name"].split("-", 3)[3] for r in rows) == ["ld2-beta0.5", "ld2-beta2"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -10,29 +10,12 @@ import sys
 
 import pytest
 import yaml
-from conftest import IDENTITY, clean_environment, copy_project, free_port, mlflow_runs, open_browser, wait_until_healthy
+from conftest import free_port, mlflow_runs, open_browser, wait_until_healthy
 
-from pipeline.core.commands import environment_first
 from pipeline.tracking import names, views
 
 # Where the screenshots go when asked (docs/ holds the published ones): a folder.
 SCREENSHOTS = os.environ.get("STOCK_VIEWS_SCREENSHOTS")
-
-
-@pytest.fixture(scope="module")
-def replicated(reproduced, tmp_path_factory):
-    """A copy of the session's repository after `dvc repro` (and the plots template, as `make repro`
-    leaves it), with a replicate and the configuration's summary run: (root, environment)."""
-    root = copy_project(reproduced, tmp_path_factory.mktemp("views") / "repo")
-    env = {**environment_first(clean_environment()), **IDENTITY}
-
-    def run(*command: str) -> None:
-        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout + result.stderr
-
-    run(sys.executable, "-m", "dvc", "exp", "run", "-n", "s1", "-S", "seed=1")  # a replicate
-    run(sys.executable, "-m", "pipeline.tools.compare")  # the configuration's summary run, with its interval
-    return root, env
 
 
 def keep(browser, name: str) -> None:
@@ -42,11 +25,11 @@ def keep(browser, name: str) -> None:
 
 @pytest.mark.slow
 def test_dvc_plots_page_draws_its_curves_with_no_network(replicated, tmp_path):
-    root, env = replicated
-    result = subprocess.run([sys.executable, "-m", "dvc", "plots", "show"], cwd=root, env=env, capture_output=True,
-                            text=True)
+    root, env = replicated.root, replicated.env  # (read only: the page goes to tmp_path)
+    result = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--out", str(tmp_path / "dvc_plots")],
+                            cwd=root, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    page = root / "dvc_plots" / "index.html"
+    page = tmp_path / "dvc_plots" / "index.html"
     assert "cdn.jsdelivr" not in page.read_text()  # DVC's own page loads its library from there
     browser = open_browser(tmp_path / "profile", size="1400,2400", offline=True)
     try:
@@ -83,7 +66,7 @@ def test_mlflow_ui_as_make_ui_starts_it_lands_on_the_runs_with_the_headline_colu
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    root, env = replicated
+    root, env = replicated.root, replicated.env
     (summary,) = mlflow_runs(root / "mlflow.db", "mnist5k", summaries=True)
     port = free_port()
     log = tmp_path / "ui.log"
