@@ -5,7 +5,6 @@ holds, byte for byte, what it held when it was built."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import SHARED, copy_project, digest
 
 
