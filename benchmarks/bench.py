@@ -44,6 +44,7 @@ from pipeline.core.data import build_splits
 from pipeline.core.models import VAE, Decoder, Discriminator
 from pipeline.core.training import adam
 from pipeline.stages import train_gan
+from pipeline.tools.dvc_cli import source_files
 from pipeline.tracking.names import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,18 +247,15 @@ def peak_memory_mib(command: list[str], cwd: Path) -> float:
 
 
 def pipeline_figures(device: str, params_file: Path) -> dict[str, float]:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
     os.environ.update(environment_first())  # dvc.yaml's `python`: this environment's
     for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
         os.environ.pop(name, None)
     figures = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         root = Path(tmp)
-        for name in files:
-            if name != "dvc.lock" and (ROOT / name).is_file():
-                (root / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / name, root / name)
+        for name in source_files(ROOT):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, root / name)
         params = yaml.safe_load(params_file.read_text())
         (root / "params.yaml").write_text(yaml.safe_dump({**params, "device": device}, sort_keys=False))
         subprocess.run(["git", "init", "-q"], cwd=root, check=True)

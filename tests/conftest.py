@@ -41,6 +41,7 @@ import yaml
 from pipeline.core.commands import environment_first
 from pipeline.core.commands import git as run_git
 from pipeline.core.config import TINY, merged
+from pipeline.tools.dvc_cli import source_files
 from pipeline.tools.local_cluster import (
     ClusterError,
     free_port,  # noqa: F401 - the tests import it from here
@@ -346,11 +347,9 @@ def study_copy(study, tmp_path) -> Project:
 
 def make_repo(root: Path) -> Path:
     """The project's tracked sources in `root`, with tiny params, as a committed git repository."""
-    files = run_git("ls-files", "-co", "--exclude-standard", cwd=REPO, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file() and name != "dvc.lock":
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
+    for name in source_files(REPO):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     env = {**os.environ, **IDENTITY}
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "project"]):

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, git, mlflow_runs, repo_params, wait_for_line
+from conftest import REPO, copy_project, git, mlflow_runs, repo_environment, repo_params, wait_for_line
 
 from pipeline.core.config import merged
 from pipeline.stages import paths
@@ -46,7 +47,7 @@ def test_dvc_yaml_declares_every_path_the_stages_write_and_only_known_params():
                                                       paths.EVAL_DETAILS, paths.EVAL_KL_PER_DIM)}
     # DVC's metrics are the headline numbers only; every stage's detail is a plain output.
     assert [stage for stage in dvc if "metrics" in dvc[stage]] == ["evaluate"]
-    assert dvc["evaluate"]["metrics"] == [str(paths.EVAL_METRICS)]
+    assert dvc["evaluate"]["metrics"] == [{str(paths.EVAL_METRICS): {"cache": False}}]  # in git: see below
     assert str(paths.SPLITS) in dvc["train_vae"]["deps"]
     assert {str(paths.VAE_CHECKPOINT), str(paths.VAE_RUN), str(paths.CLASSIFIER_CHECKPOINT)} <= set(dvc["train_gan"]["deps"])
     assert {str(paths.GAN_GENERATORS), str(paths.GAN_RUN)} <= set(dvc["evaluate"]["deps"])
@@ -194,6 +195,46 @@ def test_a_new_seed_reruns_the_models_on_the_same_ruler(replicated, monkeypatch)
     (workspace,) = json.loads(dvc(repo, "metrics", "show", "--json")).values()
     assert list(workspace["data"]) == ["outputs/eval/metrics.json"]
     assert set(workspace["data"]["outputs/eval/metrics.json"]["data"]) == set(names.SHOWN_FIRST)
+
+
+# What git keeps of the outputs: dvc.yaml's `cache: false` files (test_structure checks the match).
+COMMITTED_OUTPUTS = ["outputs/eval/kl_per_dim.csv", "outputs/eval/metrics.json", "outputs/gan/history.csv",
+                     "outputs/vae/history.csv"]
+
+
+@pytest.mark.slow
+def test_an_experiment_compares_with_the_commit_on_a_machine_without_its_outputs(replicated, tmp_path, monkeypatch):
+    """On another machine (another CPU: other bytes, other hashes) the commit's outputs are not in
+    the local DVC cache. Its headline metrics and per-epoch CSVs are committed (`cache: false`), so
+    DVC reads them from git: `dvc exp show`, `dvc metrics diff` and `dvc exp diff` compare the
+    experiment `s1` with the commit (without them: a row of `!` and "diff not supported")."""
+    repo_environment(monkeypatch)
+    repo = copy_project(replicated.root, tmp_path / "repo")
+    shutil.rmtree(repo / ".dvc" / "cache")  # nothing of either run's outputs but what git holds
+    assert git(repo, "ls-files", "outputs").split() == COMMITTED_OUTPUTS
+    committed = json.loads(git(repo, "show", "HEAD:outputs/eval/metrics.json"))
+    assert set(committed) == set(names.SHOWN_FIRST)
+
+    (diff,) = json.loads(dvc(repo, "exp", "diff", "HEAD", "s1", "--all", "--json"))["metrics"].values()
+    assert {key: change["old"] for key, change in diff.items()} == committed
+    assert all(change["new"] is not None and change["diff"] == pytest.approx(change["new"] - change["old"])
+               for change in diff.values())
+    (metrics_diff,) = json.loads(dvc(repo, "metrics", "diff", "HEAD", "s1", "--all", "--json")).values()
+    assert metrics_diff == diff
+
+    head = git(repo, "rev-parse", "HEAD").strip()
+    (baseline,) = [row for row in json.loads(dvc(repo, "exp", "show", "--json")) if row["rev"] == head]
+    assert baseline["data"]["metrics"]["outputs/eval/metrics.json"]["data"] == committed
+    (s1,) = [experiment for experiment in baseline["experiments"] if experiment["name"] == "s1"]
+    (shown,) = s1["revs"]
+    assert shown["data"]["metrics"]["outputs/eval/metrics.json"]["data"] == {
+        key: change["new"] for key, change in diff.items()}
+
+    # The result stages' curves come from git too; only what DVC caches is missing.
+    plots = subprocess.run([sys.executable, "-m", "dvc", "plots", "diff", "HEAD", "s1", "--json"], cwd=repo,
+                           capture_output=True, text=True)
+    missing = {error["source"] for error in json.loads(plots.stdout[plots.stdout.index("{"):])["errors"]}
+    assert missing and not missing & {*COMMITTED_OUTPUTS, str(paths.VAE_HISTORY), str(paths.GAN_HISTORY)}, missing
 
 
 @pytest.mark.slow
@@ -404,7 +445,8 @@ def test_outputs_pushed_to_a_dvc_remote_restore_a_fresh_clone(workspace, tmp_pat
 
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(repo), str(clone))
-    assert not (clone / "outputs").exists()
+    assert sorted(str(path.relative_to(clone)) for path in (clone / "outputs").rglob("*") if path.is_file()) == (
+        COMMITTED_OUTPUTS)  # what git keeps; DVC's outputs come from the remote
     dvc(clone, "pull")
     for path in (paths.VAE_CHECKPOINT, paths.GAN_METRICS, paths.EVAL_METRICS, paths.EVAL_FIGURES / "reconstructions.png"):
         assert (clone / path).read_bytes() == (repo / path).read_bytes()

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import REPO
 
+from pipeline.core.commands import git as run_git
 from pipeline.tracking.names import STAGES
 
 # Lowest first: a module may import its own layer and the layers before it, never a later one.
@@ -182,6 +183,27 @@ def test_dvc_yaml_lists_every_project_file_each_stage_imports():
     files = module_files()
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert missing_deps(stages, import_graph(), files) == []
+
+
+def outputs_and_caching(stages: dict) -> dict[str, bool]:
+    """Every output of dvc.yaml's `stages` (outs, metrics, plots) and whether DVC caches it."""
+    found = {}
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                path, props = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+                found[path] = (props or {}).get("cache", True)
+    return found
+
+
+def test_git_keeps_exactly_the_outputs_dvc_does_not_cache():
+    """The `cache: false` outputs (the headline metrics, the per-epoch CSVs) are committed, so a
+    clone compares with them on any machine; every other output is DVC's alone, ignored by git."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    outputs = outputs_and_caching(stages)
+    assert [path for path, cached in outputs.items() if not cached]  # some are kept by git
+    ignored = set(run_git("check-ignore", *outputs, cwd=REPO).stdout.split())
+    assert {path for path, cached in outputs.items() if cached != (path in ignored)} == set()
 
 
 def test_the_deps_check_names_a_file_a_stage_imports_that_dvc_yaml_leaves_out():

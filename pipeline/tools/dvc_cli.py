@@ -1,6 +1,7 @@
 """DVC as the sweeps and the explorer's Train page drive it: the shared stages, a `dvc` command
-run with this environment first on PATH, the git checks `dvc exp run` needs, and the MLflow row an
-experiment's result is in. The executors (queue_sweep.py, ray_sweep.py) and sweep.py build on it.
+run with this environment first on PATH, the git checks `dvc exp run` needs, the MLflow row an
+experiment's result is in, and the files a fresh copy of the project starts from. The executors
+(queue_sweep.py, ray_sweep.py) and sweep.py build on it.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from pipeline.core.commands import git
 from pipeline.core.errors import PipelineError
@@ -47,3 +49,11 @@ def result_run_id(name: str) -> str | None:
         return json.loads(dvc.api.read(str(paths.EVAL_RUN), rev=name))["run_id"]
     except (DvcException, FileNotFoundError):
         return None
+
+
+def source_files(root: Path) -> list[str]:
+    """The project's files in `root` that a fresh copy of it starts from: what git tracks or would
+    track, less the results (dvc.lock, and the outputs git keeps: dvc.yaml's `cache: false` files)."""
+    files = git("ls-files", "-co", "--exclude-standard", cwd=root, check=True).stdout.split()
+    return [name for name in files
+            if name != "dvc.lock" and not name.startswith("outputs/") and (Path(root) / name).is_file()]
