@@ -255,6 +255,26 @@ def test_the_ray_sweep_refuses_what_the_nodes_could_not_use_before_anything_is_q
     assert code == 2 and "--jobs sets DVC's queue workers" in err
 
 
+def test_results_left_in_the_workspace_are_not_uncommitted_changes(repo, tmp_path, monkeypatch):
+    """`make repro` on another CPU or a `dvc exp run` rewrites the committed headline metrics (and
+    dvc.lock): the tasks run the commit and compute their own results, so only the sources count."""
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "remote.git")], check=True)
+    git(repo, "remote", "add", "origin", str(tmp_path / "remote.git"))
+    metrics = repo / "outputs" / "eval" / "metrics.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text('{"kl": 1.0}')
+    git(repo, "add", "outputs")
+    git(repo, "commit", "-qm", "results")
+    git(repo, "push", "-q", "origin", "HEAD")
+    metrics.write_text('{"kl": 2.0}')
+    monkeypatch.chdir(repo)
+    assert ray_sweep.check_workspace("origin") == git(repo, "rev-parse", "HEAD").strip()
+    with (repo / "params.yaml").open("a") as params:
+        params.write("# an edit\n")
+    with pytest.raises(SweepError, match=r"uncommitted changes to params.yaml"):
+        ray_sweep.check_workspace("origin")
+
+
 class FakeRay:
     """Stands in for the ray module: a cluster whose nodes are at `addresses`."""
 

@@ -53,9 +53,11 @@ def git_remote_url(remote: str) -> str:
 
 def check_workspace(remote: str) -> str:
     """The sweep's commit: HEAD, when the workspace holds no uncommitted change (the tasks run the
-    commit, not the workspace) and the git remote has it. dvc.lock may differ (the shared stages
-    rewrite it)."""
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock").stdout.split("\n")
+    commit, not the workspace) and the git remote has it. Results may differ: dvc.lock (the shared
+    stages rewrite it) and the outputs git keeps (dvc.yaml's `cache: false`, which any `dvc repro`
+    or `dvc exp run` rewrites); the tasks compute their own."""
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock",
+                  ":!outputs").stdout.split("\n")
     changed = [line[3:] for line in changed if line.strip()]
     if changed:
         raise SweepError(f"uncommitted changes to {', '.join(changed[:5])}: the experiments run on other machines "
