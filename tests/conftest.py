@@ -226,9 +226,8 @@ def kept_environment():
 
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Project:
-    """A tiny project whose stages record into its own local store (DVC's variables cleared)."""
-    for name in OUTSIDE_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    """A tiny project whose stages record into its own local store (DVC's variables cleared, by
+    kept_environment)."""
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.chdir(tmp_path)
     project = Project(tmp_path)
@@ -359,9 +358,8 @@ def make_repo(root: Path) -> Path:
 
 def repo_environment(monkeypatch) -> None:
     """A test's environment for DVC in a repository: dvc.yaml's `python` this environment's, as
-    `make` arranges for users, a git identity, and none of DVC's and MLflow's variables."""
-    for name in OUTSIDE_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    `make` arranges for users, and a git identity (kept_environment has cleared DVC's and MLflow's
+    variables)."""
     monkeypatch.setenv("PATH", environment_first()["PATH"])
     for key, value in IDENTITY.items():
         monkeypatch.setenv(key, value)

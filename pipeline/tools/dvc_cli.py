@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.core.commands import git
+from pipeline.core.commands import git, is_result
 from pipeline.core.errors import PipelineError
 from pipeline.stages import paths
 from pipeline.tracking import names
@@ -53,7 +53,6 @@ def result_run_id(name: str) -> str | None:
 
 def source_files(root: Path) -> list[str]:
     """The project's files in `root` that a fresh copy of it starts from: what git tracks or would
-    track, less the results (dvc.lock, and the outputs git keeps: dvc.yaml's `cache: false` files)."""
+    track, less the results git keeps (commands.RESULTS_IN_GIT)."""
     files = git("ls-files", "-co", "--exclude-standard", cwd=root, check=True).stdout.split()
-    return [name for name in files
-            if name != "dvc.lock" and not name.startswith("outputs/") and (Path(root) / name).is_file()]
+    return [name for name in files if not is_result(name) and (Path(root) / name).is_file()]

@@ -20,7 +20,7 @@ import socket
 import urllib.parse
 from pathlib import Path
 
-from pipeline.core.commands import git
+from pipeline.core.commands import changed_sources, git
 from pipeline.core.config import THREADS_VARIABLE, Config, thread_limit
 from pipeline.tools import ray_task
 from pipeline.tools.dvc_cli import SHARED_STAGES, SweepError, dvc
@@ -52,13 +52,11 @@ def git_remote_url(remote: str) -> str:
 
 
 def check_workspace(remote: str) -> str:
-    """The sweep's commit: HEAD, when the workspace holds no uncommitted change (the tasks run the
-    commit, not the workspace) and the git remote has it. Results may differ: dvc.lock (the shared
-    stages rewrite it) and the outputs git keeps (dvc.yaml's `cache: false`, which any `dvc repro`
-    or `dvc exp run` rewrites); the tasks compute their own."""
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock",
-                  ":!outputs").stdout.split("\n")
-    changed = [line[3:] for line in changed if line.strip()]
+    """The sweep's commit: HEAD, when the workspace holds no uncommitted change to its sources (the
+    tasks run the commit, not the workspace) and the git remote has it. The results git keeps may
+    differ (the shared stages rewrite dvc.lock; any `dvc exp run`, the outputs): the tasks compute
+    their own."""
+    changed = changed_sources()
     if changed:
         raise SweepError(f"uncommitted changes to {', '.join(changed[:5])}: the experiments run on other machines "
                            f"from the commit; commit them and `git push {remote}` first (or `git stash`)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pipeline.core.commands import git_output
+from pipeline.core.commands import changed_sources, git_output
 from pipeline.core.config import Config
 from pipeline.tracking import names
 
@@ -24,10 +24,8 @@ def context_tags(stage: str) -> dict[str, str]:
         names.STAGE_TAG: stage,
         names.COMMIT_TAG: git_output("rev-parse", "HEAD") or "unknown",
         # Whether the sources differ from that commit. params.yaml is recorded as params (and
-        # `dvc exp run -S` edits it), DVC rewrites dvc.lock after every stage, and the stages
-        # rewrite the outputs git keeps (dvc.yaml's `cache: false`): none of them counts.
-        names.DIRTY_TAG: str(bool(git_output("status", "--porcelain", "--untracked-files=no", "--",
-                                             ".", ":!params.yaml", ":!dvc.lock", ":!outputs"))).lower(),
+        # `dvc exp run -S` edits it), and the results git keeps do not count either.
+        names.DIRTY_TAG: str(bool(changed_sources("params.yaml"))).lower(),
         names.EXP_NAME_TAG: dvc_exp_name(),
         names.THREADS_TAG: str(torch.get_num_threads()),
         names.HOST_TAG: socket.gethostname(),
