@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: repro plots test test-fast lint bench bench-load study sweep compare report default-study ui app clean
+.PHONY: repro plots test test-fast lint bench bench-seeds bench-load study sweep compare report default-study ui app clean
 
 # The environment is built once; later runs reuse it (and need no network). The project itself is
 # installed editable, so `import pipeline` works from any folder and edits take effect at once.
@@ -40,22 +40,27 @@ lint: $(VENV)/.installed  ## ruff, with the settings in pyproject.toml
 bench: $(VENV)/.installed  ## print training throughput and pipeline wall times
 	python benchmarks/bench.py
 
+bench-seeds: $(VENV)/.installed  ## time one experiment with 1 seed and with 5, then the default study, in fresh copies
+	python benchmarks/seeds.py --study --jobs 2
+
 bench-load: $(VENV)/.installed  ## time make compare, the report and the explorer over 2,000 rows
 	python benchmarks/load.py
 
-study: $(VENV)/.installed  ## GAN from the decoder vs from scratch vs VAE samples, over seeds 0-2 (about 3 minutes)
+study: $(VENV)/.installed  ## GAN from the decoder vs from scratch vs VAE samples, over seeds 0-2 trained together
 	python benchmarks/gan_from_decoder.py
 
-# `make sweep JOBS=2 LATENT_DIMS="2 8 32" SEEDS="0 1 2"`; see docs/sweeps.md. On a Ray cluster:
+# `make sweep JOBS=2 LATENT_DIMS="2 8 32" SEEDS="0 1 2"` (SEEDS: params.yaml's seeds when empty;
+# SEEDS_PER_TASK=K splits each configuration's seeds over experiments of K); see docs/sweeps.md. On a Ray cluster:
 # `make sweep EXECUTOR=ray ADDRESS=head:6379`; see docs/cluster.md.
 JOBS ?= 1
 LATENT_DIMS ?= 2 4 8 16 32 64
 SEEDS ?=
-SEED_ARGS = $(if $(strip $(SEEDS)),--seeds $(SEEDS))
+SEEDS_PER_TASK ?=
+SEED_ARGS = $(if $(strip $(SEEDS)),--seeds $(SEEDS)) $(if $(strip $(SEEDS_PER_TASK)),--seeds-per-task $(SEEDS_PER_TASK))
 EXECUTOR ?= dvc
 ADDRESS ?=
 EXECUTOR_ARGS = --executor $(EXECUTOR) $(if $(filter ray,$(EXECUTOR)),$(if $(ADDRESS),--address $(ADDRESS)),--jobs $(JOBS))
-sweep: $(VENV)/.installed  ## one DVC experiment per latent_dim (and seed), run by JOBS queue workers (or EXECUTOR=ray), then compare
+sweep: $(VENV)/.installed  ## one DVC experiment per latent_dim with its seeds, run by JOBS queue workers (or EXECUTOR=ray), then compare
 	python -m pipeline.tools.sweep --latent-dims $(LATENT_DIMS) $(SEED_ARGS) $(EXECUTOR_ARGS)
 
 compare: $(VENV)/.installed  ## print each configuration's mean ± 95% interval over its seeds, write outputs/comparison.csv
@@ -65,7 +70,7 @@ report: $(VENV)/.installed  ## write outputs/report/reflection.md (and .html, fi
 	python -m pipeline.tools.report
 
 # The study behind the published report: the latent_dim sweep, then BETAS at BETA_LATENT_DIM, each
-# over STUDY_SEEDS, then the report.
+# configuration one experiment training STUDY_SEEDS together, then the report.
 BETAS ?= 0.25 4
 BETA_LATENT_DIM ?= 16
 STUDY_SEEDS ?= 0 1 2 3 4

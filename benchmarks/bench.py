@@ -2,13 +2,15 @@
 
     python benchmarks/bench.py [--epochs N] [--device auto|cpu|cuda] [--params FILE] [--skip-repro] [--skip-scaling]
 
-1. VAE training throughput (images/s) of the pipeline's loop (`pipeline.core.training.vae_epoch`) and of a
+1. VAE training throughput (images/s) of the pipeline's loop (`pipeline.core.training.vae_epoch`, one seed) and of a
    reference loop written as the PyTorch VAE example writes it (a Dataset that turns one image at a
    time into a tensor through PIL and ToTensor, a DataLoader, the example's summed loss), with the
    same architecture, batch size, optimiser settings, data and start (the reference with torch's
    default Adam, as the example; the pipeline's is fused); the two take turns epoch by epoch and
    each figure is the median epoch; then both models' test negative ELBO by the same function.
 2. The same for the GAN step (`pipeline.core.training.gan_epoch` against the DCGAN example's loop).
+   Then each loop with the seeds of params.yaml trained together (pipeline.core.replicas): images (or
+   steps) per second per seed, against the single-seed loop, the two taking turns epoch by epoch.
 3. The machine's float32 matrix-multiply peak and the fraction of it the VAE loop reaches, from
    the training FLOPs per image that torch's FlopCounterMode counts.
 4. `dvc repro` of the default params from a clean copy of the project, a no-op `dvc repro`, the
@@ -42,6 +44,7 @@ from pipeline.core.commands import environment_first
 from pipeline.core.config import Config, load_config, resolve_device
 from pipeline.core.data import build_splits
 from pipeline.core.models import VAE, Decoder, Discriminator
+from pipeline.core.replicas import Stack, build_seeded, stream
 from pipeline.core.training import adam
 from pipeline.stages import train_gan
 from pipeline.tools.dvc_cli import source_files
@@ -105,7 +108,7 @@ def reference_vae_epoch(model: VAE, optimizer, loader, device: str) -> float:
     for data in loader:
         data = data.to(device)
         optimizer.zero_grad()
-        logits, mu, logvar = model(data)
+        logits, mu, logvar = model(data, torch.randn(len(data), model.arch.latent_dim, device=device))
         bce = F.binary_cross_entropy(torch.sigmoid(logits), data, reduction="sum")
         kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
         loss = bce + kld
@@ -140,37 +143,58 @@ def reference_gan_epoch(generator, discriminator, optimizer_g, optimizer_d, load
 # 1-3: training loops
 
 
-def new_vae(config: Config, splits, device: str, optimizer=adam) -> tuple[VAE, torch.optim.Optimizer]:
-    """The default VAE from the seed, with `optimizer`: the pipeline's fused Adam, or (for the
-    reference loop, as the example) torch's default Adam."""
-    torch.manual_seed(config.seed)
-    model = VAE(vae_architecture(config, splits.image_shape)).to(device)
-    return model, optimizer(model.parameters(), lr=config.vae.learning_rate)
+def new_vaes(config: Config, splits, device: str, seeds: list[int]) -> tuple[Stack, torch.optim.Optimizer]:
+    """The default VAE of each seed, stacked as the stage stacks them, with the pipeline's fused Adam."""
+    arch = vae_architecture(config, splits.image_shape)
+    vaes = Stack([build_seeded(lambda: VAE(arch), seed, "vae/weights").to(device) for seed in seeds])
+    return vaes, adam(vaes.parameters(), lr=config.vae.learning_rate)
+
+
+def stacked_vae_epoch(config: Config, vaes: Stack, optimizer, x: torch.Tensor, seeds: list[int], device: str):
+    """One epoch of the pipeline's VAE loop for the stacked seeds (streams kept across epochs)."""
+    streams = [(stream(seed, "vae/batches", device), stream(seed, "vae/noise", device)) for seed in seeds]
+
+    def epoch(index: int) -> None:
+        training.vae_epoch(vaes, optimizer, x, latent_dim=config.latent_dim, batch_size=config.vae.batch_size,
+                           kind=config.vae.reconstruction, kl_scale=1.0, orders=[o for o, _ in streams],
+                           noises=[n for _, n in streams], epoch=index)
+    return epoch
 
 
 def vae_figures(config: Config, splits, epochs: int, device: str) -> dict[str, float]:
     vae = config.vae
+    seed = config.seeds[0]
     x = training.to_unit_float(torch.from_numpy(splits.x_train)).to(device)
     x_test = training.to_unit_float(torch.from_numpy(splits.x_test)).to(device)
-    model, optimizer = new_vae(config, splits, device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    reference, reference_optimizer = new_vae(config, splits, device, torch.optim.Adam)  # the same start
+    vaes, optimizer = new_vaes(config, splits, device, [seed])
+    arch = vae_architecture(config, splits.image_shape)
+    reference = build_seeded(lambda: VAE(arch), seed, "vae/weights").to(device)  # the same start
+    reference_optimizer = torch.optim.Adam(reference.parameters(), lr=vae.learning_rate)  # as the example's
     loader = reference_loader(splits.x_train, vae.batch_size, device)
     seconds = interleaved_epochs({
-        "pipeline": lambda i: training.vae_epoch(model, optimizer, x, batch_size=vae.batch_size,
-                                                    kind=vae.reconstruction, kl_scale=1.0, generator=generator,
-                                                    epoch=i),
+        "pipeline": stacked_vae_epoch(config, vaes, optimizer, x, [seed], device),
         "reference": lambda i: reference_vae_epoch(reference, reference_optimizer, loader, device),
     }, epochs, device)
+    model = vaes.load_into(0, VAE(arch).to(device))
     return {"pipeline": len(x) / seconds["pipeline"], "reference": len(x) / seconds["reference"],
             "pipeline_elbo": test_neg_elbo(model, x_test, config),
             "reference_elbo": test_neg_elbo(reference, x_test, config),
             "flops_per_image": training_flops(model, x[: vae.batch_size], vae.reconstruction) / vae.batch_size}
 
 
+def stacked_vae_figures(config: Config, splits, epochs: int, device: str) -> dict[str, float]:
+    """Images per second per seed: the seeds of params.yaml trained together, and one seed alone."""
+    x = training.to_unit_float(torch.from_numpy(splits.x_train)).to(device)
+    seeds = list(config.seeds)
+    together, alone = new_vaes(config, splits, device, seeds), new_vaes(config, splits, device, seeds[:1])
+    seconds = interleaved_epochs({"together": stacked_vae_epoch(config, *together, x, seeds, device),
+                                  "alone": stacked_vae_epoch(config, *alone, x, seeds[:1], device)}, epochs, device)
+    return {"together": len(x) / seconds["together"], "alone": len(x) / seconds["alone"], "seeds": len(seeds)}
+
+
 def test_neg_elbo(model: VAE, x_test: torch.Tensor, config: Config) -> float:
     return training.vae_evaluate(model, x_test, batch_size=500, kind=config.vae.reconstruction, kl_scale=1.0,
-                              seed=config.seed)["neg_elbo"]
+                                 generator=torch.Generator(device=x_test.device).manual_seed(0))["neg_elbo"]
 
 
 def training_flops(model: VAE, batch: torch.Tensor, kind: str) -> float:
@@ -180,34 +204,45 @@ def training_flops(model: VAE, batch: torch.Tensor, kind: str) -> float:
     from pipeline.core.losses import vae_loss
 
     with FlopCounterMode(display=False) as counter:
-        logits, mu, logvar = model(batch)
+        logits, mu, logvar = model(batch, training.vae_noise(model, batch, None))
         vae_loss(logits, batch, mu, logvar, kind=kind, kl_scale=1.0)["loss"].backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
 def gan_figures(config: Config, splits, epochs: int, device: str) -> dict[str, float]:
+    """Steps per second: the pipeline's loop (one seed), the example's, and every seed together
+    (per seed), the pipeline's loops and the example's taking turns epoch by epoch."""
     gan = config.gan
     arch = vae_architecture(config, splits.image_shape)
     x = training.to_unit_float(torch.from_numpy(splits.x_train)).to(device)
     steps_per_epoch = -(-len(x) // gan.batch_size)
+    options = {"lr": gan.learning_rate, "betas": (gan.adam_beta1, train_gan.ADAM_BETA2)}
 
-    def networks(optimizer):
-        torch.manual_seed(config.seed)
-        generator, discriminator = Decoder(arch).to(device), Discriminator(arch, gan.discriminator_hidden).to(device)
-        options = {"lr": gan.learning_rate, "betas": (gan.adam_beta1, train_gan.ADAM_BETA2)}
-        return (generator, discriminator, optimizer(generator.parameters(), **options),
-                optimizer(discriminator.parameters(), **options))
+    def networks(seed):
+        return Decoder(arch).to(device), Discriminator(arch, gan.discriminator_hidden).to(device)
 
-    ours, theirs = networks(adam), networks(torch.optim.Adam)  # the reference's Adam as the example's
-    batches = torch.Generator(device=device).manual_seed(config.seed)
+    def stacked(seeds):
+        pairs = [build_seeded(lambda seed=seed: networks(seed), seed, "gan/weights") for seed in seeds]
+        generators, discriminators = Stack([g for g, _ in pairs]), Stack([d for _, d in pairs])
+        optimizers = adam(generators.parameters(), **options), adam(discriminators.parameters(), **options)
+        orders = [stream(seed, "gan/batches", device) for seed in seeds]
+        noises = [stream(seed, "gan/noise", device) for seed in seeds]
+        return lambda i: training.gan_epoch(generators, discriminators, *optimizers, x, latent_dim=config.latent_dim,
+                                            batch_size=gan.batch_size, orders=orders, noises=noises, epoch=i)
+
+    generator, discriminator = build_seeded(lambda: networks(0), config.seeds[0], "gan/weights")
+    theirs = (generator, discriminator, torch.optim.Adam(generator.parameters(), **options),
+              torch.optim.Adam(discriminator.parameters(), **options))  # the reference's Adam as the example's
     loader = reference_loader(splits.x_train, gan.batch_size, device)
     seconds = interleaved_epochs({
-        "pipeline": lambda i: training.gan_epoch(*ours, x, latent_dim=config.latent_dim, batch_size=gan.batch_size,
-                                                    batches=batches, epoch=i),
+        "pipeline": stacked(list(config.seeds[:1])),
+        "together": stacked(list(config.seeds)),
         "reference": lambda i: reference_gan_epoch(*theirs, loader, config.latent_dim, device),
     }, epochs, device)
-    return {name: steps_per_epoch / epoch_seconds for name, epoch_seconds in seconds.items()}
+    figures = {name: steps_per_epoch / epoch_seconds for name, epoch_seconds in seconds.items()}
+    figures["together"] *= len(config.seeds)  # per seed
+    return figures
 
 
 def matmul_peak(device: str, size: int = 2048, repeats: int = 10) -> float:
@@ -280,7 +315,7 @@ def scaling_figures(config: Config, splits, device: str, sizes=(250, 500, 1000, 
 
     classifier = Classifier(splits.image_shape, splits.num_classes, config.classifier.feature_dim).to(device).eval()
     reference = training.to_unit_float(torch.from_numpy(splits.x_test)).to(device)
-    scorer = Scorer(classifier, reference, seed=config.seed, kid_subset_size=config.evaluate.kid_subset_size,
+    scorer = Scorer(classifier, reference, seed=config.data.seed, kid_subset_size=config.evaluate.kid_subset_size,
                     pr_neighbours=config.evaluate.pr_neighbours)
     rows = []
     for n in sizes:
@@ -322,10 +357,16 @@ def main() -> None:
     print(f"vae_speedup: {vae['pipeline'] / vae['reference']:.2f}x")
     print(f"vae_test_neg_elbo: pipeline {vae['pipeline_elbo']:.2f}, reference {vae['reference_elbo']:.2f} "
           f"(nats per image after {args.epochs + 1} epochs each)")
+    stacked = stacked_vae_figures(config, splits, args.epochs, device)
+    print(f"vae_images_per_s_per_seed[{stacked['seeds']} seeds together]: {stacked['together']:,.0f} "
+          f"(against {stacked['alone']:,.0f} for one seed alone, taking turns: "
+          f"{stacked['together'] / stacked['alone']:.2f}x)")
     gan = gan_figures(config, splits, args.epochs, device)
-    print(f"gan_steps_per_s: {gan['pipeline']:,.1f} (pipeline loop, batch {config.gan.batch_size})")
+    print(f"gan_steps_per_s: {gan['pipeline']:,.1f} (pipeline loop, one seed, batch {config.gan.batch_size})")
     print(f"gan_reference_steps_per_s: {gan['reference']:,.1f} (PyTorch DCGAN example's loop, same networks)")
     print(f"gan_speedup: {gan['pipeline'] / gan['reference']:.2f}x")
+    print(f"gan_steps_per_s_per_seed[{len(config.seeds)} seeds together]: {gan['together']:,.1f} "
+          f"({gan['together'] / gan['pipeline']:.2f}x the single-seed loop)")
     peak = matmul_peak(device)
     achieved = vae["pipeline"] * vae["flops_per_image"]
     print(f"matmul_peak_gflops: {peak / 1e9:,.1f} (float32, 2048 x 2048)")

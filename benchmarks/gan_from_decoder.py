@@ -2,9 +2,9 @@
 
     python benchmarks/gan_from_decoder.py [--seeds 0 1 2] [--params FILE]      (make study)
 
-For each seed, the whole chain with the default params.yaml except the seed, in process (no MLflow,
+For each seed, the whole chain with the default params.yaml except the seeds, in process (no MLflow,
 no files): VAE, both GANs, evaluation, on one split with one classifier (the fixed ruler: `data.seed`
-and `classifier.seed` do not change with `seed`). One line per seed: the FID-style scores
+and `classifier.seed` do not change with the model seeds). One line per seed: the FID-style scores
 of the evaluation (VAE prior samples, GAN from decoder, GAN from scratch, and the real-data floor),
 the epochs each GAN took to beat the VAE prior score during training, and the wall time.
 """
@@ -32,21 +32,26 @@ def ruler(params: Path):
     return splits, train_classifier.run(config, splits, resolve_device(config.device))
 
 
-def one_seed(seed: int, params: Path, splits, classifier) -> dict:
-    config = dataclasses.replace(load_config(params), seed=seed)
+def all_seeds(seeds: list[int], params: Path, splits, classifier) -> list[dict]:
+    """Every seed's chain, the seeds trained together as the stages train them."""
+    config = dataclasses.replace(load_config(params), seeds=tuple(seeds))
     device = resolve_device(config.device)
     started = time.perf_counter()
-    vae = train_vae.run(config, splits, device).model
-    runs, vae_prior_fid = train_gan.run(config, splits, vae, classifier.model, device)
-    gan = train_gan.summary(runs, vae_prior_fid)
-    gans = {init: (result.generator, result.discriminator) for init, result in runs.items()}
-    scores = evaluate.run(config, splits, vae, classifier.model, gans, device,
-                          config.vae.reconstruction).metrics["scores"]
-    return {"seed": seed, "accuracy": classifier.final["test_accuracy"],
-            **{f"fid_{name}": scores[name]["fid"] for name in ("real_train", "vae_prior", "gan_decoder", "gan_scratch")},
-            "epochs_decoder": gan["decoder"]["epochs_to_beat_vae_prior"],
-            "epochs_scratch": gan["scratch"]["epochs_to_beat_vae_prior"],
-            "seconds": time.perf_counter() - started}
+    vaes = [result.model for result in train_vae.run(config, splits, device).results]
+    trained = train_gan.run(config, splits, vaes, classifier.model, device)
+    results = []
+    for vae, result in zip(vaes, trained):
+        gan = train_gan.summary(result.runs, result.vae_prior_fid)
+        gans = {init: (run.generator, run.discriminator) for init, run in result.runs.items()}
+        scores = evaluate.run(config, splits, vae, classifier.model, gans, device, config.vae.reconstruction,
+                              result.seed).metrics["scores"]
+        results.append({"seed": result.seed, "accuracy": classifier.final["test_accuracy"],
+                        **{f"fid_{name}": scores[name]["fid"]
+                           for name in ("real_train", "vae_prior", "gan_decoder", "gan_scratch")},
+                        "epochs_decoder": gan["decoder"]["epochs_to_beat_vae_prior"],
+                        "epochs_scratch": gan["scratch"]["epochs_to_beat_vae_prior"]})
+    seconds = time.perf_counter() - started
+    return [{**r, "seconds": seconds / len(results)} for r in results]
 
 
 def main() -> None:
@@ -58,10 +63,9 @@ def main() -> None:
     print(f"default params ({config.data.name}, latent_dim {config.latent_dim}, vae.epochs {config.vae.epochs}, "
           f"gan.epochs {config.gan.epochs}), FID-style scores from `evaluate` (lower is better)")
     print("seed  classifier_acc  fid_real_train  fid_vae_prior  fid_gan_decoder  fid_gan_scratch  "
-          "epochs_to_beat_vae(decoder)  epochs_to_beat_vae(scratch)  seconds")
+          "epochs_to_beat_vae(decoder)  epochs_to_beat_vae(scratch)  seconds (all seeds' time / seeds)")
     splits, classifier = ruler(args.params)
-    for seed in args.seeds:
-        r = one_seed(seed, args.params, splits, classifier)
+    for r in all_seeds(args.seeds, args.params, splits, classifier):
         never = "never"
         print(f"{r['seed']:>4}  {r['accuracy']:>14.4f}  {r['fid_real_train']:>14.2f}  {r['fid_vae_prior']:>13.2f}  "
               f"{r['fid_gan_decoder']:>15.2f}  {r['fid_gan_scratch']:>15.2f}  "

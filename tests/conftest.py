@@ -316,21 +316,22 @@ def digest(folder: Path) -> dict[str, str]:
 # The shared fixtures' folders and their digests when built: test_shared_fixtures.py compares.
 SHARED: dict[str, tuple[Path, dict[str, str]]] = {}
 
-# The study's runs, in order: the last is params.yaml's (latent_dim 4, seed 0), so that the
+# The study's latent_dims, in order: the last is params.yaml's (latent_dim 4), so that the
 # workspace's outputs are its.
-STUDY_POINTS = ((2, 0), (2, 1), (4, 1), (4, 0))
+STUDY_POINTS = (2, 4)
 
 
 @pytest.fixture(scope="session")
 def study(tmp_path_factory) -> Project:
-    """Read-only: the pipeline at latent_dim 2 and 4, seeds 0 and 1 (beta 1): four complete rows,
-    each its own configuration-and-seed, the workspace's outputs those of latent_dim 4, seed 0."""
+    """Read-only: the pipeline at latent_dim 2 and 4, each with TINY's seeds 0 and 1 trained
+    together (beta 1): four complete rows, one per configuration and seed, under each
+    configuration's summary run; the workspace's outputs those of latent_dim 4."""
     project = Project(tmp_path_factory.mktemp("study"))
     project.write_params()
     project.call("download", check=True)
     project.call("train_classifier", check=True)
-    for latent_dim, seed in STUDY_POINTS:
-        project.write_params({"latent_dim": latent_dim, "seed": seed})
+    for latent_dim in STUDY_POINTS:
+        project.write_params({"latent_dim": latent_dim})
         for name in RESULT_STAGES:
             project.call(name, check=True)
     project.write_params()
@@ -387,8 +388,9 @@ def reproduced(tmp_path_factory) -> Path:
 
 
 class Replicated:
-    """`reproduced`'s copy with a replicate: `dvc exp run -n s1 -S seed=1` (its output in `log`),
-    then `make compare` (the configuration's summary run over seeds 0 and 1)."""
+    """`reproduced`'s copy with a further seed in its own experiment: `dvc exp run -n s2 -S
+    seeds=[2]` (its output in `log`), then `make compare` (the configuration's summary run pooling
+    the workspace's seeds 0 and 1 with the experiment's seed 2)."""
 
     def __init__(self, root: Path, env: dict, log: str):
         self.root, self.env, self.log = root, env, log
@@ -396,11 +398,11 @@ class Replicated:
 
 @pytest.fixture(scope="session")
 def replicated(reproduced, tmp_path_factory) -> Replicated:
-    """Read-only: a copy of `reproduced` with a second seed, as a user's first replicate leaves it."""
+    """Read-only: a copy of `reproduced` with a third seed from another experiment."""
     root = copy_project(reproduced, tmp_path_factory.mktemp("replicated") / "repo")
     env = {**environment_first(clean_environment()), **IDENTITY}
     logs = []
-    for command in ([sys.executable, "-m", "dvc", "exp", "run", "-n", "s1", "-S", "seed=1"],
+    for command in ([sys.executable, "-m", "dvc", "exp", "run", "-n", "s2", "-S", "seeds=[2]"],
                     [sys.executable, "-m", "pipeline.tools.compare"]):
         result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr

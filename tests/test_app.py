@@ -6,6 +6,7 @@ grid."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,9 +61,17 @@ def run_ids(project: Project) -> dict[tuple[int, int], str]:
             for r in project.runs("mnist5k") if r.data.tags.get("pipeline.stages") == ",".join(RESULT_STAGES)}
 
 
+def configuration_of(run_id: str) -> str:
+    """The configuration of a row of the store the app reads (the project's, `inside`)."""
+    from pipeline.tracking.rows import read_row
+
+    return read_row(run_id).configuration
+
+
 def open_run_page(run_id: str, page: str) -> AppTest:
-    """The app with run `run_id` chosen in the sidebar, on `page`."""
+    """The app with run `run_id` chosen in the sidebar (its configuration, then its seed), on `page`."""
     app = open_app()
+    app.sidebar.selectbox(key="configuration").select(configuration_of(run_id)).run()
     app.sidebar.selectbox(key="run_id").select(run_id).run()
     app.sidebar.radio(key="page").set_value(page).run()
     assert not app.exception, app.exception
@@ -127,7 +136,7 @@ def test_runs_page_lists_each_run_with_dataset_latent_dim_and_metrics(explored, 
     assert sorted(configurations["latent_dim"]) == [2, 4] and set(configurations["n"]) == {2}
     ids = run_ids(explored)
     assert sorted(table["latent_dim"]) == [2, 2, 4, 4] and set(table["dataset"]) == {"mnist5k"}
-    assert list(table["run_id"]) == [ids[(4, 0)], ids[(4, 1)], ids[(2, 1)], ids[(2, 0)]]  # newest first
+    assert list(table["run_id"]) == [ids[(4, 1)], ids[(4, 0)], ids[(2, 1)], ids[(2, 0)]]  # newest first
     for row in table.itertuples():
         assert row.neg_elbo == metric(explored, row.run_id, "eval/vae/neg_elbo")
         assert row.fid_decoder == metric(explored, row.run_id, "eval/scores/gan_decoder/fid")
@@ -146,6 +155,28 @@ def test_generate_shows_every_decoder_from_the_same_noise_and_the_seed_controls_
     assert all(old != new for (_, old), (_, new) in zip(shown, changed, strict=True))
     app.number_input(key="seed").set_value(0).run()
     assert images(app) == shown
+
+
+@pytest.mark.slow
+def test_the_sidebar_picks_a_configuration_then_any_of_its_seeds(explored, inside):
+    """The seed picker: each configuration lists its seeds' runs; another seed's decoders draw
+    other pictures from the same noise."""
+    inside(explored)
+    ids = run_ids(explored)
+    app = open_app("Generate")
+    configurations = app.sidebar.selectbox(key="configuration")  # its options as shown: labels
+    assert [label.split(" · ")[-1] for label in configurations.options] == [
+        configuration_of(ids[(4, 0)]), configuration_of(ids[(2, 0)])]  # newest first
+    assert configurations.options[0].startswith("latent_dim 4 · beta 1 · 2 seeds")
+    seeds = app.sidebar.selectbox(key="run_id")
+    assert [label.split(" · ")[0] for label in seeds.options] == ["seed 0", "seed 1"]
+    assert sorted(label.split(" · ")[-1] for label in seeds.options) == sorted(ids[(4, s)][:8] for s in (0, 1))
+    seeds.select(ids[(4, 0)]).run()
+    first = images(app)
+    app.sidebar.selectbox(key="run_id").select(ids[(4, 1)]).run()
+    assert not app.exception and images(app) != first
+    app.sidebar.selectbox(key="configuration").select(configuration_of(ids[(2, 0)])).run()
+    assert app.sidebar.selectbox(key="run_id").value in (ids[(2, 0)], ids[(2, 1)])
 
 
 @pytest.mark.slow
@@ -230,10 +261,13 @@ def test_latent_dim_2_shows_the_plane_and_decodes_the_slider_position(explored, 
 
 def test_bad_settings_and_a_folder_without_git_start_nothing(project, inside):
     inside(project)
+    assert training_job.parse_seeds("0, 1, 2") == [0, 1, 2] == training_job.parse_seeds("[0,1,2]")
     for settings, message in (({"latent_dim": 0}, "latent_dim = 0 is not allowed"),
                               ({"vae.beta": -1.0}, "vae.beta = -1.0 is not allowed"),
+                              ({"seeds": training_job.parse_seeds("0, x")}, "seeds = [0, 'x'] is not allowed"),
+                              ({"seeds": training_job.parse_seeds("")}, "seeds = [] is not allowed"),
                               ({"vae.lr": 0.1}, "the explorer cannot set vae.lr")):
-        with pytest.raises(ConfigError, match=message):
+        with pytest.raises(ConfigError, match=re.escape(message)):
             training_job.start_training(settings)
     with pytest.raises(SweepError, match="git repository"):
         training_job.start_training({"latent_dim": 3})
@@ -266,8 +300,11 @@ def test_training_from_the_app_records_a_new_run_and_refuses_a_second_at_once(wo
     status = wait_for_training()
     app.run()
     app.run()  # the first run notices the end and reruns the page; the second shows it
-    new_run = next(r for r in mlflow_runs(repo / "mlflow.db", "mnist5k") if r.data.params["gan.epochs"] == "1")
-    assert new_run.info.status == "FINISHED" and new_run.data.tags["dvc.exp_name"] == status.name
+    new_runs = {r.data.params["seed"]: r for r in mlflow_runs(repo / "mlflow.db", "mnist5k")
+                if r.data.params["gan.epochs"] == "1"}
+    assert sorted(new_runs) == ["0", "1"]  # params.yaml's seeds, trained together
+    new_run = new_runs["0"]  # the first seed's run is the one the page names and selects
+    assert all(r.info.status == "FINISHED" and r.data.tags["dvc.exp_name"] == status.name for r in new_runs.values())
     assert new_run.info.run_id in app.success[0].value
     app.sidebar.radio(key="page").set_value("Runs").run()
     assert app.sidebar.selectbox(key="run_id").value == new_run.info.run_id  # the new run is selected
@@ -281,7 +318,7 @@ def test_training_from_the_app_records_a_new_run_and_refuses_a_second_at_once(wo
     app.run()
     app.run()
     assert f"recorded nothing new; their run is the earlier {new_run.info.run_id}" in app.success[0].value
-    assert len([r for r in mlflow_runs(repo / "mlflow.db", "mnist5k") if r.data.params["gan.epochs"] == "1"]) == 1
+    assert len([r for r in mlflow_runs(repo / "mlflow.db", "mnist5k") if r.data.params["gan.epochs"] == "1"]) == 2
 
 
 def test_progress_follows_the_stages_and_epochs_of_the_log():

@@ -37,19 +37,21 @@ def test_dvc_yaml_declares_every_path_the_stages_write_and_only_known_params():
 
     assert tuple(dvc) == names.STAGES
     assert declared("download") == {str(paths.SPLITS), str(paths.FACTS)}
-    assert declared("train_vae") == {str(p) for p in (paths.VAE_CHECKPOINT, paths.VAE_RUN, paths.VAE_METRICS,
-                                                       paths.VAE_HISTORY, paths.VAE_SAMPLES, paths.VAE_RECONSTRUCTIONS)}
+    assert declared("train_vae") == {str(p) for p in (paths.VAE_CHECKPOINTS, paths.VAE_RUN, paths.VAE_METRICS,
+                                                       paths.VAE_HISTORY, paths.VAE_SEED_HISTORY, paths.VAE_SAMPLES,
+                                                       paths.VAE_RECONSTRUCTIONS)}
     assert declared("train_classifier") == {str(p) for p in (paths.CLASSIFIER_CHECKPOINT, paths.CLASSIFIER_METRICS,
                                                               paths.CLASSIFIER_HISTORY)}
     assert declared("train_gan") == {str(p) for p in (paths.GAN_GENERATORS, paths.GAN_SAMPLES, paths.GAN_RUN,
-                                                       paths.GAN_METRICS, paths.GAN_HISTORY)}
+                                                       paths.GAN_METRICS, paths.GAN_HISTORY, paths.GAN_SEED_HISTORY)}
     assert declared("evaluate") == {str(p) for p in (paths.EVAL_FIGURES, paths.EVAL_RUN, paths.EVAL_METRICS,
-                                                      paths.EVAL_DETAILS, paths.EVAL_KL_PER_DIM)}
+                                                      paths.EVAL_DETAILS, paths.EVAL_SEED_METRICS, paths.EVAL_KL_PER_DIM)}
     # DVC's metrics are the headline numbers only; every stage's detail is a plain output.
     assert [stage for stage in dvc if "metrics" in dvc[stage]] == ["evaluate"]
     assert dvc["evaluate"]["metrics"] == [{str(paths.EVAL_METRICS): {"cache": False}}]  # in git: see below
     assert str(paths.SPLITS) in dvc["train_vae"]["deps"]
-    assert {str(paths.VAE_CHECKPOINT), str(paths.VAE_RUN), str(paths.CLASSIFIER_CHECKPOINT)} <= set(dvc["train_gan"]["deps"])
+    assert {str(paths.VAE_CHECKPOINTS), str(paths.VAE_RUN), str(paths.CLASSIFIER_CHECKPOINT)} <= set(
+        dvc["train_gan"]["deps"])
     assert {str(paths.GAN_GENERATORS), str(paths.GAN_RUN)} <= set(dvc["evaluate"]["deps"])
     assert "latent_dim" not in dvc["train_classifier"]["params"]  # trained once, shared by every experiment
     # The ruler (split and classifier) does not move with the models' seed.
@@ -80,39 +82,58 @@ def result_rows(root):
 
 
 @pytest.mark.slow
-def test_repro_then_experiment_gives_one_row_per_result(reproduced, replicated, tmp_path):
-    """`dvc repro` (conftest's `reproduced`), a no-op `dvc repro`, then `dvc exp run -n s1 -S seed=1`
-    (conftest's `replicated`): one complete MLflow row per result. Both are read, not changed."""
-    rows = result_rows(reproduced)
-    assert list(rows) == ["4"] and rows["4"].info.status == "FINISHED"
-    assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/scores/gan_decoder/fid"} <= set(rows["4"].data.metrics)
-    assert rows["4"].data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+def test_repro_then_experiment_gives_one_row_per_seed_under_the_configurations_summary(reproduced, replicated,
+                                                                                       tmp_path):
+    """`dvc repro` (conftest's `reproduced`: seeds 0 and 1 trained together), a no-op `dvc repro`,
+    then `dvc exp run -n s2 -S seeds=[2]` (conftest's `replicated`): one complete MLflow row per
+    seed, nested under the configuration's summary run, which pools the experiment's seed with the
+    workspace's. Both are read, not changed."""
+    rows = {run.data.params["seed"]: run for run in mlflow_runs(reproduced / "mlflow.db", "mnist5k")}
+    assert sorted(rows) == ["0", "1"] and all(row.info.status == "FINISHED" for row in rows.values())
+    for row in rows.values():
+        assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/scores/gan_decoder/fid"} <= set(row.data.metrics)
+        assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+    (summary,) = mlflow_runs(reproduced / "mlflow.db", "mnist5k", summaries=True)  # made by the run itself
+    assert {row.data.tags["mlflow.parentRunId"] for row in rows.values()} == {summary.info.run_id}
+    assert summary.data.tags["pipeline.seeds"] == "0,1" and summary.data.metrics["eval/vae/neg_elbo/n"] == 2
+    run_file = json.loads((reproduced / "outputs/eval/mlflow_run.json").read_text())
+    assert run_file["summary_run_id"] == summary.info.run_id
+    assert run_file["runs"] == {seed: row.info.run_id for seed, row in rows.items()}
+    headline = json.loads((reproduced / "outputs/eval/metrics.json").read_text())
+    neg_elbos = [row.data.metrics["eval/vae/neg_elbo"] for row in rows.values()]
+    assert headline["n"] == 2 and headline["neg_elbo"] == pytest.approx(sum(neg_elbos) / 2)
+    assert headline["neg_elbo_ci95"] == pytest.approx(summary.data.metrics["eval/vae/neg_elbo/ci95_half_width"])
     assert "Data and pipelines are up to date" in dvc(reproduced, "repro")
-    assert len(mlflow_runs(reproduced / "mlflow.db")) == 3  # still one result, one dataset, one classifier record
+    assert len(mlflow_runs(reproduced / "mlflow.db")) == 4  # still two seeds' results, one dataset, one classifier
 
     repo = replicated.root
     rows = {run.data.params["seed"]: run for run in mlflow_runs(repo / "mlflow.db", "mnist5k")}
-    assert sorted(rows) == ["0", "1"]
-    new = rows["1"]
+    assert sorted(rows) == ["0", "1", "2"]
+    new = rows["2"]
     assert new.info.status == "FINISHED" and new.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
-    assert new.data.tags["dvc.exp_name"] == "s1"
+    assert new.data.tags["dvc.exp_name"] == "s2"
     assert new.data.tags["dvc.baseline_rev"] == git(repo, "rev-parse", "HEAD").strip()
     assert len(mlflow_runs(repo / "mlflow.db", "datasets")) == 1  # the data stage did not rerun
     assert len(mlflow_runs(repo / "mlflow.db", "classifiers")) == 1  # nor the classifier: no seed of the models in it
-
     assert new.data.tags["git.dirty"] == "false"  # -S edits params.yaml, which is recorded as params
-    assert new.info.run_name == "vae-gan-ld4-s1-s1"
+    assert new.info.run_name == "vae-gan-ld4-s2-s2"
+    # Seeds from two DVC experiments pool: one summary run of the configuration, over all three.
+    (summary,) = mlflow_runs(repo / "mlflow.db", "mnist5k", summaries=True)
+    assert summary.data.tags["pipeline.seeds"] == "0,1,2"
+    assert {row.data.tags["mlflow.parentRunId"] for row in rows.values()} == {summary.info.run_id}
 
     table = list(csv.DictReader(io.StringIO(dvc(repo, "exp", "show", "--csv"))))
-    by_seed = {row["seed"]: row for row in table if row["typ"] != "baseline" or row["rev"] != "workspace"}
-    assert set(by_seed) == {"0", "1"}
-    assert float(by_seed["1"]["neg_elbo"]) == pytest.approx(new.data.metrics["eval/vae/neg_elbo"])
+    by_seeds = {row["seeds"]: row for row in table if row["typ"] != "baseline" or row["rev"] != "workspace"}
+    assert set(by_seeds) == {"[0, 1]", "[2]"}
+    assert float(by_seeds["[2]"]["neg_elbo"]) == pytest.approx(new.data.metrics["eval/vae/neg_elbo"])
+    assert by_seeds["[2]"]["n"] == "1" and by_seeds["[2]"]["neg_elbo_ci95"] in ("", "-")  # one seed: no interval
+    assert by_seeds["[0, 1]"]["n"] == "2" and float(by_seeds["[0, 1]"]["neg_elbo_ci95"]) > 0
 
     # The same comparison from MLflow, without the UI: printed, and written as CSV.
     shown = run_module(repo, "pipeline.tools.compare", "--runs", "--csv", str(tmp_path / "comparison.csv"))
     assert "vae-gan-ld4-s0-workspace" in shown and new.info.run_name in shown
     compared = list(csv.DictReader((tmp_path / "comparison.csv").open()))
-    assert [row["seed"] for row in compared] == ["0", "1"]
+    assert sorted(row["seed"] for row in compared) == ["0", "1", "2"]
     for row in compared:
         metrics = rows[row["seed"]].data.metrics
         assert float(row["recon_mse"]) == metrics["eval/vae/recon_mse_per_pixel"]
@@ -134,13 +155,15 @@ def newest_rows(repo, count: int):
 
 @pytest.mark.slow
 def test_a_killed_repro_and_changed_params_rerun_only_the_stages_after_them(workspace):
-    """SIGKILL to `dvc repro` and its stage (the process group) while the GAN trains: DVC has removed
-    the stage's outputs and none is half written. The rerun, with another `gan.*` value, runs only
-    the GAN and the evaluation, from a clean state; the killed attempt's row ends KILLED, and the
-    new result gets its own complete row, which still carries the VAE's numbers it started from.
-    Then an `evaluate.*` change reruns only the evaluation."""
+    """SIGKILL to `dvc repro` and its stage (the process group) while the GANs train: DVC has removed
+    the stage's outputs and none is half written, and nothing was recorded (a stage records its
+    seeds once they have trained). The rerun, with another `gan.*` value, runs only the GAN and
+    the evaluation, from a clean state; each seed's new result gets its own complete row, which
+    still carries the VAE's numbers it started from. Then an `evaluate.*` change reruns only the
+    evaluation."""
     repo = workspace
-    (first,) = mlflow_runs(repo / "mlflow.db", "mnist5k")  # the workspace's `dvc repro`
+    first = {r.data.params["seed"]: r for r in mlflow_runs(repo / "mlflow.db", "mnist5k")}  # the workspace's repro
+    assert sorted(first) == ["0", "1"]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["gan"]["epochs"] = 100_000
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -150,51 +173,62 @@ def test_a_killed_repro_and_changed_params_rerun_only_the_stages_after_them(work
     wait_for_line(process, log, "decoder epoch 2/", seconds=300)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
-    assert not (repo / "outputs" / "gan").exists() or not any((repo / "outputs" / "gan").glob("generators/*.pt"))
+    assert not (repo / "outputs" / "gan").exists() or not any((repo / "outputs" / "gan").rglob("*.pt"))
+    assert len(mlflow_runs(repo / "mlflow.db", "mnist5k")) == 2  # the killed attempt recorded nothing
 
     assert repro_with(repo, "gan", "epochs", 1) == {"train_gan", "evaluate"}
-    rows = [r for r in mlflow_runs(repo / "mlflow.db", "mnist5k") if r.info.run_id != first.info.run_id]
-    assert sorted(r.info.status for r in rows) == ["FINISHED", "KILLED"]
-    (new,) = [r for r in rows if r.info.status == "FINISHED"]
-    assert new.data.params["gan.epochs"] == "1" and first.data.params["gan.epochs"] == "2"
-    assert new.data.metrics["vae/test_neg_elbo"] == first.data.metrics["vae/test_neg_elbo"]
-    assert new.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+    new = {r.data.params["seed"]: r for r in mlflow_runs(repo / "mlflow.db", "mnist5k")
+           if r.info.run_id not in {row.info.run_id for row in first.values()}}
+    assert sorted(new) == ["0", "1"] and {r.info.status for r in new.values()} == {"FINISHED"}
+    for seed, row in new.items():
+        assert row.data.params["gan.epochs"] == "1" and first[seed].data.params["gan.epochs"] == "2"
+        assert row.data.metrics["vae/test_neg_elbo"] == first[seed].data.metrics["vae/test_neg_elbo"]
+        assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
 
     assert repro_with(repo, "evaluate", "num_samples", 50) == {"evaluate"}  # nothing retrained
-    (old, new) = newest_rows(repo, 2)
-    assert new.data.params["evaluate.num_samples"] == "50" and new.data.metrics["eval/num_samples"] == 50
-    training = [key for key in old.data.metrics if key.startswith(("vae/", "gan/"))]
-    assert training and all(new.data.metrics[key] == old.data.metrics[key] for key in training)
-    assert new.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+    latest = newest_rows(repo, 4)
+    olds, news = ({r.data.params["seed"]: r for r in rows} for rows in (latest[:2], latest[2:]))
+    assert sorted(olds) == sorted(news) == ["0", "1"]
+    for seed, new in news.items():
+        old = olds[seed]
+        assert new.data.params["evaluate.num_samples"] == "50" and new.data.metrics["eval/num_samples"] == 50
+        training = [key for key in old.data.metrics if key.startswith(("vae/", "gan/"))]
+        assert training and all(new.data.metrics[key] == old.data.metrics[key] for key in training)
+        assert new.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
 
 
 @pytest.mark.slow
 def test_a_new_seed_reruns_the_models_on_the_same_ruler(replicated, monkeypatch):
-    """`dvc exp run -n s1 -S seed=1` after `dvc repro` (conftest's `replicated`, read only)."""
+    """`dvc exp run -n s2 -S seeds=[2]` after `dvc repro` (conftest's `replicated`, read only)."""
     repo, log = replicated.root, replicated.log
     assert {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")} == {
         "train_vae", "train_gan", "evaluate"}
     assert len(mlflow_runs(repo / "mlflow.db", "datasets")) == 1  # the split was not redrawn
     assert len(mlflow_runs(repo / "mlflow.db", "classifiers")) == 1  # nor the classifier retrained
-    (old, new) = newest_rows(repo, 2)
-    assert (old.data.params["seed"], new.data.params["seed"]) == ("0", "1")
-    # One ruler: the same real images in the same feature space score the same floor for both seeds.
+    rows = {run.data.params["seed"]: run for run in mlflow_runs(repo / "mlflow.db", "mnist5k")}
+    old, new = rows["0"], rows["2"]
+    # One ruler: the same real images in the same feature space score the same floor for every seed.
     floor = "eval/scores/real_train/fid"
     assert new.data.metrics[floor] == old.data.metrics[floor]
     assert new.data.metrics["eval/scores/vae_prior/fid"] != old.data.metrics["eval/scores/vae_prior/fid"]
     assert new.data.tags[names.CONFIGURATION_TAG] == old.data.tags[names.CONFIGURATION_TAG]
 
     # `dvc exp show` in a 160-column terminal: its pager shows the table's first 160 columns, which
-    # hold the experiment's name, the headline metrics and the study's axes. DVC's metrics are the
-    # headline numbers only.
+    # hold the experiment's name, the number of seeds, the headline metrics' means and the first of
+    # their half-widths. DVC's metrics are the headline numbers only.
     monkeypatch.setenv("COLUMNS", "2000")  # the whole table's width, as the pager gets it
     header, *rows = [line[:160] for line in dvc(repo, "exp", "show", "--no-pager").splitlines() if line.strip(" ─")]
-    assert header.split()[:13] == ["Experiment", "Created", *sorted(names.SHOWN_FIRST), "latent_dim", "seed",
-                                   "vae.beta"]
-    assert any("[s1]" in row for row in rows)
+    print("\n".join([header, *rows]))
+    columns = header.split()
+    assert columns[:11] == ["Experiment", "Created", "n", *names.SHOWN_FIRST]  # n and every mean
+    half_widths = columns[11:]  # then the half-widths, as many as the screen holds (the last one cut)
+    expected = [name + names.CI_SUFFIX for name in names.SHOWN_FIRST][:len(half_widths)]
+    assert len(half_widths) >= 2 and half_widths[:-1] == expected[:-1] and expected[-1].startswith(half_widths[-1])
+    assert any("[s2]" in row for row in rows)
     (workspace,) = json.loads(dvc(repo, "metrics", "show", "--json")).values()
     assert list(workspace["data"]) == ["outputs/eval/metrics.json"]
-    assert set(workspace["data"]["outputs/eval/metrics.json"]["data"]) == set(names.SHOWN_FIRST)
+    shown = workspace["data"]["outputs/eval/metrics.json"]["data"]  # the workspace's: s2, one seed
+    assert list(shown) == ["n", *names.SHOWN_FIRST] and shown["n"] == 1  # DVC leaves out the null half-widths
 
 
 # What git keeps of the outputs: dvc.yaml's `cache: false` files (test_structure checks the match).
@@ -207,46 +241,49 @@ def test_an_experiment_compares_with_the_commit_on_a_machine_without_its_outputs
     """On another machine (another CPU: other bytes, other hashes) the commit's outputs are not in
     the local DVC cache. Its headline metrics and per-epoch CSVs are committed (`cache: false`), so
     DVC reads them from git: `dvc exp show`, `dvc metrics diff` and `dvc exp diff` compare the
-    experiment `s1` with the commit (without them: a row of `!` and "diff not supported")."""
+    experiment `s2` with the commit (without them: a row of `!` and "diff not supported")."""
     repo_environment(monkeypatch)
     repo = copy_project(replicated.root, tmp_path / "repo")
     shutil.rmtree(repo / ".dvc" / "cache")  # nothing of either run's outputs but what git holds
     assert git(repo, "ls-files", "outputs").split() == COMMITTED_OUTPUTS
     committed = json.loads(git(repo, "show", "HEAD:outputs/eval/metrics.json"))
-    assert set(committed) == set(names.SHOWN_FIRST)
+    assert list(committed) == list(names.DVC_METRICS)  # two seeds: means, ± and n
 
-    (diff,) = json.loads(dvc(repo, "exp", "diff", "HEAD", "s1", "--all", "--json"))["metrics"].values()
+    (diff,) = json.loads(dvc(repo, "exp", "diff", "HEAD", "s2", "--all", "--json"))["metrics"].values()
     assert {key: change["old"] for key, change in diff.items()} == committed
-    assert all(change["new"] is not None and change["diff"] == pytest.approx(change["new"] - change["old"])
-               for change in diff.values())
-    (metrics_diff,) = json.loads(dvc(repo, "metrics", "diff", "HEAD", "s1", "--all", "--json")).values()
+    means = [key for key in diff if not key.endswith(names.CI_SUFFIX)]  # s2 has one seed: no interval
+    assert means and all(diff[key]["new"] is not None and diff[key]["diff"] == pytest.approx(
+        diff[key]["new"] - diff[key]["old"]) for key in means)
+    (metrics_diff,) = json.loads(dvc(repo, "metrics", "diff", "HEAD", "s2", "--all", "--json")).values()
     assert metrics_diff == diff
 
     head = git(repo, "rev-parse", "HEAD").strip()
     (baseline,) = [row for row in json.loads(dvc(repo, "exp", "show", "--json")) if row["rev"] == head]
     assert baseline["data"]["metrics"]["outputs/eval/metrics.json"]["data"] == committed
-    (s1,) = [experiment for experiment in baseline["experiments"] if experiment["name"] == "s1"]
-    (shown,) = s1["revs"]
+    (s2,) = [experiment for experiment in baseline["experiments"] if experiment["name"] == "s2"]
+    (shown,) = s2["revs"]
     assert shown["data"]["metrics"]["outputs/eval/metrics.json"]["data"] == {
-        key: change["new"] for key, change in diff.items()}
+        key: change["new"] for key, change in diff.items() if change["new"] is not None}
 
     # The result stages' curves come from git too; only what DVC caches is missing.
-    plots = subprocess.run([sys.executable, "-m", "dvc", "plots", "diff", "HEAD", "s1", "--json"], cwd=repo,
+    plots = subprocess.run([sys.executable, "-m", "dvc", "plots", "diff", "HEAD", "s2", "--json"], cwd=repo,
                            capture_output=True, text=True)
     missing = {error["source"] for error in json.loads(plots.stdout[plots.stdout.index("{"):])["errors"]}
     assert missing and not missing & {*COMMITTED_OUTPUTS, str(paths.VAE_HISTORY), str(paths.GAN_HISTORY)}, missing
 
 
 @pytest.mark.slow
-def test_queued_sweep_with_two_workers_records_one_row_per_point(workspace):
-    """A sweep over two seeds at another beta, after `dvc repro` (as a user's sweep starts after
-    the quick start): two queue workers run the experiments at once into one SQLite store: every
-    experiment leaves its complete row, none lost, none twice, the shared stages are not run again,
-    and the configuration gets its summary run over its two seeds. (Which experiments a sweep makes
-    of several betas and seeds, and that it runs the shared stages first: the tests after it.)"""
+def test_queued_sweep_with_two_workers_records_one_row_per_seed(workspace):
+    """A sweep over two seeds at another beta, split one seed per experiment (`--seeds-per-task
+    1`, as over many machines), after `dvc repro` (as a user's sweep starts after the quick start):
+    two queue workers run the experiments at once into one SQLite store: every seed leaves its
+    complete row, none lost, none twice, the shared stages are not run again, and the seeds of the
+    two experiments pool under one summary run. (Which experiments a sweep makes of several betas
+    and seeds, and that it runs the shared stages first: the tests after it.)"""
     repo = workspace
     head = git(repo, "rev-parse", "HEAD").strip()
-    sweep = ("pipeline.tools.sweep", "--latent-dims", "2", "--betas", "0.5", "--seeds", "0", "1", "--jobs", "2")
+    sweep = ("pipeline.tools.sweep", "--latent-dims", "2", "--betas", "0.5", "--seeds", "0", "1", "--seeds-per-task",
+             "1", "--jobs", "2")
     out = run_module(repo, *sweep)
     assert "sweep of 2 experiments with 2 worker(s)" in out
     rows = swept_rows(repo)
@@ -261,7 +298,8 @@ def test_queued_sweep_with_two_workers_records_one_row_per_point(workspace):
         assert run.data.tags["dvc.baseline_rev"] == head
         assert run.data.tags["pipeline.threads"] == threads
     # The two seeds are one configuration: one summary run with their mean and interval, both nested under it.
-    (summary,) = mlflow_runs(repo / "mlflow.db", "mnist5k", summaries=True)
+    (summary,) = [run for run in mlflow_runs(repo / "mlflow.db", "mnist5k", summaries=True)
+                  if run.data.params["latent_dim"] == "2"]
     assert {run.data.tags["mlflow.parentRunId"] for run in rows} == {summary.info.run_id}
     assert summary.data.tags["pipeline.seeds"] == "0,1" and summary.info.status == "FINISHED"
     assert summary.data.params["vae.beta"] == "0.5"
@@ -284,7 +322,7 @@ def test_queued_sweep_with_two_workers_records_one_row_per_point(workspace):
     # and the sweep reports the rows that already hold those results.
     out = run_module(repo, *sweep)
     assert out.count("computed before (DVC reused those outputs and ran nothing)") == 2
-    assert len(mlflow_runs(repo / "mlflow.db", "mnist5k", summaries=True)) == 1  # updated, not made again
+    assert len(mlflow_runs(repo / "mlflow.db", "mnist5k", summaries=True)) == 2  # updated, not made again
     assert len(swept_rows(repo)) == 2
     again = list(csv.DictReader((repo / "outputs" / "sweep.csv").open()))
     assert sorted(row["run_id"] for row in again) == sorted(row["run_id"] for row in table)
@@ -304,26 +342,31 @@ def test_the_queue_executor_runs_the_shared_stages_once_then_queues_each_point(m
     monkeypatch.setattr(queue_sweep, "start_workers", lambda jobs, env: started.append((jobs, env["PIPELINE_THREADS"])))
     monkeypatch.setattr(queue_sweep, "follow", lambda names, look, restart: dict.fromkeys(names, "Success"))
     monkeypatch.setattr(queue_sweep, "stop_idle_workers", lambda look: [])
-    how = queue_sweep.execute({"sweep-a-ld2-s0": ("latent_dim=2", "seed=0"), "sweep-a-ld2-s1": ("latent_dim=2", "seed=1")},
-                              config=None, env={}, jobs=2, threads=1)
+    tasks = {"sweep-a-ld2": ("latent_dim=2", "seeds=[0,1]"), "sweep-a-ld8": ("latent_dim=8", "seeds=[0,1]")}
+    how = queue_sweep.execute(tasks, config=None, env={}, jobs=2, threads=1)
     assert given == [("repro", "download", "train_classifier"),
-                     ("exp", "run", "--queue", "--quiet", "-n", "sweep-a-ld2-s0", "-S", "latent_dim=2", "-S", "seed=0"),
-                     ("exp", "run", "--queue", "--quiet", "-n", "sweep-a-ld2-s1", "-S", "latent_dim=2", "-S", "seed=1")]
+                     ("exp", "run", "--queue", "--quiet", "-n", "sweep-a-ld2", "-S", "latent_dim=2", "-S", "seeds=[0,1]"),
+                     ("exp", "run", "--queue", "--quiet", "-n", "sweep-a-ld8", "-S", "latent_dim=8", "-S", "seeds=[0,1]")]
     assert started == [(2, "1")] and how == "2 worker(s), 1 thread(s) each"
 
 
-def test_a_sweep_makes_one_experiment_per_point():
-    """Every (latent_dim, beta, seed) of the grid is one DVC experiment, named after its values, and
-    sets exactly those values."""
-    from pipeline.tools.sweep import experiment_names, settings
+def test_a_sweep_makes_one_experiment_per_configuration_with_its_seeds():
+    """Every (latent_dim, beta) of the grid is one DVC experiment with all its seeds, named after
+    its values, and sets exactly those values; with --seeds-per-task, its seeds are split over
+    several experiments, named after their first seed."""
+    from pipeline.tools.sweep import experiment_names, seed_groups, settings
 
-    names = experiment_names("1203-120000", [2, 8], [0.5, 2.0], [0, 1])
-    assert len(names) == 8 and len(set(names.values())) == 8
-    assert names[(8, 0.5, 1)] == "sweep-1203-120000-ld8-beta0.5-s1"
-    assert settings((8, 0.5, 1)) == ("latent_dim=8", "vae.beta=0.5", "seed=1")
-    assert experiment_names("1203-120000", [2, 8]) == {(2, None, None): "sweep-1203-120000-ld2",
-                                                      (8, None, None): "sweep-1203-120000-ld8"}
-    assert settings((2, None, None)) == ("latent_dim=2",)
+    names = experiment_names("1203-120000", [2, 8], [0.5, 2.0], seed_groups([0, 1, 2], None))
+    assert len(names) == 4 and len(set(names.values())) == 4
+    assert names[(8, 0.5, (0, 1, 2))] == "sweep-1203-120000-ld8-beta0.5"
+    assert settings((8, 0.5, (0, 1, 2))) == ("latent_dim=8", "vae.beta=0.5", "seeds=[0,1,2]")
+    assert experiment_names("1203-120000", [2], None, [(0,)]) == {(2, None, (0,)): "sweep-1203-120000-ld2"}
+    assert settings((2, None, (0,))) == ("latent_dim=2", "seeds=[0]")
+
+    assert seed_groups([0, 1, 2, 3, 4], 2) == [(0, 1), (2, 3), (4,)]
+    split = experiment_names("1203-120000", [8], None, seed_groups([0, 1, 2, 3, 4], 2))
+    assert split == {(8, None, (0, 1)): "sweep-1203-120000-ld8-s0", (8, None, (2, 3)): "sweep-1203-120000-ld8-s2",
+                     (8, None, (4,)): "sweep-1203-120000-ld8-s4"}
 
 
 class ScriptedQueue:
@@ -422,8 +465,9 @@ def test_a_real_worker_is_seen_while_it_runs_and_ended_once_the_queue_is_idle(re
     (["--latent-dims", "4", "4"], "latent_dim values [4] are given more than once"),
     (["--latent-dims", "4", "--betas", "1", "-1"], "vae.beta = -1.0 is not allowed"),
     (["--latent-dims", "4", "--betas", "2", "2"], "vae.beta values [2.0] are given more than once"),
-    (["--latent-dims", "4", "--seeds", "0", "-1"], "seed = -1 is not allowed"),
-    (["--latent-dims", "4", "--seeds", "3", "3"], "seed values [3] are given more than once"),
+    (["--latent-dims", "4", "--seeds", "0", "-1"], "seeds = [0, -1] is not allowed"),
+    (["--latent-dims", "4", "--seeds", "3", "3"], "seeds values [3] are given more than once"),
+    (["--latent-dims", "4", "--seeds-per-task", "0"], "--seeds-per-task must be at least 1"),
 ])
 def test_sweep_refuses_bad_values_before_queueing_anything(repo, args, message):
     """In this process, as `python -m` runs it (conftest.run_in_process)."""
@@ -448,7 +492,8 @@ def test_outputs_pushed_to_a_dvc_remote_restore_a_fresh_clone(workspace, tmp_pat
     assert sorted(str(path.relative_to(clone)) for path in (clone / "outputs").rglob("*") if path.is_file()) == (
         COMMITTED_OUTPUTS)  # what git keeps; DVC's outputs come from the remote
     dvc(clone, "pull")
-    for path in (paths.VAE_CHECKPOINT, paths.GAN_METRICS, paths.EVAL_METRICS, paths.EVAL_FIGURES / "reconstructions.png"):
+    for path in (paths.VAE_CHECKPOINTS / "seed-0.pt", paths.GAN_METRICS, paths.EVAL_METRICS,
+                 paths.EVAL_FIGURES / "seed-1" / "reconstructions.png"):
         assert (clone / path).read_bytes() == (repo / path).read_bytes()
     assert "Data and pipelines are up to date" in dvc(clone, "repro")
     assert not (clone / "mlflow.db").exists()  # nothing ran, so nothing was recorded

@@ -21,7 +21,7 @@ SETS = {"real_train", "noise", "vae_reconstructions", "vae_prior", "gan_decoder"
 
 @pytest.fixture
 def evaluated(study) -> Project:
-    """The study (read-only): its workspace holds the evaluation of latent_dim 4, seed 0."""
+    """The study (read-only): its workspace holds the evaluation of latent_dim 4, seeds 0 and 1."""
     return study
 
 
@@ -33,7 +33,9 @@ def evaluate_project(study, tmp_path_factory) -> Project:
 
 @pytest.mark.slow
 def test_evaluation_measures_the_vae_and_every_set_with_its_scale(evaluated):
-    metrics = json.loads((evaluated.root / "outputs/eval/details.json").read_text())
+    details = json.loads((evaluated.root / "outputs/eval/details.json").read_text())  # by seed
+    assert sorted(details) == ["0", "1"] and details["0"] != details["1"]
+    metrics = details["0"]
     assert set(metrics["scores"]) == SETS and metrics["num_samples"] == 60
     vae = metrics["vae"]
     assert vae["iwae_samples"] == 4 and 0 <= vae["active_units"] <= 4
@@ -57,58 +59,78 @@ def test_evaluation_measures_the_vae_and_every_set_with_its_scale(evaluated):
     for verdicts in metrics["discriminators"].values():
         assert set(verdicts) == SETS and all(0 < v < 1 for v in verdicts.values())
 
-    rows = list(csv.DictReader(open(evaluated.root / "outputs/eval/kl_per_dim.csv")))
+    rows = list(csv.DictReader(open(evaluated.root / "outputs/eval/kl_per_dim.csv")))  # the first seed's
     assert [int(r["dim"]) for r in rows] == [0, 1, 2, 3]
     assert sum(float(r["kl"]) for r in rows) == pytest.approx(vae["kl"], rel=1e-4)
     assert sum(int(r["active"]) for r in rows) == vae["active_units"]
-    figures = {p.name for p in (evaluated.root / "outputs/eval/figures").iterdir()}
-    assert figures == {"test_images.png", "reconstructions.png", "vae_prior.png", "gan_decoder.png",
-                       "gan_scratch.png", "interpolation.png", "traversal.png"}
+    assert sorted(p.name for p in (evaluated.root / "outputs/eval/figures").iterdir()) == ["seed-0", "seed-1"]
+    for seed in ("seed-0", "seed-1"):
+        figures = {p.name for p in (evaluated.root / "outputs/eval/figures" / seed).iterdir()}
+        assert figures == {"test_images.png", "reconstructions.png", "vae_prior.png", "gan_decoder.png",
+                           "gan_scratch.png", "interpolation.png", "traversal.png"}
 
 
 @pytest.mark.slow
-def test_evaluation_lands_in_the_row_of_the_vae_and_gan(evaluated):
-    ids = {json.loads((evaluated.root / f"outputs/{s}/mlflow_run.json").read_text())["run_id"]
-           for s in ("vae", "gan", "eval")}
-    (row,) = [run for run in evaluated.runs("mnist5k") if run.info.run_id in ids]
-    assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
-    assert ids == {row.info.run_id}
-    metrics = json.loads((evaluated.root / "outputs/eval/details.json").read_text())
-    assert row.data.metrics["eval/scores/gan_decoder/fid"] == pytest.approx(metrics["scores"]["gan_decoder"]["fid"])
-    assert row.data.metrics["eval/vae/iwae_nll"] == pytest.approx(metrics["vae"]["iwae_nll"])
-    assert row.data.metrics["eval/probes/encoder"] == metrics["probes"]["encoder"]
-    assert row.data.metrics["eval/discriminators/decoder/real_train"] == pytest.approx(
-        metrics["discriminators"]["decoder"]["real_train"])
-    assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/classifier_test_accuracy", "eval/seconds"} <= set(
-        row.data.metrics)
+def test_evaluation_lands_in_each_seeds_row_of_the_vae_and_gan_and_leads_with_the_aggregate(evaluated):
+    files = {s: json.loads((evaluated.root / f"outputs/{s}/mlflow_run.json").read_text()) for s in ("vae", "gan", "eval")}
+    assert files["vae"]["runs"] == files["gan"]["runs"] == files["eval"]["runs"]
+    rows = {run.data.params["seed"]: run for run in evaluated.runs("mnist5k")
+            if run.info.run_id in files["eval"]["runs"].values()}
+    assert {seed: row.info.run_id for seed, row in rows.items()} == files["eval"]["runs"]
+    details = json.loads((evaluated.root / "outputs/eval/details.json").read_text())
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{evaluated.store}")
-    assert [p.step for p in client.get_metric_history(row.info.run_id, "eval/vae/kl_per_dim")] == [0, 1, 2, 3]
-    artifacts = {a.path for a in client.list_artifacts(row.info.run_id, "eval")}
-    assert {"eval/gan_decoder.png", "eval/vae_prior.png", "eval/reconstructions.png", "eval/test_images.png",
-            "eval/kl_per_dim.csv"} <= artifacts
-    # DVC's metrics file holds the headline numbers only, by their short names, as recorded in the row.
+    for seed, row in rows.items():
+        metrics = details[seed]
+        assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+        assert row.data.metrics["eval/scores/gan_decoder/fid"] == pytest.approx(metrics["scores"]["gan_decoder"]["fid"])
+        assert row.data.metrics["eval/vae/iwae_nll"] == pytest.approx(metrics["vae"]["iwae_nll"])
+        assert row.data.metrics["eval/probes/encoder"] == metrics["probes"]["encoder"]
+        assert row.data.metrics["eval/discriminators/decoder/real_train"] == pytest.approx(
+            metrics["discriminators"]["decoder"]["real_train"])
+        assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/classifier_test_accuracy", "eval/seconds"} <= set(
+            row.data.metrics)
+        assert [p.step for p in client.get_metric_history(row.info.run_id, "eval/vae/kl_per_dim")] == [0, 1, 2, 3]
+        artifacts = {a.path for a in client.list_artifacts(row.info.run_id, "eval")}
+        assert {"eval/gan_decoder.png", "eval/vae_prior.png", "eval/reconstructions.png", "eval/test_images.png",
+                "eval/kl_per_dim.csv"} <= artifacts
+    # Each seed's headline numbers, as recorded in its row, are a plain output.
+    per_seed = {row["seed"]: row for row in csv.DictReader(open(evaluated.root / "outputs/eval/seed_metrics.csv"))}
+    assert {seed: {short: float(value) for short, value in numbers.items() if short != "seed"}
+            for seed, numbers in per_seed.items()} == {
+        seed: {short: row.data.metrics[names.HEADLINE_METRICS[short]] for short in names.SHOWN_FIRST}
+        for seed, row in rows.items()}
+    # DVC's metrics lead with the aggregate: n, and each headline number's mean and 95% half-width,
+    # the numbers the configuration's summary run holds.
     headline = json.loads((evaluated.root / "outputs/eval/metrics.json").read_text())
-    assert headline == {short: row.data.metrics[names.HEADLINE_METRICS[short]] for short in names.SHOWN_FIRST}
+    assert list(headline) == list(names.DVC_METRICS) and headline["n"] == 2
+    summary = client.get_run(files["eval"]["summary_run_id"]).data
+    for short in names.SHOWN_FIRST:
+        key = names.HEADLINE_METRICS[short]
+        assert headline[short] == pytest.approx(sum(row.data.metrics[key] for row in rows.values()) / 2)
+        assert headline[short] == pytest.approx(summary.metrics[key])
+        assert headline[short + names.CI_SUFFIX] == pytest.approx(summary.metrics[f"{key}/ci95_half_width"])
+    assert {row.data.tags["mlflow.parentRunId"] for row in rows.values()} == {files["eval"]["summary_run_id"]}
     (classifier_run,) = evaluated.runs("classifiers")
-    assert classifier_run.data.metrics["classifier/test_accuracy"] == metrics["classifier_test_accuracy"]
+    assert classifier_run.data.metrics["classifier/test_accuracy"] == details["0"]["classifier_test_accuracy"]
 
 
 @pytest.mark.slow
 def test_rerun_in_a_fresh_process_reproduces_metrics_and_figures(evaluate_project):
     """The stage as DVC runs it, a fresh process, gives the bytes the study's run gave."""
     out = evaluate_project.root / "outputs/eval"
-    files = ["metrics.json", "details.json", "kl_per_dim.csv", *(f"figures/{p.name}" for p in (out / "figures").iterdir())]
+    files = ["metrics.json", "details.json", "kl_per_dim.csv", "seed_metrics.csv",
+             *(str(p.relative_to(out)) for p in (out / "figures").rglob("*.png"))]
     first = {name: (out / name).read_bytes() for name in files}
     rows_before = len(evaluate_project.runs("mnist5k"))
     evaluate_project.stage("evaluate")
     assert {name: (out / name).read_bytes() for name in files} == first
-    # The stage had already been recorded in that row, so the rerun got a row of its own that
-    # carries the training numbers it evaluated.
+    # The stage had already been recorded in the seeds' rows, so the rerun got a row per seed of
+    # its own that carries the training numbers it evaluated.
     rows = evaluate_project.runs("mnist5k")
-    assert len(rows) == rows_before + 1
-    newest = max(rows, key=lambda r: r.info.start_time)
-    assert newest.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
-    assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/scores/vae_prior/fid"} <= set(newest.data.metrics)
+    assert len(rows) == rows_before + 2
+    for newest in sorted(rows, key=lambda r: r.info.start_time)[-2:]:
+        assert newest.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+        assert {"vae/test_neg_elbo", "gan/decoder/fid", "eval/scores/vae_prior/fid"} <= set(newest.data.metrics)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -142,7 +164,7 @@ def test_latent_plane_figures_when_latent_dim_is_two(tiny, tmp_path):
     classifier = train_classifier.run(config, splits, "cpu").model
     torch.manual_seed(0)
     vae = VAE(VAEArchitecture("mlp", splits.image_shape, 2, 32))
-    result = evaluate.run(config, splits, vae, classifier, {}, "cpu", "bce")
+    result = evaluate.run(config, splits, vae, classifier, {}, "cpu", "bce", seed=0)
     assert {"latent_lattice", "interpolation", "traversal"} <= set(result.grids)
     assert result.latent_means.shape == (len(splits.y_test), 2)
     # 15 x 15 lattice of 28-pixel images with 2-pixel gaps: 15 * 30 + 2 pixels a side

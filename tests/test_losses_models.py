@@ -97,7 +97,7 @@ def test_architectures_are_a_registry_that_config_offers():
 def test_vae_shapes_and_decoder_range(kind):
     arch = VAEArchitecture(kind, (1, 28, 28), latent_dim=6, hidden_dim=32)
     model = VAE(arch)
-    logits, mu, logvar = model(torch.rand(5, 1, 28, 28))
+    logits, mu, logvar = model(torch.rand(5, 1, 28, 28), torch.randn(5, 6))
     assert logits.shape == (5, 1, 28, 28) and mu.shape == logvar.shape == (5, 6)
     images = model.decoder(torch.randn(5, 6))
     assert images.shape == (5, 1, 28, 28) and images.min() >= 0 and images.max() <= 1

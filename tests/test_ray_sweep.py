@@ -104,7 +104,8 @@ def test_a_sweep_on_a_two_node_ray_cluster_records_one_row_per_value_and_the_ben
     assert len(experiments) == 2
     commit = git(project, "rev-parse", "HEAD").strip()
     rows = [run for run in result_rows(url) if run.data.tags.get(names.EXP_NAME_TAG) in experiments]
-    assert sorted(run.data.params["latent_dim"] for run in rows) == ["2", "3"]  # one row per value, none lost
+    points = sorted((run.data.params["latent_dim"], run.data.params["seed"]) for run in rows)
+    assert points == [("2", "0"), ("2", "1"), ("3", "0"), ("3", "1")]  # one row per value and seed, none lost
     for run in rows:
         assert run.info.status == "FINISHED"
         assert run.data.tags[names.STAGES_TAG] == "train_vae,train_gan,evaluate"
@@ -128,26 +129,39 @@ def test_a_sweep_on_a_two_node_ray_cluster_records_one_row_per_value_and_the_ben
     assert all(name in remote_refs for name in experiments)
 
 
-def running_rows(process: subprocess.Popen, url: str, where: dict, seconds: float = 400) -> dict:
-    """For each `where` (name -> a test of a stage's PID), a result row found RUNNING whose stage
-    process it accepts, polling the server while the sweep `process` runs, until one is found for
-    each."""
+def stage_processes() -> dict[int, str]:
+    """Every training stage process on this machine (a `python -m pipeline.stages.train_*`), with
+    the DVC experiment it runs in."""
+    found = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            command = cmdline.read_bytes().split(b"\0")
+            if b"-m" in command and any(part.startswith(b"pipeline.stages.train_") for part in command):
+                environ = dict(item.split(b"=", 1) for item in (cmdline.parent / "environ").read_bytes().split(b"\0")
+                               if b"=" in item)
+                found[int(cmdline.parent.name)] = environ.get(b"DVC_EXP_NAME", b"").decode()
+        except OSError:
+            continue
+    return found
+
+
+def running_stages(process: subprocess.Popen, where: dict, seconds: float = 400) -> dict[str, tuple[int, str]]:
+    """For each `where` (name -> a test of a stage's PID), a training stage process it accepts, and
+    its DVC experiment, looking while the sweep `process` runs, until one is found for each (the
+    stages record their seeds once trained: they are found by their processes, not their rows)."""
     deadline = time.monotonic() + seconds
     found: dict = {}
     while True:
         assert process.poll() is None, finish(process)
         assert time.monotonic() < deadline, f"no stage ran where expected: found {sorted(found)} of {sorted(where)}"
-        for run in result_rows(url):
-            pid = run.data.tags.get(names.PID_TAG, "")
-            if run.info.status != "RUNNING" or not pid.isdigit():
-                continue
+        for pid, experiment in stage_processes().items():
             for name, test in where.items():
-                taken = {row.info.run_id for row in found.values()}
-                if name not in found and run.info.run_id not in taken and test(int(pid)):
-                    found[name] = run
+                taken = {stage for stage, _ in found.values()}
+                if name not in found and pid not in taken and experiment and test(pid):
+                    found[name] = (pid, experiment)
         if len(found) == len(where):
             return found
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 @cluster_test
@@ -157,7 +171,7 @@ def test_a_worker_and_a_node_killed_during_a_sweep_still_end_with_one_complete_r
     killer, a crash) while the node lives on: its `dvc exp run` and stage go with it, and Ray runs
     the task again. The second node dies whole, as if its machine did: the sweep logs it and Ray
     runs its experiment again on the head. Each value ends with exactly one complete row, and each
-    dead attempt's row KILLED."""
+    dead attempt's row, if it had begun recording, KILLED."""
     url, cluster = two_nodes
     repo = workspace
     share(repo, tmp_path)
@@ -167,9 +181,9 @@ def test_a_worker_and_a_node_killed_during_a_sweep_still_end_with_one_complete_r
     def on_second(pid: int) -> bool:
         return pid in [second.pid, *descendants(second.pid)]
 
-    victims = running_rows(process, url, {"node": on_second,
-                                          "worker": lambda pid: ray_worker_of(pid) is not None and not on_second(pid)})
-    stage = int(victims["worker"].data.tags[names.PID_TAG])
+    victims = running_stages(process, {"node": on_second,
+                                       "worker": lambda pid: ray_worker_of(pid) is not None and not on_second(pid)})
+    stage, worker_experiment = victims["worker"]
     os.kill(ray_worker_of(stage), signal.SIGKILL)
     kill_tree(second.pid)
     # The dead worker's `dvc exp run` and the stage it ran go with it (the node's process-group
@@ -185,15 +199,12 @@ def test_a_worker_and_a_node_killed_during_a_sweep_still_end_with_one_complete_r
     experiments = sweep_names(out)
     rows = [run for run in result_rows(url) if run.data.tags.get(names.EXP_NAME_TAG) in experiments]
     finished = [run for run in rows if run.info.status == "FINISHED"]
-    assert sorted(run.data.params["latent_dim"] for run in finished) == ["5", "6"]  # exactly one complete row each
-    assert [run for run in rows if run.info.status == "RUNNING"] == []
-    for victim in victims.values():
-        (dead,) = [run for run in rows if run.info.run_id == victim.info.run_id]
-        assert dead.info.status == "KILLED"
-    worker_experiment = victims["worker"].data.tags[names.EXP_NAME_TAG]
-    # the worker's experiment: the retry's row, and the dead attempt's
-    assert sorted(run.info.status for run in rows if run.data.tags[names.EXP_NAME_TAG] == worker_experiment) == [
-        "FINISHED", "KILLED"]
+    points = sorted((run.data.params["latent_dim"], run.data.params["seed"]) for run in finished)
+    assert points == [("5", "0"), ("5", "1"), ("6", "0"), ("6", "1")]  # exactly one complete row each
+    assert {run.info.status for run in rows} <= {"FINISHED", "KILLED"}  # nothing left RUNNING
+    # the worker's experiment: the retry's rows, and the dead attempt's if it had begun to record
+    statuses = [run.info.status for run in rows if run.data.tags[names.EXP_NAME_TAG] == worker_experiment]
+    assert statuses.count("FINISHED") == 2 and set(statuses) <= {"FINISHED", "KILLED"}
     assert all((repo / "outputs" / "sweep_logs" / f"{name}.log").exists() for name in experiments)
     shown = dvc(repo, "exp", "show", "--no-pager", "--csv")
     assert all(name in shown for name in experiments)
@@ -217,8 +228,8 @@ def test_an_experiment_that_fails_for_a_real_reason_is_reported_with_its_log_and
     assert re.search(rf"sweep: error: {name} failed at dvc exp run \(log: {re.escape(str(log.relative_to(repo)))}\)",
                      err)
     assert "train_vae: error:" in log.read_text() and "train_vae: error:" in err  # the log's end is printed
-    rows = [run for run in result_rows(url) if run.data.tags.get(names.EXP_NAME_TAG) == name]
-    assert [run.info.status for run in rows] == ["FAILED"]  # one attempt, not retried
+    assert log.read_text().count("$ git clone") == 1  # one attempt, not retried
+    assert [run for run in result_rows(url) if run.data.tags.get(names.EXP_NAME_TAG) == name] == []  # nor recorded
     assert not (repo / "outputs" / "sweep.csv").exists()
 
 

@@ -292,3 +292,75 @@ def test_rows_read_from_a_sqlite_store_are_those_mlflow_gives(project, record):
         return {**row.__dict__, "metrics": {key: repr(value) for key, value in row.metrics.items()}}
 
     assert [comparable(row) for row in direct] == [comparable(row) for row in searched]
+
+
+def seed_run_rows(config, values: dict[int, float]) -> dict[int, str]:
+    """The result stages recorded as a run of `config`'s seeds records them (record.seed_runs),
+    the evaluation logging `values[seed]` as the VAE samples' score; each seed's row id."""
+    upstream: dict[int, str] = {}
+    for stage in names.RESULT_STAGES:
+        with recording.seed_runs(stage, config, upstream=upstream) as runs:
+            for seed in config.seeds:
+                with runs.seed(seed):
+                    if stage == "evaluate":
+                        mlflow.log_metric(names.HEADLINE_METRICS["fid_vae"], values[seed])
+        upstream = dict(runs.ids)
+    return upstream
+
+
+def test_rows_of_older_code_one_seed_per_experiment_pool_with_seeds_trained_together(project, record, monkeypatch):
+    """A store written before seeds were trained together holds one row per DVC experiment, with
+    the param `seed` (no list); a new run records one row per seed in the same form, so the
+    configuration pools them all: one configuration of three seeds, one summary run over them, and
+    `make compare`'s line with n = 3. A seed run again replaces its row under the summary."""
+    import dataclasses
+
+    from pipeline.tools import compare
+    from pipeline.tracking import summaries
+    from pipeline.tracking.rows import configurations, read_rows
+
+    fid = names.HEADLINE_METRICS["fid_vae"]
+    config = dataclasses.replace(rows_config(), seeds=(2,))
+    older = {key: str(value) for key, value in flatten(config).items() if key != "seeds"}  # as older code logged
+    for seed, value in ((0, 400.0), (1, 500.0)):
+        params = {**older, "seed": str(seed)}
+        row = record("train_vae", 1.0, params=params)
+        record("train_gan", 2.0, upstream=row, params=params)
+        with mlflow.start_run(run_id=record("evaluate", 3.0, upstream=row, params=params)):
+            mlflow.log_metric(fid, value)
+    new = seed_run_rows(config, {2: 600.0})
+    assert all(run.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate" for run in project.runs("rows"))
+
+    (configuration,) = configurations(read_rows("rows"))
+    assert configuration.seeds == [0, 1, 2] and configuration.interval(fid).mean == 500.0
+    summary_id = summaries.record_configuration("rows", configuration.id)
+    nested = {run.data.params["seed"]: run.data.tags.get("mlflow.parentRunId") for run in project.runs("rows")}
+    assert nested == {"0": summary_id, "1": summary_id, "2": summary_id}
+    (line,) = compare.aggregate(read_rows("rows")).itertuples()
+    assert line.n == 3
+
+    again = seed_run_rows(config, {2: 900.0})  # seed 2 run again: its newest row replaces the older one
+    summaries.record_configuration("rows", configuration.id)
+    parents = {run.info.run_id: run.data.tags.get("mlflow.parentRunId") for run in project.runs("rows")}
+    assert parents[again[2]] == summary_id and parents[new[2]] is None  # one child per seed, never two
+    (summary,) = mlflow_runs(project.store, "rows", summaries=True)
+    assert summary.data.metrics[fid] == 600.0 and summary.data.tags["pipeline.seeds"] == "0,1,2"
+
+
+def test_a_failure_while_recording_the_seeds_leaves_no_row_holding_the_stage(project, monkeypatch):
+    """The stage joins every seed's row together, once all are recorded: a failure on the way ends
+    every row the execution wrote FAILED, none of them counted as holding the stage."""
+    import dataclasses
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.store}")
+    config = dataclasses.replace(rows_config(), seeds=(0, 1, 2))
+    with pytest.raises(RuntimeError, match="seed 1 failed"):
+        with recording.seed_runs("train_vae", config) as runs:
+            for seed in config.seeds:
+                with runs.seed(seed):
+                    mlflow.log_metric("vae/score", 1.0)
+                    if seed == 1:
+                        raise RuntimeError("seed 1 failed")
+    found = project.runs("rows")
+    assert len(found) == 2 and {run.info.status for run in found} == {"FAILED"}
+    assert all("pipeline.stages" not in run.data.tags for run in found)

@@ -36,22 +36,29 @@ def test_pipeline_records_everything_into_a_tracking_server(server, tmp_path):
     assert not project.store.exists() and not (tmp_path / "mlartifacts").exists()  # nothing stayed local
 
     client = mlflow.MlflowClient(tracking_uri=url)  # read back over HTTP
-    (row,) = client.search_runs([client.get_experiment_by_name("mnist5k").experiment_id])
-    assert row.info.status == "FINISHED" and row.data.params["latent_dim"] == "4"
-    assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
-    evaluation = json.loads((tmp_path / paths.EVAL_DETAILS).read_text())
-    assert row.data.metrics["eval/vae/kl"] == evaluation["vae"]["kl"]
-    assert row.data.metrics["eval/scores/gan_decoder/fid"] == evaluation["scores"]["gan_decoder"]["fid"]
+    runs = client.search_runs([client.get_experiment_by_name("mnist5k").experiment_id])
+    (summary,) = [run for run in runs if "pipeline.summary_of" in run.data.tags]
+    rows = {run.data.params["seed"]: run for run in runs if run is not summary}
+    assert sorted(rows) == ["0", "1"]
+    details = json.loads((tmp_path / paths.EVAL_DETAILS).read_text())
+    for seed, row in rows.items():
+        assert row.info.status == "FINISHED" and row.data.params["latent_dim"] == "4"
+        assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"
+        assert row.data.tags["mlflow.parentRunId"] == summary.info.run_id
+        assert row.data.metrics["eval/vae/kl"] == details[seed]["vae"]["kl"]
+        assert row.data.metrics["eval/scores/gan_decoder/fid"] == details[seed]["scores"]["gan_decoder"]["fid"]
     headline = json.loads((tmp_path / paths.EVAL_METRICS).read_text())  # DVC's metrics: the headline only
-    assert set(headline) == set(names.SHOWN_FIRST)
-    assert headline["fid_decoder"] == evaluation["scores"]["gan_decoder"]["fid"]
+    assert list(headline) == list(names.DVC_METRICS)
+    assert headline["fid_decoder"] == pytest.approx(summary.data.metrics["eval/scores/gan_decoder/fid"])
     assert len(client.search_runs([client.get_experiment_by_name("datasets").experiment_id])) == 1
 
     # Artifacts went through the server into its artifact store, and come back byte for byte.
+    row = rows["0"]
     figure = Path(client.download_artifacts(row.info.run_id, "eval/reconstructions.png", str(tmp_path / "back")))
-    assert figure.read_bytes() == (tmp_path / paths.EVAL_FIGURES / "reconstructions.png").read_bytes()
-    stored = list((server_root / "artifacts").rglob("eval/reconstructions.png"))
-    assert [p.read_bytes() for p in stored] == [figure.read_bytes()]
+    assert figure.read_bytes() == (tmp_path / paths.EVAL_FIGURES / "seed-0" / "reconstructions.png").read_bytes()
+    stored = sorted(p.read_bytes() for p in (server_root / "artifacts").rglob("eval/reconstructions.png"))
+    assert stored == sorted((tmp_path / paths.EVAL_FIGURES / f"seed-{seed}" / "reconstructions.png").read_bytes()
+                            for seed in (0, 1))
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from pipeline.core.checkpoints import load_gan, load_gans
 from pipeline.core.config import parse_config
 from pipeline.core.errors import TrainingDiverged
 from pipeline.core.models import VAE, Discriminator, VAEArchitecture
+from pipeline.core.replicas import Stack
 from pipeline.stages import train_classifier, train_gan
 
 ARCH = VAEArchitecture("mlp", (1, 28, 28), latent_dim=4, hidden_dim=32)
@@ -41,31 +42,33 @@ def test_generator_equals_the_decoder_with_init_decoder_and_differs_from_scratch
 
 def test_one_discriminator_step_and_one_generator_step_each_update_only_their_network():
     torch.manual_seed(0)
-    generator, discriminator = training.make_generator(trained_vae(), "decoder"), Discriminator(ARCH, 32)
-    optimizer_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
-    real = torch.rand(8, 1, 28, 28)
-    z = torch.randn(8, 4)
-    fake = generator(z)
-    g_before = [p.detach().clone() for p in generator.parameters()]
-    d_before = [p.detach().clone() for p in discriminator.parameters()]
+    pairs = [(training.make_generator(trained_vae(), "decoder"), Discriminator(ARCH, 32)) for _ in range(2)]
+    generators, discriminators = Stack([g for g, _ in pairs]), Stack([d for _, d in pairs])
+    optimizer_g = torch.optim.Adam(generators.parameters(), lr=1e-3)
+    optimizer_d = torch.optim.Adam(discriminators.parameters(), lr=1e-3)
+    real = torch.rand(2, 8, 1, 28, 28)  # (seeds, batch, ...)
+    z = torch.randn(2, 8, 4)
+    fake = generators(z)
+    g_before = [p.detach().clone() for p in generators.parameters()]
+    d_before = [p.detach().clone() for p in discriminators.parameters()]
 
     with pytest.raises(ValueError, match="detached"):
-        training.discriminator_step(discriminator, optimizer_d, real, fake)
-    d_step = training.discriminator_step(discriminator, optimizer_d, real, fake.detach())
-    assert all(torch.equal(a, b) for a, b in zip(g_before, generator.parameters()))
-    assert all(not torch.equal(a, b) for a, b in zip(d_before, discriminator.parameters()))
-    assert set(d_step) == {"d_loss", "d_real", "d_fake"} and 0 < d_step["d_real"] < 1
+        training.discriminator_step(discriminators, optimizer_d, real, fake)
+    d_steps = training.discriminator_step(discriminators, optimizer_d, real, fake.detach())
+    assert all(torch.equal(a, b) for a, b in zip(g_before, generators.parameters()))
+    assert all(not torch.equal(a[i], b[i]) for a, b in zip(d_before, discriminators.parameters()) for i in (0, 1))
+    assert len(d_steps) == 2 and all(set(step) == {"d_loss", "d_real", "d_fake"} and 0 < step["d_real"] < 1
+                                     for step in d_steps)
 
-    d_after = [p.detach().clone() for p in discriminator.parameters()]
+    d_after = [p.detach().clone() for p in discriminators.parameters()]
     with torch.no_grad():
-        fooled_before = torch.sigmoid(discriminator(generator(z))).mean()
-    g_step = training.generator_step(discriminator, optimizer_g, fake)
-    assert all(torch.equal(a, b) for a, b in zip(d_after, discriminator.parameters()))
-    assert all(not torch.equal(a, b) for a, b in zip(g_before, generator.parameters()))
-    with torch.no_grad():  # the step moved G towards fooling D on the same noise
-        assert torch.sigmoid(discriminator(generator(z))).mean() > fooled_before
-    assert g_step["g_loss"] > 0
+        fooled_before = torch.sigmoid(discriminators(generators(z))).mean(dim=1)
+    g_steps = training.generator_step(discriminators, optimizer_g, fake)
+    assert all(torch.equal(a, b) for a, b in zip(d_after, discriminators.parameters()))
+    assert all(not torch.equal(a[i], b[i]) for a, b in zip(g_before, generators.parameters()) for i in (0, 1))
+    with torch.no_grad():  # the step moved each seed's G towards fooling its D on the same noise
+        assert (torch.sigmoid(discriminators(generators(z))).mean(dim=1) > fooled_before).all()
+    assert len(g_steps) == 2 and all(step["g_loss"] > 0 for step in g_steps)
 
 
 def test_gan_losses_are_the_non_saturating_objective():
@@ -90,49 +93,69 @@ def tiny(tmp_path_factory):
     return config, splits, classifier
 
 
+def seed_vaes(config) -> list[VAE]:
+    """A VAE per seed of `config`, each with a decoder of its own (as after training)."""
+    vaes = []
+    for seed in config.seeds:
+        torch.manual_seed(123 + seed)
+        vaes.append(VAE(ARCH))
+    return vaes
+
+
 def test_training_from_the_decoder_starts_at_the_vae_prior_score(tiny):
     config, splits, classifier = tiny
-    runs, vae_prior_fid = train_gan.run(config, splits, trained_vae(), classifier, "cpu")
-    assert set(runs) == {"decoder", "scratch"}
-    # Epoch 0 is scored before the first step: the decoder-initialised generator is the decoder.
-    assert runs["decoder"].history[0]["fid"] == vae_prior_fid
-    assert runs["scratch"].history[0]["fid"] != vae_prior_fid
-    for result in runs.values():
-        assert [row["epoch"] for row in result.history] == [0, 1, 2]
-        assert all(0 < row["d_real"] < 1 and 0 < row["d_fake"] < 1 for row in result.history[1:])
-        assert sorted(result.grids) == [1, 2]  # one snapshot, and the last epoch
-    again, _ = train_gan.run(config, splits, trained_vae(), classifier, "cpu")
-    assert again["decoder"].history == runs["decoder"].history  # seeded: the same numbers
+    seeds = train_gan.run(config, splits, seed_vaes(config), classifier, "cpu")
+    assert [result.seed for result in seeds] == [0, 1]
+    for result in seeds:
+        runs = result.runs
+        assert set(runs) == {"decoder", "scratch"}
+        # Epoch 0 is scored before the first step: the decoder-initialised generator is the decoder.
+        assert runs["decoder"].history[0]["fid"] == pytest.approx(result.vae_prior_fid, rel=1e-5)
+        assert runs["scratch"].history[0]["fid"] != pytest.approx(result.vae_prior_fid, rel=1e-3)
+        for gan in runs.values():
+            assert [row["epoch"] for row in gan.history] == [0, 1, 2]
+            assert all(0 < row["d_real"] < 1 and 0 < row["d_fake"] < 1 for row in gan.history[1:])
+            assert sorted(gan.grids) == [1, 2]  # one snapshot, and the last epoch
+    assert seeds[0].runs["decoder"].history != seeds[1].runs["decoder"].history
+    again = train_gan.run(config, splits, seed_vaes(config), classifier, "cpu")
+    assert again[1].runs["decoder"].history == seeds[1].runs["decoder"].history  # seeded: the same numbers
 
 
 def test_nan_stops_gan_training_naming_the_gan_and_the_term(tiny, monkeypatch):
     config, splits, classifier = tiny
-    monkeypatch.setattr(training, "generator_loss", lambda logits: logits.sum() * float("nan"))
+    monkeypatch.setattr(training, "generator_loss", lambda logits: logits.mean(dim=-1) * float("nan"))  # per seed
     with pytest.raises(TrainingDiverged, match=r"epoch 1: the GAN \(decoder\) loss term 'g_loss' became nan"):
-        train_gan.run(config, splits, trained_vae(), classifier, "cpu")
+        train_gan.run(config, splits, seed_vaes(config), classifier, "cpu")
 
 
 # ---------------------------------------------------------------------------------------------
-# The stage as DVC runs it: the study's outputs (latent_dim 4, seed 0) and record
+# The stage as DVC runs it: the study's outputs (latent_dim 4, seeds 0 and 1) and record
 
 
 @pytest.mark.slow
 def test_stage_writes_checkpoints_history_and_samples(study):
     root = study.root
-    assert sorted(p.name for p in (root / "outputs/gan/generators").iterdir()) == ["decoder.pt", "scratch.pt"]
+    generators = root / "outputs/gan/generators"
+    assert sorted(p.name for p in generators.iterdir()) == ["seed-0", "seed-1"]
+    assert all(sorted(p.name for p in (generators / seed).iterdir()) == ["decoder.pt", "scratch.pt"]
+               for seed in ("seed-0", "seed-1"))
     assert sorted(p.name for p in (root / "outputs/gan/samples").iterdir()) == ["decoder.png", "scratch.png"]
-    metrics = json.loads((root / "outputs/gan/metrics.json").read_text())
-    history = list(csv.DictReader(open(root / "outputs/gan/history.csv")))
-    assert [row["epoch"] for row in history] == ["0", "1", "2"]
-    assert history[0]["decoder_d_loss"] == "" and float(history[0]["decoder_fid"]) == metrics["vae_prior_fid"]
-    assert float(history[-1]["scratch_fid"]) == pytest.approx(metrics["scratch"]["fid"])
-    for init in ("decoder", "scratch"):
-        assert metrics[init]["classes"] >= 1 and 0 <= metrics[init]["label_entropy"] <= 2.31
+    metrics = json.loads((root / "outputs/gan/metrics.json").read_text())  # by seed
+    history = list(csv.DictReader(open(root / "outputs/gan/history.csv")))  # the seeds' means
+    per_seed = list(csv.DictReader(open(root / "outputs/gan/seed_history.csv")))
+    assert [row["epoch"] for row in history] == ["0", "1", "2"] and len(per_seed) == 6
+    mean = (metrics["0"]["vae_prior_fid"] + metrics["1"]["vae_prior_fid"]) / 2
+    assert history[0]["decoder_d_loss"] == "" and float(history[0]["decoder_fid"]) == pytest.approx(mean, rel=1e-5)
+    assert float(history[-1]["scratch_fid"]) == pytest.approx((metrics["0"]["scratch"]["fid"]
+                                                               + metrics["1"]["scratch"]["fid"]) / 2)
+    for seed in ("0", "1"):
+        for init in ("decoder", "scratch"):
+            assert metrics[seed][init]["classes"] >= 1 and 0 <= metrics[seed][init]["label_entropy"] <= 2.31
 
 
 @pytest.mark.slow
 def test_checkpoint_round_trip_rebuilds_the_same_generator_and_discriminator(study):
-    path = study.root / "outputs/gan/generators/decoder.pt"
+    path = study.root / "outputs/gan/generators/seed-0/decoder.pt"
     generator, discriminator, checkpoint = load_gan(path, latent_dim=4)
     assert checkpoint["config"]["init"] == "decoder" and checkpoint["epoch"] == 2
     assert checkpoint["config"]["architecture"]["latent_dim"] == 4
@@ -149,17 +172,18 @@ def test_checkpoint_round_trip_rebuilds_the_same_generator_and_discriminator(stu
     with pytest.raises(CheckpointError, match="latent_dim 4 but params.yaml says 8"):
         load_gan(path, latent_dim=8)
     with pytest.raises(CheckpointError, match="is not a gan_generator checkpoint"):
-        load_gan(study.root / "outputs/vae/checkpoint.pt")
+        load_gan(study.root / "outputs/vae/checkpoints/seed-0.pt")
     with pytest.raises(CheckpointError, match="holds no generator"):
         load_gans(study.root / "outputs/vae")
 
 
 @pytest.mark.slow
 def test_stage_records_into_the_vae_row(study):
-    vae_run = json.loads((study.root / "outputs/vae/mlflow_run.json").read_text())["run_id"]
-    gan_run = json.loads((study.root / "outputs/gan/mlflow_run.json").read_text())["run_id"]
-    (row,) = [run for run in study.runs("mnist5k") if run.info.run_id == gan_run]
-    assert row.info.run_id == vae_run == gan_run and row.info.status == "FINISHED"
+    vae_runs = json.loads((study.root / "outputs/vae/mlflow_run.json").read_text())["runs"]
+    gan_runs = json.loads((study.root / "outputs/gan/mlflow_run.json").read_text())["runs"]
+    assert vae_runs == gan_runs and sorted(gan_runs) == ["0", "1"]  # each seed's row, added to
+    (row,) = [run for run in study.runs("mnist5k") if run.info.run_id == gan_runs["0"]]
+    assert row.info.status == "FINISHED" and row.data.params["seed"] == "0"
     assert row.data.tags["pipeline.stages"] == "train_vae,train_gan,evaluate"  # and the evaluation after it
     assert row.data.params["gan.init"] == "decoder" and row.data.params["latent_dim"] == "4"
     assert {"vae/test_neg_elbo", "gan/vae_prior_fid", "gan/decoder/fid", "gan/scratch/fid",
@@ -180,7 +204,8 @@ def gan_project(study, tmp_path_factory) -> Project:
 def test_stage_rerun_in_a_fresh_process_reproduces_its_outputs_bit_for_bit(gan_project):
     """The stage as DVC runs it, a fresh process, gives the bytes the study's run gave."""
     root = gan_project.root
-    names = ["generators/decoder.pt", "generators/scratch.pt", "samples/decoder.png", "metrics.json", "history.csv"]
+    names = ["generators/seed-0/decoder.pt", "generators/seed-1/scratch.pt", "samples/decoder.png", "metrics.json",
+             "history.csv", "seed_history.csv"]
     first = {name: (root / "outputs/gan" / name).read_bytes() for name in names}
     gan_project.stage("train_gan")
     assert {name: (root / "outputs/gan" / name).read_bytes() for name in names} == first
@@ -191,10 +216,10 @@ def test_without_comparison_only_the_chosen_gan_is_trained(study, tmp_path):
     project = Project(copy_project(study.root, tmp_path / "project"))
     project.write_params({"gan": {"compare_scratch": False, "epochs": 1}})
     project.call("train_gan", check=True)
-    assert [p.name for p in (project.root / "outputs/gan/generators").iterdir()] == ["decoder.pt"]
+    assert [p.name for p in (project.root / "outputs/gan/generators/seed-1").iterdir()] == ["decoder.pt"]
     history = list(csv.DictReader(open(project.root / "outputs/gan/history.csv")))
     assert history[-1]["scratch_fid"] == "" and history[-1]["decoder_fid"] != ""
-    assert "scratch" not in json.loads((project.root / "outputs/gan/metrics.json").read_text())
+    assert "scratch" not in json.loads((project.root / "outputs/gan/metrics.json").read_text())["1"]
 
 
 @pytest.mark.parametrize("override, message", [

@@ -53,12 +53,29 @@ def no_runs(experiment: str) -> None:
 
 
 def choose_run(table: pd.DataFrame) -> str:
-    """The sidebar's run picker; a run that just finished training is preselected."""
-    labels = {row.run_id: f"{row.run} · latent_dim {row.latent_dim} · beta {row.beta:g} · {row.run_id[:8]}"
-              for row in table.itertuples()}
-    if st.session_state.get("run_id") not in labels:
+    """The sidebar's pickers: a configuration, then one of its seeds (its run); a run that just
+    finished training is preselected."""
+    if st.session_state.get("run_id") not in set(table["run_id"]):
         st.session_state["run_id"] = table["run_id"].iloc[0]
-    return st.sidebar.selectbox("Run", list(labels), format_func=labels.get, key="run_id")
+    chosen = table[table["run_id"] == st.session_state["run_id"]].iloc[0]
+    newest_first = list(dict.fromkeys(table["configuration"]))
+    labels = {}
+    for configuration in newest_first:
+        rows = table[table["configuration"] == configuration]
+        labels[configuration] = (f"latent_dim {rows['latent_dim'].iloc[0]} · beta {rows['beta'].iloc[0]:g} · "
+                                 f"{len(rows)} seed{'s' if len(rows) != 1 else ''} · {configuration}")
+    if st.session_state.get("configuration") not in labels or (
+            st.session_state.get("configuration") != chosen["configuration"]
+            and st.session_state.get("followed_run") != st.session_state["run_id"]):
+        st.session_state["configuration"] = chosen["configuration"]  # follow a run chosen elsewhere
+    configuration = st.sidebar.selectbox("Configuration", list(labels), format_func=labels.get, key="configuration")
+    rows = table[table["configuration"] == configuration].sort_values("seed")
+    seeds = {row.run_id: f"seed {row.seed} · {row.run} · {row.run_id[:8]}" for row in rows.itertuples()}
+    if st.session_state["run_id"] not in seeds:
+        st.session_state["run_id"] = next(iter(seeds))
+    run_id = st.sidebar.selectbox("Model seed", list(seeds), format_func=seeds.get, key="run_id")
+    st.session_state["followed_run"] = run_id
+    return run_id
 
 
 PAGE_ROWS = 200  # rows of the runs table shown at once
@@ -81,8 +98,9 @@ def runs_page(table: pd.DataFrame, configurations: pd.DataFrame, experiment: str
 
 def generate_page(run: explorer.LoadedRun) -> None:
     st.header("Generate")
-    st.caption("Every decoder of the run decodes the same draws of z ~ N(0, I).")
-    seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed")
+    st.caption("Every decoder of the run (the model seed picked in the sidebar) decodes the same draws of "
+               "z ~ N(0, I), drawn from the noise seed.")
+    seed = st.number_input("Noise seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="seed")
     count = st.slider("Samples", min_value=8, max_value=64, value=32, step=8, key="count")
     samples = explorer.generate(run, count, int(seed))
     for column, (name, images) in zip(st.columns(len(samples)), samples.items(), strict=True):
@@ -191,16 +209,21 @@ def train_page() -> None:
     st.caption("Runs the whole pipeline as a DVC experiment (`dvc exp run --temp`) with these params and "
                "params.yaml's others; the stages record into the same MLflow store. One training at a time.")
     config = load_config()
-    defaults = {"latent_dim": config.latent_dim, "seed": config.seed, "vae.epochs": config.vae.epochs,
+    defaults = {"latent_dim": config.latent_dim, "vae.epochs": config.vae.epochs,
                 "vae.beta": config.vae.beta, "gan.epochs": config.gan.epochs}
     with st.form("train"):
+        seeds = st.text_input("seeds (trained together)", value=", ".join(map(str, config.seeds)), key="train-seeds")
         settings = {name: st.number_input(name, min_value=0.0 if isinstance(value, float) else 0, value=value,
                                           step=0.25 if isinstance(value, float) else 1, key=f"train-{name}")
                     for name, value in defaults.items()}
         submitted = st.form_submit_button("Start training")
     if submitted:
         try:
-            name = training_job.start_training({k: v for k, v in settings.items() if v != defaults[k] or k == "latent_dim"})
+            chosen = {k: v for k, v in settings.items() if v != defaults[k] or k == "latent_dim"}
+            seed_list = training_job.parse_seeds(seeds)
+            if seed_list != list(config.seeds):
+                chosen["seeds"] = seed_list
+            name = training_job.start_training(chosen)
             st.success(f"Started DVC experiment {literal(name)}.")
         except training_job.TrainingBusy as error:
             st.warning(f"Not started: {error}.")
@@ -237,7 +260,8 @@ def training_progress() -> None:
                        f"recorded nothing new; their run is the earlier {run_id} "
                        "(selected in the sidebar of the other pages).")
         else:
-            st.success(f"Finished: its run {run_id} is in the list, and selected in the sidebar of the other pages.")
+            st.success(f"Finished: its runs are in the list, its first seed's ({run_id}) selected in the sidebar of "
+                       "the other pages.")
     elif status.state == "failed":
         st.error(f"The training failed (exit {status.returncode}); the log above says why.")
     else:

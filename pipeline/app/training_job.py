@@ -25,13 +25,13 @@ import yaml
 from pipeline.core.commands import environment_first
 from pipeline.core.config import PARAMS_FILE, Config, ConfigError, parse_config
 from pipeline.core.errors import PipelineError
-from pipeline.tools.dvc_cli import check_git, result_run_id
+from pipeline.tools.dvc_cli import check_git, result_run_ids
 from pipeline.tracking import names, store
 from pipeline.tracking.rows import read_row
 
 JOB_DIR = Path(".dvc/tmp/explorer")
 # The params the Train page offers; other params come from params.yaml.
-TRAINABLE = ("latent_dim", "seed", "vae.epochs", "vae.beta", "gan.epochs")
+TRAINABLE = ("latent_dim", "seeds", "vae.epochs", "vae.beta", "gan.epochs")
 
 
 class TrainingBusy(PipelineError):
@@ -47,6 +47,13 @@ def _set(raw: dict, dotted: str, value) -> None:
     for section in sections:
         raw = raw[section]
     raw[key] = value
+
+
+def parse_seeds(text: str) -> list:
+    """The Train page's seed list, "0, 1, 2" (or "[0, 1, 2]"), as a list: integers where the
+    items are whole numbers, else as typed, for check_settings to refuse with params.yaml's message."""
+    items = [item.strip() for item in text.strip().strip("[]").split(",") if item.strip()]
+    return [int(item) if item.isascii() and item.isdigit() else item for item in items]
 
 
 def check_settings(settings: dict) -> Config:
@@ -187,10 +194,11 @@ def training_status() -> TrainingStatus:
 
 
 def training_result(name: str) -> tuple[str | None, bool]:
-    """The MLflow row that DVC experiment `name` left its result in (None if it left none), and
-    whether that row is an earlier one: with params computed before, DVC restores their outputs
-    from its run cache and runs (and records) nothing new."""
-    run_id = result_run_id(name)
-    if run_id is None:
+    """The MLflow row that DVC experiment `name` left its first seed's result in (None if it left
+    none), and whether that row is an earlier one: with params computed before, DVC restores their
+    outputs from its run cache and runs (and records) nothing new."""
+    run_ids = result_run_ids(name)
+    if not run_ids:
         return None, False
+    run_id = run_ids[min(run_ids)]
     return run_id, read_row(run_id).tags.get(names.EXP_NAME_TAG) != name

@@ -67,8 +67,8 @@ def vae_architecture(config: Config, image_shape: tuple[int, int, int]) -> VAEAr
     return VAEArchitecture(config.vae.architecture, image_shape, config.latent_dim, config.vae.hidden_dim)
 
 
-def vae_config(config: Config, arch: VAEArchitecture, data_hash: str) -> dict:
-    return {"architecture": arch.to_dict(), "vae": dataclasses.asdict(config.vae), "seed": config.seed,
+def vae_config(config: Config, arch: VAEArchitecture, seed: int, data_hash: str) -> dict:
+    return {"architecture": arch.to_dict(), "vae": dataclasses.asdict(config.vae), "seed": seed,
             "data_hash": data_hash}
 
 
@@ -80,6 +80,22 @@ def load_vae(path: Path, latent_dim: int | None = None) -> tuple[VAE, dict]:
     model = VAE(arch)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint
+
+
+def seed_name(seed: int, suffix: str = "") -> str:
+    """The name of a seed's checkpoint (suffix .pt) or folder of checkpoints: seed-<seed><suffix>."""
+    return f"seed-{seed}{suffix}"
+
+
+def seed_checkpoint(folder: Path, seed: int, stage: str, suffix: str = ".pt") -> Path:
+    """Seed `seed`'s checkpoint (or folder, without `suffix`) in `folder`; CheckpointError when
+    the stage that writes it did not train that seed."""
+    path = Path(folder) / seed_name(seed, suffix)
+    if not path.exists():
+        trained = sorted(p.name for p in Path(folder).glob("seed-*")) if Path(folder).is_dir() else []
+        raise CheckpointError(f"{path} does not exist; run `dvc repro {stage}` first (it trains the seeds "
+                              f"params.yaml lists; {folder} holds {', '.join(trained) or 'none'})")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,9 +125,9 @@ def load_classifier(path: Path, data_hash: str | None = None) -> Classifier:
 # The GANs: one file per generator init, holding its discriminator too
 
 
-def gan_config(config: Config, arch: VAEArchitecture, init: str, data_hash: str) -> dict:
+def gan_config(config: Config, arch: VAEArchitecture, init: str, seed: int, data_hash: str) -> dict:
     return {"architecture": arch.to_dict(), "init": init, "gan": dataclasses.asdict(config.gan),
-            "seed": config.seed, "data_hash": data_hash}
+            "seed": seed, "data_hash": data_hash}
 
 
 def load_gan(path: Path, latent_dim: int | None = None) -> tuple[Decoder, Discriminator, dict]:

@@ -34,6 +34,7 @@ GAN_INITS = ("decoder", "scratch")
 # mistyped 100000 is refused before any work instead of filling the machine's memory. Seeds stay
 # within what every generator (torch's, numpy's) takes.
 MAX_SEED = 2**32 - 1
+MAX_SEEDS = 64  # model seeds trained together in one experiment
 MAX_WIDTH = 16_384  # hidden layers
 MAX_LATENT_DIM = 1_024
 MAX_FEATURE_DIM = 4_096
@@ -51,7 +52,7 @@ class ConfigError(PipelineError):
 class Rule:
     """What one params.yaml value may be: a kind, and optionally a range or a set of choices."""
 
-    kind: type  # int, float, str or bool
+    kind: type  # int, float, str, bool, or tuple: a list of distinct integers within the bounds
     minimum: float | None = None
     exclusive_minimum: bool = False
     maximum: float | None = None
@@ -61,9 +62,10 @@ class Rule:
     def describe(self) -> str:
         if self.choices is not None:
             return "one of: " + ", ".join(self.choices)
-        noun = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[self.kind]
+        noun = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                tuple: f"a list of 1 to {MAX_SEEDS} distinct integers, such as [0, 1, 2], each"}[self.kind]
         bounds = []
-        shown = (lambda bound: str(int(bound))) if self.kind is int else (lambda bound: f"{bound:g}")
+        shown = (lambda bound: str(int(bound))) if self.kind in (int, tuple) else (lambda bound: f"{bound:g}")
         if self.minimum is not None:
             bounds.append(f"{'>' if self.exclusive_minimum else '>='} {shown(self.minimum)}")
         if self.maximum is not None:
@@ -72,6 +74,10 @@ class Rule:
 
     def coerce(self, value: Any) -> Any:
         """Return `value` as this rule's kind, or raise ValueError if it is not allowed."""
+        if self.kind is tuple:
+            if not isinstance(value, list) or not 1 <= len(value) <= MAX_SEEDS or len(set(map(str, value))) < len(value):
+                raise ValueError
+            return tuple(dataclasses.replace(self, kind=int).coerce(item) for item in value)
         if self.kind is bool:
             if not isinstance(value, bool):  # `yes`/`no` are booleans to PyYAML; "true" in quotes is not
                 raise ValueError
@@ -175,7 +181,8 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class Config:
     latent_dim: int = rule(kind=int, minimum=1, maximum=MAX_LATENT_DIM)
-    seed: int = rule(kind=int, minimum=0, maximum=MAX_SEED)
+    # The model seeds: each trains its own VAE and GANs (weights, batch order, noise), all in one run.
+    seeds: tuple[int, ...] = rule(kind=tuple, minimum=0, maximum=MAX_SEED)
     device: str = rule(kind=str)  # auto, cpu, cuda or cuda:N; checked by resolve_device
     data: DataConfig
     vae: VAEConfig
@@ -317,6 +324,7 @@ def merged(base: dict, overrides: dict) -> dict:
 # apply over params.yaml's.
 TINY = {
     "latent_dim": 4,
+    "seeds": [0, 1],
     "data": {"max_per_class": 30},
     "vae": {"hidden_dim": 32, "epochs": 2, "batch_size": 64},
     "classifier": {"epochs": 1, "feature_dim": 16},
@@ -369,6 +377,16 @@ def thread_limit(environ: dict[str, str]) -> int | None:
     return int(value)
 
 
+SEEDS_PARAM, SEED_PARAM = "seeds", "seed"  # params.yaml's list, and the one seed of a seed's MLflow row
+
+
+def seed_params(config: Config, seed: int) -> dict[str, str]:
+    """A seed's MLflow params: every param as text, with `seed` in place of the list `seeds` (so a
+    seed's row reads as a row of the one-seed-per-experiment code did, and both pool)."""
+    params = {key: str(value) for key, value in flatten(config).items() if key != SEEDS_PARAM}
+    return {**params, SEED_PARAM: str(seed)}
+
+
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     """The config as flat dotted keys (`vae.epochs`), as MLflow params and DVC show them."""
     flat: dict[str, Any] = {}
@@ -377,7 +395,7 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
         if dataclasses.is_dataclass(value):
             flat.update(flatten(value, f"{prefix}{f.name}."))
         else:
-            flat[prefix + f.name] = value
+            flat[prefix + f.name] = list(value) if isinstance(value, tuple) else value  # seeds as [0, 1]
     return flat
 
 
@@ -397,6 +415,11 @@ def unflatten(flat: dict[str, str], cls: type = Config, prefix: str = "") -> dic
 
 
 def _from_text(text: str, kind: type) -> Any:
+    if kind is tuple:  # recorded as "[0, 1, 2]"
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
     if kind is bool:
         return {"True": True, "False": False}.get(text, text)
     try:
@@ -408,5 +431,8 @@ def _from_text(text: str, kind: type) -> Any:
 def config_from_params(params: dict[str, str]) -> Config:
     """The Config a run was recorded with, from its params as MLflow keeps them (text under
     dotted keys); raises ConfigError naming a missing or malformed one. The device is not checked:
-    a run made on a GPU machine can be read on any machine."""
+    a run made on a GPU machine can be read on any machine. A seed's row (and a row of older code,
+    made with one seed per experiment) has `seed` in place of `seeds`: its config has that seed alone."""
+    if SEED_PARAM in params and SEEDS_PARAM not in params:
+        params = {**params, SEEDS_PARAM: f"[{params[SEED_PARAM]}]"}
     return parse_config(unflatten(params), check_device=False)

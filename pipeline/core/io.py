@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import tempfile
@@ -76,18 +77,25 @@ def staged(folder: Path, path: Path) -> Path:
     return Path(folder) / Path(path).relative_to(*Path(path).parts[:2])
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, sort_keys: bool = True) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def csv_text(rows: list[dict]) -> str:
+    """Rows with the same keys as CSV text; None becomes an empty cell."""
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return handle.getvalue()
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     """Rows with the same keys as a CSV file (histories and tables for DVC plots); None becomes an empty cell."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(csv_text(rows).encode())

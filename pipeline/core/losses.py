@@ -1,5 +1,9 @@
 """VAE loss terms as small pure functions. Each returns one value per image (B,), in nats.
 
+Every function also takes a leading seed dimension (S, B, ...), the seeds' batches stacked
+(pipeline.core.replicas): it reduces over each image's own dimensions (the last ones) and over the
+batch, never across seeds, and returns one value per seed (S,).
+
 The negative ELBO of one image x is  -E_q[log p(x|z)] + KL(q(z|x) || p(z))  with
 q(z|x) = N(mu, diag(sigma^2)) and p(z) = N(0, I) (Kingma & Welling 2014, eq. 3 and 10).
 """
@@ -22,7 +26,7 @@ def gaussian_kl_terms(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag(exp(logvar))) || N(0, I)) per image: the sum of `gaussian_kl_terms` over
     the latent dimensions. mu, logvar: (B, D) -> (B,)"""
-    return gaussian_kl_terms(mu, logvar).sum(dim=1)
+    return gaussian_kl_terms(mu, logvar).sum(dim=-1)
 
 
 def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -37,7 +41,7 @@ def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str) -> tor
         per_pixel = (torch.sigmoid(logits) - x).pow(2)
     else:
         raise ValueError(f"unknown reconstruction loss {kind!r}")
-    return per_pixel.flatten(1).sum(dim=1)
+    return per_pixel.flatten(-3).sum(dim=-1)
 
 
 def kl_weight(epoch: int, beta: float, warmup_epochs: int) -> float:
@@ -53,8 +57,8 @@ def kl_weight(epoch: int, beta: float, warmup_epochs: int) -> float:
 def vae_loss(logits, x, mu, logvar, *, kind: str, kl_scale: float) -> dict[str, torch.Tensor]:
     """Batch means of each term: reconstruction, kl, the objective (recon + kl_scale * kl)
     and the negative ELBO (recon + kl, the bound itself whatever the weight)."""
-    reconstruction = reconstruction_loss(logits, x, kind).mean()
-    kl = gaussian_kl(mu, logvar).mean()
+    reconstruction = reconstruction_loss(logits, x, kind).mean(dim=-1)
+    kl = gaussian_kl(mu, logvar).mean(dim=-1)
     return {
         "loss": reconstruction + kl_scale * kl,
         "reconstruction": reconstruction,
@@ -70,13 +74,16 @@ def vae_loss(logits, x, mu, logvar, *, kind: str, kl_scale: float) -> dict[str, 
 # Written on logits with binary cross-entropy for numerical stability.
 
 
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Binary cross-entropy of logits against a constant target, batch mean: (..., B) -> (...)."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), reduction="none").mean(dim=-1)
+
+
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """-[log D(x) + log(1 - D(G(z)))], batch mean. real_logits, fake_logits: (B,) -> scalar."""
-    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    return real + fake
+    return _bce(real_logits, 1.0) + _bce(fake_logits, 0.0)
 
 
 def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """-log D(G(z)), batch mean: the non-saturating generator loss. fake_logits: (B,) -> scalar."""
-    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    return _bce(fake_logits, 1.0)

@@ -183,10 +183,12 @@ class VAE(nn.Module):
         self.encoder = Encoder(arch)
         self.decoder = Decoder(arch)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        """x (B, C, H, W) -> (reconstruction logits (B, C, H, W), mu, logvar)."""
+    def forward(self, x: torch.Tensor, eps: torch.Tensor):
+        """x (B, C, H, W) and posterior noise eps ~ N(0, I) (B, latent_dim) -> (reconstruction
+        logits (B, C, H, W), mu, logvar). The noise is an input, drawn by the caller from the
+        seed's own stream, so several seeds' VAEs run as one (pipeline.core.replicas)."""
         mu, logvar = self.encoder(x)
-        z = reparameterize(mu, logvar, standard_normal(mu, generator))  # (B, latent_dim)
+        z = reparameterize(mu, logvar, eps)  # (B, latent_dim)
         return self.decoder.logits(z), mu, logvar
 
 
@@ -208,7 +210,7 @@ class Discriminator(nn.Module):
         return self.net[:-1](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+        return self.net(x).squeeze(-1)
 
 
 class Classifier(nn.Module):

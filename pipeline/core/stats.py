@@ -108,3 +108,22 @@ def difference(a: Mapping[int, float], b: Mapping[int, float], confidence: float
     if len(shared) >= 2:
         return mean_interval([a[s] - b[s] for s in shared], confidence, paired=True)
     return welch_interval(list(a.values()), list(b.values()), confidence)
+
+
+def mean_rows(tables: Sequence[Sequence[Mapping[str, float | None]]]) -> list[dict[str, float | None]]:
+    """Row by row, the mean of each column over several tables of the same shape (the seeds'
+    histories, epoch by epoch): None where any table has None, the value itself where every table
+    has the same one (the epoch stays a whole number)."""
+    means = []
+    for rows in zip(*tables):
+        row: dict[str, float | None] = {}
+        for key in rows[0]:
+            values = [r[key] for r in rows]
+            if any(v is None for v in values):
+                row[key] = None
+            elif all(v == values[0] for v in values):
+                row[key] = values[0]
+            else:
+                row[key] = sum(values) / len(values)
+        means.append(row)
+    return means

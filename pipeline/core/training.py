@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from pipeline.core.errors import TrainingDiverged
 from pipeline.core.losses import discriminator_loss, generator_loss, vae_loss
-from pipeline.core.models import VAE, Classifier, Decoder, Discriminator
+from pipeline.core.models import VAE, Classifier, Decoder
+from pipeline.core.replicas import Stack
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
@@ -56,53 +57,97 @@ def in_batches(network, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# Several seeds at once: every network of a stage is a Stack of its seeds' copies (core/replicas.py)
+
+
+def seed_batches(size: int, batch_size: int, orders: list[torch.Generator], device) -> Iterator[torch.Tensor]:
+    """Index batches (S, B) over a new random order of `size` items per seed, each seed's drawn from
+    its own generator in `orders`: one epoch of a stacked loop. Each row is the batch
+    `shuffled_batches` gives that seed alone."""
+    permutations = torch.stack([torch.randperm(size, generator=order, device=device) for order in orders])
+    for start in range(0, size, batch_size):
+        yield permutations[:, start : start + batch_size]
+
+
+def seed_noise(noises: list[torch.Generator], count: int, dim: int, device) -> torch.Tensor:
+    """N(0, I) draws (S, count, dim), each seed's from its own generator in `noises`."""
+    return torch.stack([torch.randn(count, dim, generator=noise, device=device) for noise in noises])
+
+
+@torch.inference_mode()
+def stack_in_batches(stack: Stack, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """`stack` applied to x (S, N, ...) in batches along N, outputs concatenated: (S, N, ...)."""
+    return torch.cat([stack(x[:, s : s + batch_size]) for s in range(0, x.shape[1], batch_size)], dim=1)
+
+
+def _per_seed(terms: dict[str, torch.Tensor]) -> list[dict[str, float]]:
+    """{name: (S,) tensor} -> one {name: float} per seed, read from the device in one transfer."""
+    keys = list(terms)
+    values = torch.stack([terms[key].detach() for key in keys], dim=1).tolist()  # (S, K)
+    return [dict(zip(keys, row)) for row in values]
+
+
+def _add(totals: list[dict[str, float]], steps: list[dict[str, float]], weight: int) -> None:
+    for total, step in zip(totals, steps):
+        for key, value in step.items():
+            total[key] = total.get(key, 0.0) + value * weight
+
+
+# ---------------------------------------------------------------------------------------------
 # VAE
 
 
-def vae_epoch(model: VAE, optimizer, x: torch.Tensor, *, batch_size: int, kind: str, kl_scale: float,
-              generator: torch.Generator, epoch: int) -> dict[str, float]:
-    """One pass over `x` in shuffled batches; returns the per-image mean of each loss term."""
-    model.train()
-    totals: dict[str, float] = {}
-    for index in shuffled_batches(len(x), batch_size, generator, x.device):
-        batch = x[index]  # (B, C, H, W)
-        logits, mu, logvar = model(batch, generator)
-        terms = vae_loss(logits, batch, mu, logvar, kind=kind, kl_scale=kl_scale)
-        values = {name: value.item() for name, value in terms.items()}
-        check_finite(values, epoch, "training")
+def vae_noise(model: VAE, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """eps ~ N(0, I) (B, latent_dim) for the images x (B, ...), drawn from `generator`."""
+    return torch.randn(len(x), model.arch.latent_dim, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def vae_epoch(vaes: Stack, optimizer, x: torch.Tensor, *, latent_dim: int, batch_size: int, kind: str,
+              kl_scale: float, orders: list[torch.Generator], noises: list[torch.Generator],
+              epoch: int) -> list[dict[str, float]]:
+    """One pass over `x` (N, C, H, W) for every seed of the stacked VAEs, each seed in its own
+    shuffled batches with its own posterior noise; returns each seed's per-image mean of each loss
+    term. The step minimises the sum of the seeds' losses: each seed's gradient is its own."""
+    totals: list[dict[str, float]] = [{} for _ in orders]
+    for index in seed_batches(len(x), batch_size, orders, x.device):
+        batch = x[index]  # (S, B, C, H, W)
+        eps = seed_noise(noises, index.shape[1], latent_dim, x.device)  # (S, B, latent_dim)
+        logits, mu, logvar = vaes(batch, eps)
+        terms = vae_loss(logits, batch, mu, logvar, kind=kind, kl_scale=kl_scale)  # per seed: (S,) per term
+        values = _per_seed(terms)
+        for seed_values in values:
+            check_finite(seed_values, epoch, "training")
         optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        terms["loss"].sum().backward()
         optimizer.step()
-        for name, value in values.items():
-            totals[name] = totals.get(name, 0.0) + value * len(batch)
-    return {name: total / len(x) for name, total in totals.items()}
+        _add(totals, values, index.shape[1])
+    return [{name: total / len(x) for name, total in seed_totals.items()} for seed_totals in totals]
 
 
 @torch.inference_mode()
 def vae_evaluate(model: VAE, x: torch.Tensor, *, batch_size: int, kind: str, kl_scale: float,
-                 seed: int) -> dict[str, float]:
-    """Per-image mean loss terms on `x`, with the same posterior noise at every call."""
+                 generator: torch.Generator) -> dict[str, float]:
+    """Per-image mean loss terms on `x`, the posterior noise drawn from `generator` (a new one
+    seeded the same way at every call gives the same noise)."""
     model.eval()
-    generator = torch.Generator(device=x.device).manual_seed(seed)
     totals: dict[str, float] = {}
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size]
-        logits, mu, logvar = model(batch, generator)
+        logits, mu, logvar = model(batch, vae_noise(model, batch, generator))
         for name, value in vae_loss(logits, batch, mu, logvar, kind=kind, kl_scale=kl_scale).items():
             totals[name] = totals.get(name, 0.0) + value.item() * len(batch)
     return {name: total / len(x) for name, total in totals.items()}
 
 
-def encoder_gradient_norms(model: VAE, x: torch.Tensor, *, kind: str, seed: int) -> dict[str, float]:
+def encoder_gradient_norms(model: VAE, x: torch.Tensor, *, kind: str, generator: torch.Generator) -> dict[str, float]:
     """L2 norms of the gradients that the reconstruction term and the KL term of the loss on `x`
-    send to the encoder's weights (their batch means, noise drawn from `seed`); nothing is updated.
+    send to the encoder's weights (their batch means, noise drawn from `generator`); nothing is updated.
 
     The reconstruction term reaches the encoder only through the sample z = mu + sigma * eps: that
     path is the reparameterisation trick, and without it this gradient would be zero. The KL term
     reaches it directly, through mu and logvar in closed form.
     """
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    logits, mu, logvar = model(x, generator)
+    logits, mu, logvar = model(x, vae_noise(model, x, generator))
     terms = vae_loss(logits, x, mu, logvar, kind=kind, kl_scale=1.0)
     weights = list(model.encoder.parameters())
     norms = {}
@@ -144,7 +189,7 @@ def accuracy_and_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch
 # ---------------------------------------------------------------------------------------------
 # GAN
 
-STEP_MEASURES = ("d_loss", "g_loss", "d_real", "d_fake")  # what gan_epoch returns, per image
+STEP_MEASURES = ("d_loss", "g_loss", "d_real", "d_fake")  # what gan_epoch returns per seed, per image
 
 
 def make_generator(vae: VAE, init: str) -> Decoder:
@@ -160,43 +205,45 @@ def make_generator(vae: VAE, init: str) -> Decoder:
     return generator
 
 
-def discriminator_step(discriminator, optimizer, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-    """One discriminator update on a real and a generated batch. `fake` must be detached from the
-    generator, so this step does not compute (or apply) gradients for the generator."""
+def discriminator_step(discriminators: Stack, optimizer, real: torch.Tensor, fake: torch.Tensor) -> list[dict[str, float]]:
+    """One update of every seed's discriminator on its real and generated batch (S, B, ...).
+    `fake` must be detached from the generators, so this step does not compute (or apply)
+    gradients for them."""
     if fake.requires_grad:
         raise ValueError("the discriminator step needs the fake batch detached from the generator")
-    real_logits, fake_logits = discriminator(real), discriminator(fake)
-    loss = discriminator_loss(real_logits, fake_logits)
+    real_logits, fake_logits = discriminators(real), discriminators(fake)  # (S, B) each
+    loss = discriminator_loss(real_logits, fake_logits)  # (S,)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.sum().backward()
     optimizer.step()
-    return {"d_loss": loss.item(), "d_real": torch.sigmoid(real_logits).mean().item(),
-            "d_fake": torch.sigmoid(fake_logits).mean().item()}
+    return _per_seed({"d_loss": loss, "d_real": torch.sigmoid(real_logits).mean(dim=1),
+                      "d_fake": torch.sigmoid(fake_logits).mean(dim=1)})
 
 
-def generator_step(discriminator, optimizer, fake: torch.Tensor) -> dict[str, float]:
-    """One generator update: push D(G(z)) up (the non-saturating loss). Only the generator's
-    optimizer steps; the discriminator's gradients from this pass are discarded at its next step."""
-    loss = generator_loss(discriminator(fake))
+def generator_step(discriminators: Stack, optimizer, fake: torch.Tensor) -> list[dict[str, float]]:
+    """One update of every seed's generator: push D(G(z)) up (the non-saturating loss). Only the
+    generators' optimizer steps; the discriminators' gradients from this pass are discarded at
+    their next step."""
+    loss = generator_loss(discriminators(fake))  # (S,)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.sum().backward()
     optimizer.step()
-    return {"g_loss": loss.item()}
+    return _per_seed({"g_loss": loss})
 
 
-def gan_epoch(generator: Decoder, discriminator: Discriminator, optimizer_g, optimizer_d, x: torch.Tensor, *,
-              latent_dim: int, batch_size: int, batches: torch.Generator, epoch: int,
-              name: str = "GAN") -> dict[str, float]:
-    """One pass over `x` in shuffled batches, a discriminator step then a generator step on each,
-    with noise and order drawn from `batches`; returns the per-image mean of each step measure."""
-    totals = dict.fromkeys(STEP_MEASURES, 0.0)
-    for index in shuffled_batches(len(x), batch_size, batches, x.device):
-        real = x[index]
-        z = torch.randn(len(real), latent_dim, generator=batches, device=x.device)
-        fake = generator(z)
-        step = discriminator_step(discriminator, optimizer_d, real, fake.detach())
-        step |= generator_step(discriminator, optimizer_g, fake)
-        check_finite(step, epoch, name, "lower gan.learning_rate")
-        for key, value in step.items():
-            totals[key] += value * len(real)
-    return {key: total / len(x) for key, total in totals.items()}
+def gan_epoch(generators: Stack, discriminators: Stack, optimizer_g, optimizer_d, x: torch.Tensor, *,
+              latent_dim: int, batch_size: int, orders: list[torch.Generator], noises: list[torch.Generator],
+              epoch: int, name: str = "GAN") -> list[dict[str, float]]:
+    """One pass over `x` for every seed of the stacked GANs, each in its own shuffled batches with
+    its own noise, a discriminator step then a generator step on each; returns each seed's
+    per-image mean of each step measure."""
+    totals: list[dict[str, float]] = [dict.fromkeys(STEP_MEASURES, 0.0) for _ in orders]
+    for index in seed_batches(len(x), batch_size, orders, x.device):
+        real = x[index]  # (S, B, C, H, W)
+        fake = generators(seed_noise(noises, index.shape[1], latent_dim, x.device))
+        steps = discriminator_step(discriminators, optimizer_d, real, fake.detach())
+        for step, g_step in zip(steps, generator_step(discriminators, optimizer_g, fake)):
+            step |= g_step
+            check_finite(step, epoch, name, "lower gan.learning_rate")
+        _add(totals, steps, index.shape[1])
+    return [{key: total / len(x) for key, total in seed_totals.items()} for seed_totals in totals]

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.core import latent
-from pipeline.core.checkpoints import load_classifier, load_gans, load_vae
-from pipeline.core.config import Config, check_data_sizes, load_config, resolve_device
+from pipeline.core.checkpoints import load_classifier, load_gans, load_vae, seed_checkpoint, seed_name
+from pipeline.core.config import Config, check_data_sizes, load_config, resolve_device, seed_params
 from pipeline.core.data import Splits, dataset_facts, load_splits
 from pipeline.core.images import GRID_ROWS, image_grid, save_png
-from pipeline.core.io import atomic_dir, atomic_path, read_json, staged, write_csv, write_json
+from pipeline.core.io import atomic_dir, atomic_path, csv_text, read_json, staged, write_csv, write_json
 from pipeline.core.losses import reconstruction_loss
 from pipeline.core.metrics import (
     ACTIVE_UNIT_THRESHOLD,
@@ -43,8 +43,11 @@ from pipeline.core.metrics import (
     vae_test_metrics,
 )
 from pipeline.core.models import VAE
+from pipeline.core.replicas import stream_seed
+from pipeline.core.stats import mean_interval
 from pipeline.core.training import in_batches, to_unit_float
 from pipeline.stages import params_guard, paths
+from pipeline.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +121,13 @@ def class_probes(vae: VAE, discriminators: dict, x_train, y_train, x_test, y_tes
 
 
 def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device: str,
-        likelihood: str) -> Evaluation:
-    """Measure the VAE and every model's samples.
+        likelihood: str, seed: int) -> Evaluation:
+    """Measure model seed `seed`'s VAE and every model's samples.
 
     The ruler's draws (which test and training images are scored, the uniform-noise set, KID's
     subsets) come from `data.seed`, so they are the same for every model seed; the models' draws
-    (the codes every generator decodes, the IWAE and gradient samples) come from `seed`.
+    (the codes every generator decodes, the IWAE and gradient samples) come from the seed's
+    "samples" stream (pipeline.core.replicas).
 
     `gans` maps each GAN's init to its (generator, discriminator). `likelihood` is the
     reconstruction term the VAE was trained with (bce or mse), from its checkpoint.
@@ -139,11 +143,11 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device
     test_pick = torch.randperm(len(x_test), generator=ruler)[:n].to(device)
     train_pick = torch.randperm(len(x_train), generator=ruler)[:n].to(device)
     noise_images = torch.rand((n, *splits.image_shape), generator=ruler).to(device)
-    draws = torch.Generator().manual_seed(config.seed)
-    z = torch.randn(n, config.latent_dim, generator=draws).to(device)  # the same codes for every generator
+    draws = stream_seed(seed, "samples")
+    codes = torch.Generator().manual_seed(draws)
+    z = torch.randn(n, config.latent_dim, generator=codes).to(device)  # the same codes for every generator
 
-    vae_numbers = vae_test_metrics(vae, x_test, kind=likelihood, iwae_samples=ev.iwae_samples,
-                                   seed=config.seed)
+    vae_numbers = vae_test_metrics(vae, x_test, kind=likelihood, iwae_samples=ev.iwae_samples, seed=draws)
     reconstructions = latent.reconstruct(vae, x_test[test_pick])
     sets = {"real_train": x_train[train_pick], "noise": noise_images, "vae_reconstructions": reconstructions,
             "vae_prior": in_batches(vae.decoder, z)}
@@ -167,8 +171,7 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device
     y_train = torch.from_numpy(splits.y_train).to(device)
     y_test = torch.from_numpy(splits.y_test).to(device)
     metrics = {"num_samples": n, "vae": vae_numbers, "scores": scores,
-               "reparameterisation": gradient_variances(vae, x_test[test_pick[:GRADIENT_IMAGES]], likelihood,
-                                                        config.seed),
+               "reparameterisation": gradient_variances(vae, x_test[test_pick[:GRADIENT_IMAGES]], likelihood, draws),
                "probes": class_probes(vae, discriminators, x_train, y_train, x_test[test_pick], y_test[test_pick]),
                "discriminators": {init: {name: torch.sigmoid(in_batches(d, images)).mean().item()
                                          for name, images in sets.items()}
@@ -215,50 +218,77 @@ def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:
     return flat
 
 
+def aggregate(headline: dict[int, dict[str, float]]) -> dict[str, float | None]:
+    """DVC's metrics (names.DVC_METRICS): the number of seeds `n`, each headline number's mean over
+    the seeds, then the half-width of each one's 95% t-interval (None, shown as `-`, with one seed:
+    written all the same, so that every experiment has the same columns)."""
+    intervals = {name: mean_interval([numbers[name] for numbers in headline.values()]) for name in names.SHOWN_FIRST}
+    shown: dict[str, float | None] = {"n": len(headline)}
+    shown |= {name: interval.mean for name, interval in intervals.items()}
+    shown |= {f"{name}{names.CI_SUFFIX}": interval.half_width if interval.has_interval else None
+              for name, interval in intervals.items()}
+    return shown
+
+
 def main() -> None:
     import mlflow
 
-    from pipeline.tracking import names, provenance, record
+    from pipeline.tracking import record, summaries
 
     config = load_config()
     device = resolve_device(config.device)
     splits = load_splits(paths.SPLITS)
     check_sizes(config, splits)
     facts = dataset_facts(splits)
-    vae, vae_checkpoint = load_vae(paths.VAE_CHECKPOINT, config.latent_dim)
-    likelihood = vae_checkpoint["config"]["vae"]["reconstruction"]
     classifier = load_classifier(paths.CLASSIFIER_CHECKPOINT, facts["content_hash"])
-    gans = load_gans(paths.GAN_GENERATORS, config.latent_dim)
     classifier_accuracy = read_json(paths.CLASSIFIER_METRICS)["test_accuracy"]
+    models = {}
+    for seed in config.seeds:
+        vae, vae_checkpoint = load_vae(seed_checkpoint(paths.VAE_CHECKPOINTS, seed, "train_vae"), config.latent_dim)
+        gans = load_gans(seed_checkpoint(paths.GAN_GENERATORS, seed, "train_gan", suffix=""), config.latent_dim)
+        models[seed] = (vae, vae_checkpoint["config"]["vae"]["reconstruction"], gans)
 
-    # The outputs are written aside and appear together once the row is recorded (pipeline.core.io).
-    with atomic_dir(paths.EVAL_DIR) as out, \
-            record.stage_run("evaluate", config, run_name=provenance.run_name(config),
-                             upstream_run_id=record.read_run_file(paths.GAN_RUN)) as active:
-        started = time.perf_counter()
-        result = run(config, splits, vae, classifier, gans, device, likelihood)
-        seconds = time.perf_counter() - started
-        metrics = {"classifier_test_accuracy": classifier_accuracy, **result.metrics}
-        flat = flat_metrics(metrics, names.STAGE_METRIC_PREFIX["evaluate"])
-        mlflow.log_metrics(flat | {names.metric("evaluate", "seconds"): seconds})
-        for row in result.kl_per_dim:
-            mlflow.log_metric(names.metric("evaluate", "vae", "kl_per_dim"), row["kl"], step=row["dim"])
+    started = time.perf_counter()
+    results = {seed: run(config, splits, vae, classifier, gans, device, likelihood, seed)
+               for seed, (vae, likelihood, gans) in models.items()}
+    seconds = time.perf_counter() - started
+    details = {seed: {"classifier_test_accuracy": classifier_accuracy, **result.metrics} for seed, result in results.items()}
+    flats = {seed: flat_metrics(metrics, names.STAGE_METRIC_PREFIX["evaluate"]) for seed, metrics in details.items()}
+    headline = {seed: names.shown_first(flat) for seed, flat in flats.items()}
+    shown = aggregate(headline)
 
-        figures = staged(out, paths.EVAL_FIGURES)
-        for name, grid in result.grids.items():
-            save_png(figures / f"{name}.png", grid)
-        if result.latent_means is not None:
-            save_latent_scatter(figures / "latent_scatter.png", result.latent_means, splits.y_test)
-        write_csv(staged(out, paths.EVAL_KL_PER_DIM), result.kl_per_dim)
-        write_json(staged(out, paths.EVAL_DETAILS), metrics)
-        write_json(staged(out, paths.EVAL_METRICS), names.shown_first(flat))
-        mlflow.log_artifacts(str(figures), artifact_path="eval")
-        mlflow.log_artifact(str(staged(out, paths.EVAL_KL_PER_DIM)), artifact_path="eval")
-        record.write_run_file(staged(out, paths.EVAL_RUN), active)
-        params_guard.unchanged()  # before the row is finished and the outputs appear
-    scores = metrics["scores"]
-    log.info("done in %.1f s: FID-style real_train %.2f, vae_prior %.2f, %s", seconds, scores["real_train"]["fid"],
-             scores["vae_prior"]["fid"], ", ".join(f"{k} {v['fid']:.2f}" for k, v in scores.items() if k.startswith("gan_")))
+    # The outputs are written aside and appear together once the rows are recorded (pipeline.core.io).
+    with atomic_dir(paths.EVAL_DIR) as out:
+        figures, run_file = staged(out, paths.EVAL_FIGURES), staged(out, paths.EVAL_RUN)
+        with record.seed_runs("evaluate", config, upstream=record.read_run_file(paths.GAN_RUN)) as rows:
+            for seed, result in results.items():
+                folder = figures / seed_name(seed)
+                for name, grid in result.grids.items():
+                    save_png(folder / f"{name}.png", grid)
+                if result.latent_means is not None:
+                    save_latent_scatter(folder / "latent_scatter.png", result.latent_means, splits.y_test)
+                with rows.seed(seed):
+                    mlflow.log_metrics(flats[seed] | {names.metric("evaluate", "seconds"): seconds / len(results)})
+                    for row in result.kl_per_dim:
+                        mlflow.log_metric(names.metric("evaluate", "vae", "kl_per_dim"), row["kl"], step=row["dim"])
+                    mlflow.log_artifacts(str(folder), artifact_path="eval")
+                    mlflow.log_text(csv_text(result.kl_per_dim), "eval/kl_per_dim.csv")
+            write_csv(staged(out, paths.EVAL_KL_PER_DIM), results[config.seeds[0]].kl_per_dim)
+            write_csv(staged(out, paths.EVAL_SEED_METRICS), [{"seed": seed, **numbers}
+                                                             for seed, numbers in headline.items()])
+            write_json(staged(out, paths.EVAL_DETAILS), {str(seed): metrics for seed, metrics in details.items()})
+            write_json(staged(out, paths.EVAL_METRICS), shown, sort_keys=False)  # DVC shows this order
+            record.write_run_file(run_file, rows)
+            params_guard.unchanged()  # before the rows are finished and the outputs appear
+        # The configuration's summary run: the parent of the seeds' rows, holding their means and
+        # intervals, pooled with the rows of earlier runs of the same configuration. A view of the
+        # rows, rebuilt by `make compare`: a store fault here is a warning, not a lost result.
+        summary_id = summaries.record_configuration_or_warn(
+            config.experiment_name, names.configuration_id(seed_params(config, config.seeds[0])))
+        record.write_run_file(run_file, rows, summary_id)
+    scratch = f"{shown['fid_scratch']:.2f}" if shown.get("fid_scratch") is not None else "-"
+    log.info("done in %.1f s, %d seeds: FID-style real_train %.2f, vae_prior %.2f, gan_decoder %.2f, gan_scratch %s "
+             "(means)", seconds, len(results), shown["fid_real"], shown["fid_vae"], shown["fid_decoder"], scratch)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ def _refuse(command: str, changes: list[str]) -> ConfigError:
 # A writer (an editor, `dvc exp run -S`) empties params.yaml, then writes it: a read in between
 # sees an empty or partial file. How long to wait for it to settle, in steps.
 SETTLE_S, SETTLE_STEPS = 1.0, 10
+STEADY_READS = 3  # a changed file is named once this many reads in a row agree
 
 
 def _settled() -> Any:
@@ -141,10 +142,24 @@ def unchanged() -> None:
         return  # not run through pipeline.stages.cli (a test calling main)
     now = _settled()
     if now != _started["params"]:
-        time.sleep(SETTLE_S / SETTLE_STEPS)  # a rewrite under way: name the keys of what it settles on
-        now = _settled()
+        now = _steady(now)  # a rewrite under way (DVC writes twice): name the keys of what it settles on
         if now != _started["params"]:
             raise _refuse(_named(_started["command"]), _changes(_started["params"], now))
+
+
+def _steady(params: Any) -> Any:
+    """params.yaml once it has held the same values for STEADY_READS reads SETTLE_S / SETTLE_STEPS
+    apart (waiting at most 2 * SETTLE_S): a refused `dvc exp run -S` first puts back the committed
+    file, then writes its values over it."""
+    same = 0
+    for _ in range(2 * SETTLE_STEPS):
+        time.sleep(SETTLE_S / SETTLE_STEPS)
+        again = _settled()
+        same = same + 1 if again == params else 0
+        params = again
+        if same >= STEADY_READS:
+            break
+    return params
 
 
 def _forget_finished_commands() -> None:

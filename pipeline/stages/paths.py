@@ -10,11 +10,12 @@ SPLITS = DATA_DIR / "splits.npz"  # uint8 images (N, C, H, W) and int64 labels, 
 FACTS = DATA_DIR / "facts.json"  # name, shapes, class counts, content hash
 
 VAE_DIR = Path("outputs/vae")
-VAE_CHECKPOINT = VAE_DIR / "checkpoint.pt"
-VAE_RUN = VAE_DIR / "mlflow_run.json"  # the MLflow row that later stages add to
-VAE_METRICS = VAE_DIR / "metrics.json"
-VAE_HISTORY = VAE_DIR / "history.csv"
-VAE_SAMPLES = VAE_DIR / "samples.png"
+VAE_CHECKPOINTS = VAE_DIR / "checkpoints"  # seed-<seed>.pt for each model seed
+VAE_RUN = VAE_DIR / "mlflow_run.json"  # the MLflow rows, by seed, that later stages add to
+VAE_METRICS = VAE_DIR / "metrics.json"  # the final epoch's numbers, by seed
+VAE_HISTORY = VAE_DIR / "history.csv"  # per epoch, the mean over the seeds
+VAE_SEED_HISTORY = VAE_DIR / "seed_history.csv"  # per seed and epoch
+VAE_SAMPLES = VAE_DIR / "samples.png"  # the first seed's
 VAE_RECONSTRUCTIONS = VAE_DIR / "reconstructions.png"
 
 CLASSIFIER_DIR = Path("outputs/classifier")
@@ -23,15 +24,18 @@ CLASSIFIER_METRICS = CLASSIFIER_DIR / "metrics.json"
 CLASSIFIER_HISTORY = CLASSIFIER_DIR / "history.csv"
 
 GAN_DIR = Path("outputs/gan")
-GAN_GENERATORS = GAN_DIR / "generators"  # <init>.pt for each GAN trained (decoder, scratch)
-GAN_SAMPLES = GAN_DIR / "samples"  # <init>.png: the final grid from the fixed noise
+GAN_GENERATORS = GAN_DIR / "generators"  # seed-<seed>/<init>.pt for each seed and GAN trained (decoder, scratch)
+GAN_SAMPLES = GAN_DIR / "samples"  # <init>.png: the first seed's final grid from its fixed noise
 GAN_RUN = GAN_DIR / "mlflow_run.json"
-GAN_METRICS = GAN_DIR / "metrics.json"
-GAN_HISTORY = GAN_DIR / "history.csv"
+GAN_METRICS = GAN_DIR / "metrics.json"  # by seed
+GAN_HISTORY = GAN_DIR / "history.csv"  # per epoch, the mean over the seeds
+GAN_SEED_HISTORY = GAN_DIR / "seed_history.csv"  # per seed and epoch
 
 EVAL_DIR = Path("outputs/eval")
-EVAL_METRICS = EVAL_DIR / "metrics.json"  # the headline numbers only (names.SHOWN_FIRST): DVC's metrics
-EVAL_DETAILS = EVAL_DIR / "details.json"  # every number the evaluation measured, nested
-EVAL_KL_PER_DIM = EVAL_DIR / "kl_per_dim.csv"
-EVAL_FIGURES = EVAL_DIR / "figures"  # grids per model, interpolation, traversal; latent plane when latent_dim is 2
+EVAL_METRICS = EVAL_DIR / "metrics.json"  # the headline numbers' means over the seeds, ± and n: DVC's metrics
+EVAL_SEED_METRICS = EVAL_DIR / "seed_metrics.csv"  # the headline numbers of each seed
+EVAL_DETAILS = EVAL_DIR / "details.json"  # every number the evaluation measured, nested, by seed
+EVAL_KL_PER_DIM = EVAL_DIR / "kl_per_dim.csv"  # the first seed's
+EVAL_FIGURES = EVAL_DIR / "figures"  # the first seed's grids per model, interpolation, traversal; latent plane at 2
 EVAL_RUN = EVAL_DIR / "mlflow_run.json"
+

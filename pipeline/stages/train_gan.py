@@ -5,6 +5,7 @@ The generator is a `Decoder` (z ~ N(0, I) of size latent_dim -> image in [0, 1])
 `gan.init: decoder` it starts from the VAE decoder's trained weights; with `scratch` from random
 ones. The discriminator is new in both cases. Both GANs share the seed, so they start from the
 same discriminator, see the same batches and noise, and differ only in the generator's start.
+Every model seed of `seeds` trains its GANs, all seeds at once (pipeline.core.replicas).
 
 After every epoch (and before the first) the stage scores the generator's samples from one fixed
 noise tensor in the classifier's feature space (the FID-style score of the evaluation) against the
@@ -23,14 +24,32 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from pipeline.core.checkpoints import GAN_KIND, gan_config, load_classifier, load_vae, save_checkpoint
+from pipeline.core.checkpoints import (
+    GAN_KIND,
+    gan_config,
+    load_classifier,
+    load_vae,
+    save_checkpoint,
+    seed_checkpoint,
+    seed_name,
+)
 from pipeline.core.config import GAN_INITS, Config, load_config, resolve_device
 from pipeline.core.data import Splits, dataset_facts, load_splits
 from pipeline.core.images import GRID_ROWS, image_grid, save_png
 from pipeline.core.io import atomic_dir, staged, write_csv, write_json
 from pipeline.core.metrics import Scorer, class_spread
 from pipeline.core.models import VAE, Decoder, Discriminator
-from pipeline.core.training import STEP_MEASURES, adam, gan_epoch, in_batches, make_generator, to_unit_float
+from pipeline.core.replicas import Stack, build_seeded, stream
+from pipeline.core.stats import mean_rows
+from pipeline.core.training import (
+    STEP_MEASURES,
+    adam,
+    gan_epoch,
+    in_batches,
+    make_generator,
+    stack_in_batches,
+    to_unit_float,
+)
 from pipeline.stages import params_guard, paths
 
 log = logging.getLogger(__name__)
@@ -44,17 +63,16 @@ def snapshot_epochs(epochs: int, count: int) -> list[int]:
     return sorted({round(epochs * (i + 1) / (count + 1)) for i in range(count)} - {0, epochs})
 
 
-def sample_measures(generator: Decoder, noise: torch.Tensor, scorer: Scorer) -> dict[str, float]:
-    """FID-style score and class spread of the generator's samples from the fixed `noise`."""
-    images = in_batches(generator, noise)
-    fid, labels = scorer.fid_and_labels(images)
-    return {"fid": fid, **class_spread(labels, scorer.classifier.num_classes)}
+def sample_measures(scorer: Scorer, images: torch.Tensor) -> list[dict[str, float]]:
+    """FID-style score and class spread of each seed's samples, images (S, N, C, H, W)."""
+    return [{"fid": fid, **class_spread(labels, scorer.classifier.num_classes)}
+            for fid, labels in scorer.fids_and_labels(images)]
 
 
 @dataclass
 class GANRun:
-    """One trained GAN: its networks, one history row per epoch (row 0 = before training), the
-    sample grids kept on the way ({epoch: grid}) and the training time."""
+    """One seed's trained GAN: its networks, one history row per epoch (row 0 = before training),
+    the sample grids kept on the way ({epoch: grid}) and the training time (of all seeds together)."""
 
     generator: Decoder
     discriminator: Discriminator
@@ -67,40 +85,57 @@ class GANRun:
         return self.history[-1]
 
 
-def train_one(init: str, config: Config, vae: VAE, x_train: torch.Tensor, scorer: Scorer, noise: torch.Tensor,
-              on_epoch: Callable[[str, dict], None] | None = None) -> GANRun:
-    """Train one GAN whose generator starts as `init`; everything else is the same for every init."""
+def train_init(init: str, config: Config, vaes: list[VAE], x_train: torch.Tensor, scorer: Scorer,
+               noise: torch.Tensor, on_epoch: Callable[[str, list[dict]], None] | None = None) -> list[GANRun]:
+    """Train one GAN per seed whose generator starts as `init`, all seeds at once; everything else
+    is the same for every init: each seed's discriminator starts from the same weights, sees the
+    same batches and noise. `noise` (S, N, latent_dim) is each seed's fixed scoring noise."""
     gan = config.gan
     device = x_train.device
-    torch.manual_seed(config.seed)
-    generator = make_generator(vae, init).to(device)
-    discriminator = Discriminator(vae.arch, gan.discriminator_hidden).to(device)
+
+    def networks(vae: VAE) -> tuple[Decoder, Discriminator]:
+        return make_generator(vae, init), Discriminator(vae.arch, gan.discriminator_hidden)
+
+    pairs = [build_seeded(lambda vae=vae: networks(vae), seed, "gan/weights")
+             for seed, vae in zip(config.seeds, vaes)]
+    generators = Stack([generator.to(device) for generator, _ in pairs])
+    discriminators = Stack([discriminator.to(device) for _, discriminator in pairs])
     options = {"lr": gan.learning_rate, "betas": (gan.adam_beta1, ADAM_BETA2)}
-    optimizer_g = adam(generator.parameters(), **options)
-    optimizer_d = adam(discriminator.parameters(), **options)
-    batches = torch.Generator(device=device).manual_seed(config.seed)
-    grid_noise = noise[: GRID_ROWS * GRID_ROWS]
+    optimizer_g = adam(generators.parameters(), **options)
+    optimizer_d = adam(discriminators.parameters(), **options)
+    orders = [stream(seed, "gan/batches", device) for seed in config.seeds]
+    noises = [stream(seed, "gan/noise", device) for seed in config.seeds]
+    grid_noise = noise[:, : GRID_ROWS * GRID_ROWS]
     keep = set(snapshot_epochs(gan.epochs, gan.snapshots)) | {gan.epochs}
 
-    result = GANRun(generator, discriminator, [])
-    result.history.append({"epoch": 0, **dict.fromkeys(STEP_MEASURES), **sample_measures(generator, noise, scorer)})
+    runs = [GANRun(generator, discriminator, []) for generator, discriminator in pairs]
+    first = sample_measures(scorer, stack_in_batches(generators, noise))
+    for result, measures in zip(runs, first):
+        result.history.append({"epoch": 0, **dict.fromkeys(STEP_MEASURES), **measures})
     if on_epoch is not None:
-        on_epoch(init, result.history[0])
+        on_epoch(init, [result.history[0] for result in runs])
     started = time.perf_counter()
     for epoch in tqdm(range(gan.epochs), desc=f"train_gan ({init})", unit="epoch", disable=None):
-        means = gan_epoch(generator, discriminator, optimizer_g, optimizer_d, x_train, latent_dim=vae.arch.latent_dim,
-                          batch_size=gan.batch_size, batches=batches, epoch=epoch, name=f"GAN ({init})")
-        row = {"epoch": epoch + 1, **means, **sample_measures(generator, noise, scorer)}
-        result.history.append(row)
-        if epoch + 1 in keep:
-            result.grids[epoch + 1] = image_grid(in_batches(generator, grid_noise)).cpu()
-        log.info("%s epoch %d/%d  D(x) %.3f  D(G(z)) %.3f  FID-style %.2f  classes %d", init, epoch + 1, gan.epochs,
-                 row["d_real"], row["d_fake"], row["fid"], row["classes"])
+        means = gan_epoch(generators, discriminators, optimizer_g, optimizer_d, x_train,
+                          latent_dim=config.latent_dim, batch_size=gan.batch_size, orders=orders, noises=noises,
+                          epoch=epoch, name=f"GAN ({init})")
+        measures = sample_measures(scorer, stack_in_batches(generators, noise))
+        grids = stack_in_batches(generators, grid_noise) if epoch + 1 in keep else None
+        for i, result in enumerate(runs):
+            result.history.append({"epoch": epoch + 1, **means[i], **measures[i]})
+            if grids is not None:
+                result.grids[epoch + 1] = image_grid(grids[i]).cpu()
+        log.info("%s epoch %d/%d  D(x) %.3f  D(G(z)) %.3f  FID-style %.2f  classes %.1f (means of %d seeds)", init,
+                 epoch + 1, gan.epochs, *(sum(r.history[-1][k] for r in runs) / len(runs)
+                                          for k in ("d_real", "d_fake", "fid", "classes")), len(runs))
         if on_epoch is not None:
-            on_epoch(init, row)
-    result.seconds = time.perf_counter() - started
-    result.generator, result.discriminator = generator.cpu().eval(), discriminator.cpu().eval()
-    return result
+            on_epoch(init, [result.history[-1] for result in runs])
+    seconds = time.perf_counter() - started
+    for i, result in enumerate(runs):
+        generators.load_into(i, result.generator).cpu().eval()
+        discriminators.load_into(i, result.discriminator).cpu().eval()
+        result.seconds = seconds
+    return runs
 
 
 def epochs_to_beat(history: list[dict], bar: float) -> int | None:
@@ -132,75 +167,111 @@ def wide_history(runs: dict[str, GANRun], vae_prior_fid: float) -> list[dict]:
     return rows
 
 
-def run(config: Config, splits: Splits, vae: VAE, classifier, device: str,
-        on_epoch: Callable[[str, dict], None] | None = None) -> tuple[dict[str, GANRun], float]:
-    """Train the GANs `config` asks for; returns them by init and the VAE prior samples' score."""
+@dataclass
+class SeedGANs:
+    """One seed's GANs by init, and the score of its VAE's prior samples (the bar)."""
+
+    seed: int
+    runs: dict[str, GANRun]
+    vae_prior_fid: float
+
+
+def run(config: Config, splits: Splits, vaes: list[VAE], classifier, device: str,
+        on_epoch: Callable[[str, list[dict]], None] | None = None) -> list[SeedGANs]:
+    """Train the GANs `config` asks for, for every seed (`vaes`: each seed's trained VAE, in the
+    order of `config.seeds`); returns each seed's GANs and its VAE prior samples' score."""
     torch.use_deterministic_algorithms(True, warn_only=True)
-    vae = vae.to(device)
+    vaes = [vae.to(device) for vae in vaes]
     x_train = to_unit_float(torch.from_numpy(splits.x_train)).to(device)
     x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)
-    scorer = Scorer(classifier.to(device), x_test, seed=config.seed)
-    noise = torch.randn(config.gan.fid_samples, config.latent_dim,
-                        generator=torch.Generator().manual_seed(config.seed)).to(device)
-    vae_prior_fid, _ = scorer.fid_and_labels(in_batches(vae.decoder, noise))
-    runs = {init: train_one(init, config, vae, x_train, scorer, noise, on_epoch) for init in config.gan.trained_inits}
-    vae.cpu()
+    scorer = Scorer(classifier.to(device), x_test, seed=config.data.seed)
+    noise = torch.stack([torch.randn(config.gan.fid_samples, config.latent_dim, generator=stream(seed, "samples"))
+                         for seed in config.seeds]).to(device)  # (S, N, latent_dim): each seed's fixed noise
+    priors = torch.stack([in_batches(vae.decoder, z) for vae, z in zip(vaes, noise)])
+    bars = [fid for fid, _ in scorer.fids_and_labels(priors)]
+    by_init = {init: train_init(init, config, vaes, x_train, scorer, noise, on_epoch)
+               for init in config.gan.trained_inits}
+    for vae in vaes:
+        vae.cpu()
     classifier.cpu()
-    return runs, vae_prior_fid
+    return [SeedGANs(seed, {init: runs[i] for init, runs in by_init.items()}, bars[i])
+            for i, seed in enumerate(config.seeds)]
 
 
 def main() -> None:
-    import mlflow
 
-    from pipeline.tracking import names, provenance, record
+    from pipeline.tracking import record
 
     config = load_config()
     device = resolve_device(config.device)
     splits = load_splits(paths.SPLITS)
     facts = dataset_facts(splits)
-    vae, _ = load_vae(paths.VAE_CHECKPOINT, config.latent_dim)
+    vaes = [load_vae(seed_checkpoint(paths.VAE_CHECKPOINTS, seed, "train_vae"), config.latent_dim)[0]
+            for seed in config.seeds]
     classifier = load_classifier(paths.CLASSIFIER_CHECKPOINT, facts["content_hash"])
 
-    def log_epoch(init: str, row: dict) -> None:
-        mlflow.log_metrics({names.metric("train_gan", init, k): v for k, v in row.items()
-                            if k != "epoch" and v is not None}, step=row["epoch"])
+    def check_params(init: str, rows: list[dict]) -> None:
         params_guard.unchanged()  # a run hijacked by a params.yaml edit stops at once, not after training
 
-    # The outputs are written aside and appear together once the row is recorded (pipeline.core.io).
+    seeds = run(config, splits, vaes, classifier, device, on_epoch=check_params)
+    # The outputs are written aside and appear together once the rows are recorded (pipeline.core.io).
     with atomic_dir(paths.GAN_DIR) as out, \
-            record.stage_run("train_gan", config, run_name=provenance.run_name(config),
-                             upstream_run_id=record.read_run_file(paths.VAE_RUN)) as active:
-        runs, vae_prior_fid = run(config, splits, vae, classifier, device, on_epoch=log_epoch)
-        metrics = summary(runs, vae_prior_fid)
-        mlflow.log_metric(names.metric("train_gan", "vae_prior_fid"), vae_prior_fid)
-        for init, result in runs.items():
-            mlflow.log_metrics({names.metric("train_gan", init, "train_seconds"): result.seconds,
-                                names.metric("train_gan", init, "best_fid"): metrics[init]["best_fid"]})
-            if metrics[init]["epochs_to_beat_vae_prior"] is not None:
-                mlflow.log_metric(names.metric("train_gan", init, "epochs_to_beat_vae_prior"),
-                                  metrics[init]["epochs_to_beat_vae_prior"])
-
+            record.seed_runs("train_gan", config, upstream=record.read_run_file(paths.VAE_RUN)) as rows:
         generators, samples = staged(out, paths.GAN_GENERATORS), staged(out, paths.GAN_SAMPLES)
-        for init, result in runs.items():
-            save_checkpoint(generators / f"{init}.pt", kind=GAN_KIND,
-                            state_dict=result.generator.state_dict(),
-                            discriminator_state_dict=result.discriminator.state_dict(),
-                            config=gan_config(config, vae.arch, init, facts["content_hash"]),
-                            epoch=config.gan.epochs, metrics=metrics[init])
-            save_png(samples / f"{init}.png", result.grids[config.gan.epochs])
-        for init, result in runs.items():
-            for epoch, grid in result.grids.items():
-                mlflow.log_image(grid.permute(1, 2, 0).numpy(), artifact_file=f"gan/{init}/samples_epoch_{epoch:03d}.png")
-        write_csv(staged(out, paths.GAN_HISTORY), wide_history(runs, vae_prior_fid))
-        write_json(staged(out, paths.GAN_METRICS), metrics)
-        mlflow.log_artifact(str(staged(out, paths.GAN_HISTORY)), artifact_path="gan")
-        mlflow.log_artifacts(str(generators), artifact_path="gan/generators")
-        record.write_run_file(staged(out, paths.GAN_RUN), active)
-        params_guard.unchanged()  # before the row is finished and the outputs appear
-    for init in runs:
-        beat = metrics[init]["epochs_to_beat_vae_prior"]
-        log.info("done: %s GAN FID-style %.2f (VAE prior samples %.2f); %s", init, metrics[init]["fid"], vae_prior_fid,
-                 f"beat the VAE after {beat} epoch(s)" if beat else "never beat the VAE's score")
+        generators.mkdir(parents=True, exist_ok=True)
+        samples.mkdir(parents=True, exist_ok=True)
+        metrics, histories = {}, {}
+        for result in seeds:
+            metrics[result.seed] = summary(result.runs, result.vae_prior_fid)
+            histories[result.seed] = wide_history(result.runs, result.vae_prior_fid)
+            folder = generators / seed_name(result.seed)
+            folder.mkdir()
+            for init, gan in result.runs.items():
+                save_checkpoint(folder / f"{init}.pt", kind=GAN_KIND, state_dict=gan.generator.state_dict(),
+                                discriminator_state_dict=gan.discriminator.state_dict(),
+                                config=gan_config(config, vaes[0].arch, init, result.seed, facts["content_hash"]),
+                                epoch=config.gan.epochs, metrics=metrics[result.seed][init])
+            with rows.seed(result.seed):
+                log_seed(result, metrics[result.seed], histories[result.seed], folder)
+        for init, gan in seeds[0].runs.items():
+            save_png(samples / f"{init}.png", gan.grids[config.gan.epochs])
+        write_csv(staged(out, paths.GAN_HISTORY), mean_rows(list(histories.values())))
+        write_csv(staged(out, paths.GAN_SEED_HISTORY), [{"seed": seed, **row} for seed, rows_ in histories.items()
+                                                         for row in rows_])
+        write_json(staged(out, paths.GAN_METRICS), {str(seed): m for seed, m in metrics.items()})
+        record.write_run_file(staged(out, paths.GAN_RUN), rows)
+        params_guard.unchanged()  # before the rows are finished and the outputs appear
+    for result in seeds:
+        for init in result.runs:
+            beat = metrics[result.seed][init]["epochs_to_beat_vae_prior"]
+            log.info("done: seed %d: %s GAN FID-style %.2f (VAE prior samples %.2f); %s", result.seed, init,
+                     metrics[result.seed][init]["fid"], result.vae_prior_fid,
+                     f"beat the VAE after {beat} epoch(s)" if beat else "never beat the VAE's score")
+
+
+def log_seed(result: SeedGANs, metrics: dict, history: list[dict], generators) -> None:
+    """Record one seed's GANs in its active MLflow row: per-epoch measures, summary numbers, the
+    sample grids kept, its history and its checkpoints."""
+    import mlflow
+
+    from pipeline.core.io import csv_text
+    from pipeline.tracking import names
+
+    for init, gan in result.runs.items():
+        for row in gan.history:
+            mlflow.log_metrics({names.metric("train_gan", init, k): v for k, v in row.items()
+                                if k != "epoch" and v is not None}, step=row["epoch"])
+    mlflow.log_metric(names.metric("train_gan", "vae_prior_fid"), result.vae_prior_fid)
+    for init, gan in result.runs.items():
+        mlflow.log_metrics({names.metric("train_gan", init, "train_seconds"): gan.seconds,
+                            names.metric("train_gan", init, "best_fid"): metrics[init]["best_fid"]})
+        if metrics[init]["epochs_to_beat_vae_prior"] is not None:
+            mlflow.log_metric(names.metric("train_gan", init, "epochs_to_beat_vae_prior"),
+                              metrics[init]["epochs_to_beat_vae_prior"])
+        for epoch, grid in gan.grids.items():
+            mlflow.log_image(grid.permute(1, 2, 0).numpy(), artifact_file=f"gan/{init}/samples_epoch_{epoch:03d}.png")
+    mlflow.log_text(csv_text(history), "gan/history.csv")
+    mlflow.log_artifacts(str(generators), artifact_path="gan/generators")
 
 
 if __name__ == "__main__":

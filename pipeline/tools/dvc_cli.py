@@ -38,17 +38,18 @@ def check_git() -> None:
         raise SweepError("dvc exp run commits each experiment: set git config user.name and user.email")
 
 
-def result_run_id(name: str) -> str | None:
-    """The MLflow row holding DVC experiment `name`'s result: the run id in its evaluation's
-    `mlflow_run.json`, read from the experiment's commit and DVC's cache. None when the
-    experiment left no result (it failed)."""
+def result_run_ids(name: str) -> dict[int, str]:
+    """The MLflow rows holding DVC experiment `name`'s results, by seed: the run ids in its
+    evaluation's `mlflow_run.json`, read from the experiment's commit and DVC's cache. Empty when
+    the experiment left no result (it failed)."""
     import dvc.api
     from dvc.exceptions import DvcException
 
     try:
-        return json.loads(dvc.api.read(str(paths.EVAL_RUN), rev=name))["run_id"]
+        runs = json.loads(dvc.api.read(str(paths.EVAL_RUN), rev=name)).get("runs", {})
     except (DvcException, FileNotFoundError):
-        return None
+        return {}
+    return {int(seed): run_id for seed, run_id in runs.items()}
 
 
 def source_files(root: Path) -> list[str]:

@@ -1,8 +1,9 @@
 """`python -m pipeline.tools.sweep` (`make sweep`): a sweep over `latent_dim` (and optionally
-`vae.beta`, and the model `seed` as the replicate axis) as queued DVC experiments, run by N queue
-workers (or, with `--executor ray`, as Ray tasks on any node of a cluster: ray_sweep.py); waits
-for them, checks that each point left exactly one complete MLflow row, and prints one line per
-configuration with its seeds' mean and 95% interval.
+`vae.beta`) as queued DVC experiments, one per configuration with all its model seeds (or
+`--seeds-per-task` seeds each), run by N queue workers (or, with `--executor ray`, as Ray tasks on
+any node of a cluster: ray_sweep.py); waits for them, checks that each experiment left exactly one
+complete MLflow row per seed, and prints one line per configuration with its seeds' mean and 95%
+interval.
 
 The executors are entries of EXECUTORS: DVC's queue (queue_sweep.py) and Ray (ray_sweep.py); the
 DVC helpers both use are in dvc_cli.py. The steps (check, shared stages once, queue, `dvc queue
@@ -23,7 +24,7 @@ import yaml
 from pipeline.core.commands import environment_first
 from pipeline.core.config import PARAMS_FILE, ConfigError, parse_config
 from pipeline.tools import compare, queue_sweep, ray_sweep
-from pipeline.tools.dvc_cli import SweepError, check_git, result_run_id
+from pipeline.tools.dvc_cli import SweepError, check_git, result_run_ids
 from pipeline.tracking import store, summaries
 from pipeline.tracking.rows import Row, configurations, read_rows
 
@@ -36,65 +37,79 @@ Executor = Callable[..., str]
 EXECUTORS: dict[str, Executor] = {"dvc": queue_sweep.execute, "ray": ray_sweep.execute}
 
 
-Point = tuple[int, float | None, int | None]  # (latent_dim, vae.beta, seed); None: params.yaml's
+Point = tuple[int, float | None, tuple[int, ...]]  # (latent_dim, vae.beta or None for params.yaml's, seeds)
 
 
-def experiment_names(stamp: str, values: list[int], betas: list[float] | None = None,
-                     seeds: list[int] | None = None) -> dict[Point, str]:
-    """The DVC experiment name of each point: `sweep-<stamp>-ld<value>[-beta<beta>][-s<seed>]`."""
-    return {(value, beta, seed): f"sweep-{stamp}-ld{value}" + (f"-beta{beta:g}" if beta is not None else "")
-            + (f"-s{seed}" if seed is not None else "")
-            for value in values for beta in (betas or [None]) for seed in (seeds or [None])}
+def seed_groups(seeds: list[int], per_task: int | None) -> list[tuple[int, ...]]:
+    """The seeds split into experiments of at most `per_task` seeds each (all in one without)."""
+    size = per_task or len(seeds)
+    return [tuple(seeds[start : start + size]) for start in range(0, len(seeds), size)]
+
+
+def experiment_names(stamp: str, values: list[int], betas: list[float] | None, groups: list[tuple[int, ...]]
+                     ) -> dict[Point, str]:
+    """The DVC experiment name of each point: `sweep-<stamp>-ld<value>[-beta<beta>][-s<first seed>]`,
+    the seed part only when the seeds are split over several experiments."""
+    split = len(groups) > 1
+    return {(value, beta, group): f"sweep-{stamp}-ld{value}" + (f"-beta{beta:g}" if beta is not None else "")
+            + (f"-s{group[0]}" if split else "")
+            for value in values for beta in (betas or [None]) for group in groups}
 
 
 def settings(point: Point) -> tuple[str, ...]:
     """The params a point sets, as `dvc exp run -S` takes them."""
-    value, beta, seed = point
+    value, beta, seeds = point
     return (f"latent_dim={value}", *([f"vae.beta={beta}"] if beta is not None else []),
-            *([f"seed={seed}"] if seed is not None else []))
+            f"seeds=[{','.join(map(str, seeds))}]")
 
 
 def check_values(values: list[int], betas: list[float] | None = None, seeds: list[int] | None = None) -> None:
     """Refuse values params.yaml would refuse, and repeats (one experiment per value)."""
+    for name, given in (("latent_dim", values), ("vae.beta", betas or []), ("seeds", seeds or [])):
+        repeated = sorted({v for v in given if given.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"{name} values {repeated} are given more than once; give each value once")
     raw = yaml.safe_load(PARAMS_FILE.read_text())
     for value in values:
         parse_config({**raw, "latent_dim": value})  # raises ConfigError naming the key and value
     for beta in betas or []:
         parse_config({**raw, "vae": {**raw.get("vae", {}), "beta": beta}})
-    for seed in seeds or []:
-        parse_config({**raw, "seed": seed})
-    for name, given in (("latent_dim", values), ("vae.beta", betas or []), ("seed", seeds or [])):
-        repeated = sorted({v for v in given if given.count(v) > 1})
-        if repeated:
-            raise ConfigError(f"{name} values {repeated} are given more than once; give each value once")
+    if seeds:
+        parse_config({**raw, "seeds": list(seeds)})
 
 
 def sweep_rows(names: dict[Point, str], recorded: list[Row]) -> pd.DataFrame:
-    """The comparison rows of the sweep's results, one per point, after checking them; `recorded`
-    are the experiment's rows as read.
+    """The comparison rows of the sweep's results, one per point and seed, after checking them;
+    `recorded` are the experiment's rows as read.
 
     A value computed before (the baseline's own value, or any earlier experiment's, which DVC
     restores from its run cache) runs no stage and records no new row: its result is the
-    earlier row, which its outputs point to.
+    earlier rows, which its outputs point to.
     """
     table = compare.comparison(recorded)
     problems, ids = [], []
-    for (value, beta, seed), name in names.items():
-        run_id = result_run_id(name)
-        found = table[table["run_id"] == run_id]
-        if run_id is None or found.empty:
+    for (value, beta, seeds), name in names.items():
+        run_ids = result_run_ids(name)
+        if not run_ids:
             problems.append(f"{name} left no complete result (see `dvc queue logs {name}`)")
             continue
-        if found["latent_dim"].iloc[0] != value:
-            problems.append(f"{name}'s row {run_id} has latent_dim {found['latent_dim'].iloc[0]}, not {value}")
-        if beta is not None and found["beta"].iloc[0] != beta:
-            problems.append(f"{name}'s row {run_id} has vae.beta {found['beta'].iloc[0]}, not {beta}")
-        if seed is not None and found["seed"].iloc[0] != seed:
-            problems.append(f"{name}'s row {run_id} has seed {found['seed'].iloc[0]}, not {seed}")
-        extra = table[(table["dvc_exp"] == name) & (table["run_id"] != run_id)]
+        if sorted(run_ids) != sorted(seeds):
+            problems.append(f"{name} recorded seeds {sorted(run_ids)}, not {list(seeds)}")
+        for seed, run_id in run_ids.items():
+            found = table[table["run_id"] == run_id]
+            if found.empty:
+                problems.append(f"{name}'s row {run_id} of seed {seed} is not a complete result")
+                continue
+            if found["latent_dim"].iloc[0] != value:
+                problems.append(f"{name}'s row {run_id} has latent_dim {found['latent_dim'].iloc[0]}, not {value}")
+            if beta is not None and found["beta"].iloc[0] != beta:
+                problems.append(f"{name}'s row {run_id} has vae.beta {found['beta'].iloc[0]}, not {beta}")
+            if found["seed"].iloc[0] != seed:
+                problems.append(f"{name}'s row {run_id} has seed {found['seed'].iloc[0]}, not {seed}")
+            ids.append(run_id)
+        extra = table[(table["dvc_exp"] == name) & ~table["run_id"].isin(list(run_ids.values()))]
         if not extra.empty:
             problems.append(f"{name} recorded {len(extra)} complete row(s) besides its result: {', '.join(extra['run_id'])}")
-        ids.append(run_id)
     if problems:
         raise SweepError("; ".join(problems))
     return table[table["run_id"].isin(ids)]
@@ -109,8 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--betas", type=float, nargs="+", metavar="B",
                         help="values of vae.beta, each run with every latent_dim (default: params.yaml's)")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
-                        help="model seeds, each run with every other point: the replicates whose mean and "
-                             "interval the table shows (default: params.yaml's seed)")
+                        help="model seeds, trained together in each point's experiment: the replicates whose mean "
+                             "and interval the table shows (default: params.yaml's seeds)")
+    parser.add_argument("--seeds-per-task", type=int, metavar="K",
+                        help="split each point's seeds over experiments of at most K seeds (for many machines: "
+                             "they pool again in the table; default: all seeds in one experiment)")
     parser.add_argument("--executor", choices=sorted(EXECUTORS), default="dvc",
                         help="dvc: DVC's queue on this machine (default); ray: one Ray task per experiment, on any "
                              "node of a Ray cluster (docs/cluster.md)")
@@ -126,8 +144,8 @@ def main(argv: list[str] | None = None) -> None:
                              "(default origin)")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help=f"where to write the table (default {DEFAULT_CSV})")
     args = parser.parse_args(argv)
-    if (args.jobs is not None and args.jobs < 1) or (args.threads is not None and args.threads < 1):
-        parser.error("--jobs and --threads must be at least 1")
+    if any(value is not None and value < 1 for value in (args.jobs, args.threads, args.seeds_per_task)):
+        parser.error("--jobs, --threads and --seeds-per-task must be at least 1")
     if args.executor == "dvc" and (args.address or args.git_remote):
         parser.error("--address and --git-remote go with --executor ray")
     if args.executor == "ray" and args.jobs is not None:
@@ -137,13 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     # With Ray the device is checked against the cluster (ray_sweep.gpus_per_task), not this machine.
     config = parse_config(read_params(), check_device=args.executor == "dvc")
     check_values(args.latent_dims, args.betas, args.seeds)
+    groups = seed_groups(list(args.seeds or config.seeds), args.seeds_per_task)
     check_git()
     store.check_store()
     # Queue workers and tasks start `dvc` from PATH: it must be this environment's, as for the stages.
     env = environment_first()
 
     start = time.perf_counter()
-    names = experiment_names(time.strftime("%m%d-%H%M%S"), args.latent_dims, args.betas, args.seeds)
+    names = experiment_names(time.strftime("%m%d-%H%M%S"), args.latent_dims, args.betas, groups)
     how = EXECUTORS[args.executor]({name: settings(point) for point, name in names.items()}, config=config, env=env,
                                    jobs=args.jobs, threads=args.threads, address=args.address,
                                    git_remote=args.git_remote or "origin")

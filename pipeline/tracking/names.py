@@ -62,11 +62,14 @@ EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_deve
 LATENT_DIM, BETA, DATA_NAME, SEED = "latent_dim", "vae.beta", "data.name", "seed"
 
 
+SEEDS = "seeds"  # params.yaml's list of model seeds: a seed's row has `seed` in its place
+
+
 def configuration_id(params: dict[str, str]) -> str:
-    """What a result row's replicates share: every param but the model `seed`, as a short name,
+    """What a result row's replicates share: every param but the model seed(s), as a short name,
     `ld<latent_dim>-beta<vae.beta>-<8 hex digits of the hash of all those params>`. Rows with the
     same id differ only in their seed; the hash tells apart configurations that differ elsewhere."""
-    shared = {key: str(value) for key, value in sorted(params.items()) if key != SEED}
+    shared = {key: str(value) for key, value in sorted(params.items()) if key not in (SEED, SEEDS)}
     digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:8]
     try:
         readable = f"ld{int(shared[LATENT_DIM])}-beta{float(shared[BETA]):g}-"
@@ -127,9 +130,18 @@ HEADLINE_METRICS = {
 SHOWN_FIRST = ("recon_mse", "kl", "neg_elbo", "iwae_nll", "fid_real", "fid_vae", "fid_decoder", "fid_scratch")
 
 
+# outputs/eval/metrics.json (DVC's metrics), in this order: the number of seeds `n`, each SHOWN_FIRST
+# number's mean over the seeds under its short name, then the half-width of each one's 95% interval
+# under the name with CI_SUFFIX (null with one seed). `dvc exp show` keeps the order: its first 160
+# columns hold the experiment, n, the eight means and the first half-widths.
+CI_SUFFIX = "_ci95"
+DVC_METRICS = ("n", *SHOWN_FIRST, *(short + CI_SUFFIX for short in SHOWN_FIRST))
+
+
 def shown_first(metrics: dict[str, float]) -> dict[str, float]:
     """The SHOWN_FIRST numbers of a result's metrics (keyed as MLflow records them), by short name."""
     return {short: metrics[HEADLINE_METRICS[short]] for short in SHOWN_FIRST}
+
 
 
 # Suffixes of a summarised metric in a summary run: `<key>/ci95_low` ... (summaries.summary_metrics).

@@ -41,6 +41,6 @@ def experiment_for(stage: str, config: Config) -> str:
     return names.STAGE_EXPERIMENT[stage] or config.experiment_name
 
 
-def run_name(config: Config) -> str:
-    """A result row's name: `vae-gan-ld<latent_dim>-s<seed>-<DVC experiment name or 'workspace'>`."""
-    return f"vae-gan-ld{config.latent_dim}-s{config.seed}-{dvc_exp_name()}"
+def run_name(config: Config, seed: int) -> str:
+    """A seed's result row's name: `vae-gan-ld<latent_dim>-s<seed>-<DVC experiment name or 'workspace'>`."""
+    return f"vae-gan-ld{config.latent_dim}-s{seed}-{dvc_exp_name()}"

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import Config, flatten
+from pipeline.core.config import Config, flatten, seed_params
 from pipeline.core.errors import Terminated
 from pipeline.core.io import read_json, write_json
 from pipeline.tracking import experiments, names, provenance, store
@@ -114,13 +114,16 @@ def stage_run(
     run_name: str,
     params: dict[str, Any] | None = None,
     upstream_run_id: str | None = None,
+    mark_stage: bool = True,
 ) -> Iterator[Any]:
     """Record one stage execution in MLflow; yields the active `mlflow.ActiveRun`.
 
     The row goes into the stage's experiment (provenance.experiment_for). With `upstream_run_id` the stage
     adds to that row or starts a new one holding copies of its upstream records (docs/tracking.md).
     `params` defaults to the full typed config. If the block raises, the run ends FAILED (KILLED
-    for Ctrl-C and SIGTERM) and the stage is not added to `pipeline.stages`.
+    for Ctrl-C and SIGTERM) and the stage is not added to `pipeline.stages`. With `mark_stage`
+    false the row ends FINISHED without the stage in `pipeline.stages` (`mark_stage` adds it), so
+    no reader takes it for the stage's record yet (`seed_runs`).
     """
     mlflow, client = store.connect()
     params = {key: str(value) for key, value in (params or flatten(config)).items()}
@@ -157,8 +160,10 @@ def stage_run(
         if names.STAGE_EXPERIMENT[stage] is None:  # a result row: tag what its replicates share
             mlflow.set_tag(names.CONFIGURATION_TAG, names.configuration_id(params))
         yield active
-        mlflow.set_tag(names.STAGES_TAG, ",".join([*stages, stage]))
-        mlflow.set_tag(f"{names.SOURCE_TAG}{stage}", run_id)
+        if mark_stage:
+            mlflow.set_tags(stage_tags(stage, run_id, stages))
+        else:
+            mlflow.set_tag(_PENDING_TAG, ",".join(stages))
         with store.quiet("mlflow.store.db.utils"):
             mlflow.end_run("FINISHED")
     except (KeyboardInterrupt, Terminated):  # Ctrl-C, or SIGTERM (see pipeline.stages.cli)
@@ -166,6 +171,62 @@ def stage_run(
         raise
     except BaseException:
         end_run(run_id, "FAILED")
+        raise
+
+
+_PENDING_TAG = "pipeline.pending_stages"  # a seed's row whose stage record waits for its other seeds'
+
+
+def stage_tags(stage: str, run_id: str, stages: list[str]) -> dict[str, str]:
+    """The tags that add `stage` to a row's recorded stages (after `stages`)."""
+    return {names.STAGES_TAG: ",".join([*stages, stage]), f"{names.SOURCE_TAG}{stage}": run_id}
+
+
+class SeedRuns:
+    """The rows of one stage execution, one per model seed: `seed(s)` records seed s's row (a
+    `stage_run`, into the seed's upstream row where there is one); the stage is added to every
+    row's recorded stages only once all of them are recorded (`seed_runs`)."""
+
+    def __init__(self, stage: str, config: Config, upstream: dict[int, str]):
+        self.stage, self.config, self.upstream = stage, config, upstream
+        self.ids: dict[int, str] = {}
+        self.experiment_id = ""
+
+    @contextlib.contextmanager
+    def seed(self, seed: int) -> Iterator[Any]:
+        with stage_run(self.stage, self.config, run_name=provenance.run_name(self.config, seed),
+                       params=seed_params(self.config, seed), upstream_run_id=self.upstream.get(seed),
+                       mark_stage=False) as active:
+            self.ids[seed] = active.info.run_id
+            self.experiment_id = active.info.experiment_id
+            yield active
+
+
+@contextlib.contextmanager
+def seed_runs(stage: str, config: Config, *, upstream: dict[int, str] | None = None) -> Iterator[SeedRuns]:
+    """Record one stage execution that computed every seed of `config`: one row per seed, each
+    added to its upstream row (`upstream`: seed -> row id, from the previous stage's run file) or
+    a new one. The stage joins the rows' recorded stages together, once every seed's record is
+    written: a failure or an interrupt on the way ends every row this execution wrote to FAILED
+    (KILLED), none holding the stage, so no reader counts a half-recorded execution."""
+    import mlflow
+    from mlflow.entities import RunTag
+
+    runs = SeedRuns(stage, config, upstream or {})
+    try:
+        yield runs
+        _, client = store.connect()
+        for run_id in runs.ids.values():
+            run = client.get_run(run_id)
+            pending = run.data.tags.get(_PENDING_TAG, "")
+            tags = stage_tags(stage, run_id, pending.split(",") if pending else [])
+            client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+            client.delete_tag(run_id, _PENDING_TAG)
+    except BaseException as error:
+        status = "KILLED" if isinstance(error, (KeyboardInterrupt, Terminated)) else "FAILED"
+        for run_id in runs.ids.values():
+            with contextlib.suppress(Exception):  # the row's own stage_run may have ended it already
+                mlflow.MlflowClient().set_terminated(run_id, status)
         raise
 
 
@@ -214,12 +275,16 @@ def log_dataset(splits, facts: dict) -> None:
             mlflow.log_input(dataset, context=context)
 
 
-def write_run_file(path: Path, run) -> None:
-    """Store which MLflow row a stage recorded into, for the stages after it."""
-    write_json(path, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
+def write_run_file(path: Path, runs: SeedRuns, summary_id: str | None = None) -> None:
+    """Store which MLflow rows a stage recorded into, by seed, for the stages after it (and, after
+    the evaluation, the configuration's summary run)."""
+    content = {"experiment_id": runs.experiment_id, "runs": {str(seed): run_id for seed, run_id in runs.ids.items()}}
+    write_json(path, content | ({"summary_run_id": summary_id} if summary_id else {}))
 
 
-def read_run_file(path: Path) -> str | None:
-    """The row id a previous stage recorded into, or None when the file is missing."""
+def read_run_file(path: Path) -> dict[int, str]:
+    """The row ids a previous stage recorded into, by seed; empty when the file is missing or
+    was written by older code (one row, no seeds): the stage then starts new rows."""
     path = Path(path)
-    return read_json(path)["run_id"] if path.exists() else None
+    runs = read_json(path).get("runs", {}) if path.exists() else {}
+    return {int(seed): run_id for seed, run_id in runs.items()}

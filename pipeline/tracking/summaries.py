@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from pipeline.tracking import experiments, names
-from pipeline.tracking.rows import Configuration, Row, open_experiment
+from pipeline.tracking.rows import Configuration, Row, configurations, open_experiment, read_rows
 
 LOW, HIGH, HALF, COUNT = names.CI_LOW, names.CI_HIGH, names.CI_HALF_WIDTH, names.CI_COUNT
 BATCH = 1000  # MLflow's largest log_batch
@@ -84,4 +84,39 @@ def record(experiment: str, configurations: list[Configuration], rows: list[Row]
             if row.tags.get(names.PARENT_TAG) != run_id:
                 client.set_tag(row.run_id, names.PARENT_TAG, run_id)
         ids[configuration.id] = run_id
+    replaced(client, rows, ids, configurations)
     return ids
+
+
+def replaced(client, rows: list[Row], ids: dict[str, str], configurations: list[Configuration]) -> None:
+    """Take out from under each summary run the rows that a newer row of the same seed replaced:
+    a seed run again has one child, its newest row; the older one stays a row of its own."""
+    current = {row.run_id for configuration in configurations for row in configuration.rows}
+    summaries = set(ids.values())
+    for row in rows:
+        if row.tags.get(names.PARENT_TAG) in summaries and row.run_id not in current and not row.is_summary:
+            client.delete_tag(row.run_id, names.PARENT_TAG)
+
+
+def record_configuration(experiment: str, configuration_id: str) -> str | None:
+    """Create or update the summary run of one configuration from `experiment`'s rows as they are
+    recorded now (every complete row of it, from any DVC experiment or machine); its id, or None
+    when the configuration has no complete row."""
+    rows = read_rows(experiment)
+    found = [c for c in configurations(rows) if c.id == configuration_id]
+    return record(experiment, found, rows).get(configuration_id)
+
+
+def record_configuration_or_warn(experiment: str, configuration_id: str) -> str | None:
+    """`record_configuration`, with a fault of the store (or of this code) logged as a warning
+    naming `make compare`, which rebuilds every summary from the rows: the rows, already recorded,
+    are the result; the summary is a view of them. Ctrl-C and SIGTERM still stop the stage."""
+    import logging
+
+    try:
+        return record_configuration(experiment, configuration_id)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        logging.getLogger(__name__).warning("the summary run of %s could not be updated (%s: %s); `make compare` "
+                                            "brings it up to date", configuration_id, type(error).__name__,
+                                            str(error).splitlines()[0][:200] if str(error) else "")
+        return None

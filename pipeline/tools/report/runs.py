@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import yaml
+
 from pipeline.core.errors import PipelineError
 from pipeline.tracking.names import (
     ENCODER_GRAD_KL,
     ENCODER_GRAD_RECONSTRUCTION,
     GAN_VAE_PRIOR_FID,
     SEED,
+    SEEDS,
     VAE_TEST_NEG_ELBO,
     discriminator_verdict,
     gan_measure,
@@ -22,7 +25,7 @@ from pipeline.tracking.names import HEADLINE_METRICS as HEADLINE
 from pipeline.tracking.rows import Configuration, Row, readable, replicates
 
 # Where a run ran and under which name, not what it did; and the seed, the replicate axis.
-IGNORED_PARAMS = {"device", "tracking.experiment", SEED}
+IGNORED_PARAMS = {"device", "tracking.experiment", SEED, SEEDS}
 # Metrics every run in the report must hold (older rows lack the later ones).
 REQUIRED = (
     ENCODER_GRAD_RECONSTRUCTION, ENCODER_GRAD_KL, VAE_TEST_NEG_ELBO,
@@ -118,7 +121,8 @@ def select(records: list[Row], reference: dict[str, str], experiment: str,
                           "recorded by older code): run `make repro` (or `make sweep`) first")
     at_reference = [c for c in by_latent_dim if str(c.latent_dim) == reference["latent_dim"]]
     main_config = at_reference[0] if at_reference else max(by_latent_dim, key=lambda c: c.rows[-1].start_time)
-    main = next((r for r in main_config.rows if str(r.seed) == reference.get(SEED)), main_config.rows[0])
+    first_seed = str(yaml.safe_load(reference[SEEDS])[0]) if SEEDS in reference else reference.get(SEED)
+    main = next((r for r in main_config.rows if str(r.seed) == first_seed), main_config.rows[0])
     reference_at_main = {**reference, "latent_dim": str(main_config.latent_dim)}
     by_beta = _configurations([r for r in records if _matches(r, reference_at_main, {"vae.beta"})], lambda r: r.beta)
     return Study(experiment, main, main_config, by_latent_dim, by_beta, list(outdated or []), source)
