@@ -96,8 +96,9 @@ def section_runs(study: Study, n: Numbers) -> str:
         _table(["latent_dim", "beta", "seeds (n)", "seeds", "configuration"], configs),
         f"The main configuration, `{study.main_config.id}`, is the one at those settings' `latent_dim` and `vae.beta`; "
         f"its run used where one run illustrates is {literal(study.main.name)} (seed {n.param(study.main, 'seed')}). "
-        "Bit-for-bit reruns hold on the same machine and software; on another CPU the numbers differ in the last "
-        "digits, so a rerun elsewhere should fall inside these intervals rather than match them. Every run:",
+        "Bit-for-bit reruns hold on the same machine and software; on another CPU the numbers differ by several "
+        "percent, so compare a rerun elsewhere with these intervals, not digit for digit (a 95% interval of a mean is "
+        "not a range that one rerun's mean must fall in). Every run:",
         _table(["run", "latent_dim", "beta", "seed", "commit", "DVC experiment", "MLflow run id"], rows),
     ]
     if study.outdated:
