@@ -120,14 +120,48 @@ def class_probes(vae: VAE, discriminators: dict, x_train, y_train, x_test, y_tes
             for name, features in spaces.items()}
 
 
+RULER_SETS = ("real_train", "noise")  # scored sets that are the ruler's, the same for every model seed
+
+
+@dataclass
+class Ruler:
+    """What every model seed is measured against, drawn from `data.seed` and computed once: the
+    splits on the device, which test images are scored, the ruler's own image sets (RULER_SETS),
+    the scorer over the test split, and those sets' scores."""
+
+    x_test: torch.Tensor
+    x_train: torch.Tensor
+    test_pick: torch.Tensor
+    sets: dict[str, torch.Tensor]
+    scorer: Scorer
+    scores: dict[str, dict]
+
+
+def ruler(config: Config, splits: Splits, classifier, device: str) -> Ruler:
+    """The evaluation's ruler for `config` (see Ruler)."""
+    ev = config.evaluate
+    n = ev.num_samples
+    classifier = classifier.to(device).eval()
+    x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)
+    x_train = to_unit_float(torch.from_numpy(splits.x_train)).to(device)
+    draws = torch.Generator().manual_seed(config.data.seed)
+    test_pick = torch.randperm(len(x_test), generator=draws)[:n].to(device)
+    train_pick = torch.randperm(len(x_train), generator=draws)[:n].to(device)
+    noise_images = torch.rand((n, *splits.image_shape), generator=draws).to(device)
+    scorer = Scorer(classifier, x_test, seed=config.data.seed, kid_subset_size=ev.kid_subset_size,
+                    pr_neighbours=ev.pr_neighbours)
+    sets = dict(zip(RULER_SETS, (x_train[train_pick], noise_images)))
+    return Ruler(x_test, x_train, test_pick, sets, scorer, {name: scorer.score(images) for name, images in sets.items()})
+
+
 def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device: str,
-        likelihood: str, seed: int) -> Evaluation:
+        likelihood: str, seed: int, measure: Ruler | None = None) -> Evaluation:
     """Measure model seed `seed`'s VAE and every model's samples.
 
     The ruler's draws (which test and training images are scored, the uniform-noise set, KID's
-    subsets) come from `data.seed`, so they are the same for every model seed; the models' draws
-    (the codes every generator decodes, the IWAE and gradient samples) come from the seed's
-    "samples" stream (pipeline.core.replicas).
+    subsets) come from `data.seed`, so they are the same for every model seed (`measure`, made
+    once for all of them, or here); the models' draws (the codes every generator decodes, the IWAE
+    and gradient samples) come from the seed's "samples" stream (pipeline.core.replicas).
 
     `gans` maps each GAN's init to its (generator, discriminator). `likelihood` is the
     reconstruction term the VAE was trained with (bce or mse), from its checkpoint.
@@ -135,31 +169,23 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device
     check_sizes(config, splits)
     ev = config.evaluate
     n = ev.num_samples
+    measure = measure or ruler(config, splits, classifier, device)
+    x_test, x_train, test_pick, scorer = measure.x_test, measure.x_train, measure.test_pick, measure.scorer
     vae = vae.to(device).eval()
-    classifier = classifier.to(device).eval()
-    x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)
-    x_train = to_unit_float(torch.from_numpy(splits.x_train)).to(device)
-    ruler = torch.Generator().manual_seed(config.data.seed)
-    test_pick = torch.randperm(len(x_test), generator=ruler)[:n].to(device)
-    train_pick = torch.randperm(len(x_train), generator=ruler)[:n].to(device)
-    noise_images = torch.rand((n, *splits.image_shape), generator=ruler).to(device)
     draws = stream_seed(seed, "samples")
     codes = torch.Generator().manual_seed(draws)
     z = torch.randn(n, config.latent_dim, generator=codes).to(device)  # the same codes for every generator
 
     vae_numbers = vae_test_metrics(vae, x_test, kind=likelihood, iwae_samples=ev.iwae_samples, seed=draws)
     reconstructions = latent.reconstruct(vae, x_test[test_pick])
-    sets = {"real_train": x_train[train_pick], "noise": noise_images, "vae_reconstructions": reconstructions,
-            "vae_prior": in_batches(vae.decoder, z)}
+    sets = {**measure.sets, "vae_reconstructions": reconstructions, "vae_prior": in_batches(vae.decoder, z)}
     generators = {init: generator.to(device).eval() for init, (generator, _) in gans.items()}
     discriminators = {init: discriminator.to(device).eval() for init, (_, discriminator) in gans.items()}
     sets |= {f"gan_{init}": in_batches(generator, z) for init, generator in generators.items()}
 
-    scorer = Scorer(classifier, x_test, seed=config.data.seed, kid_subset_size=ev.kid_subset_size,
-                    pr_neighbours=ev.pr_neighbours)
     scores = {}
     for name, images in sets.items():
-        scores[name] = scorer.score(images)
+        scores[name] = measure.scores[name] if name in measure.scores else scorer.score(images)
         log.info("%-20s FID-style %8.2f  KID %.4f  precision %.3f  recall %.3f  classes %d", name,
                  scores[name]["fid"], scores[name]["kid"], scores[name]["precision"], scores[name]["recall"],
                  scores[name]["classes"])
@@ -249,7 +275,8 @@ def main() -> None:
         models[seed] = (vae, vae_checkpoint["config"]["vae"]["reconstruction"], gans)
 
     started = time.perf_counter()
-    results = {seed: run(config, splits, vae, classifier, gans, device, likelihood, seed)
+    measure = ruler(config, splits, classifier, device)  # the same for every seed: computed once
+    results = {seed: run(config, splits, vae, classifier, gans, device, likelihood, seed, measure)
                for seed, (vae, likelihood, gans) in models.items()}
     seconds = time.perf_counter() - started
     details = {seed: {"classifier_test_accuracy": classifier_accuracy, **result.metrics} for seed, result in results.items()}

@@ -255,12 +255,10 @@ def log_seed(result: SeedGANs, metrics: dict, history: list[dict], generators) -
     import mlflow
 
     from pipeline.core.io import csv_text
-    from pipeline.tracking import names
+    from pipeline.tracking import names, record
 
-    for init, gan in result.runs.items():
-        for row in gan.history:
-            mlflow.log_metrics({names.metric("train_gan", init, k): v for k, v in row.items()
-                                if k != "epoch" and v is not None}, step=row["epoch"])
+    record.log_steps([(names.metric("train_gan", init, k), v, row["epoch"]) for init, gan in result.runs.items()
+                      for row in gan.history for k, v in row.items() if k != "epoch" and v is not None])
     mlflow.log_metric(names.metric("train_gan", "vae_prior_fid"), result.vae_prior_fid)
     for init, gan in result.runs.items():
         mlflow.log_metrics({names.metric("train_gan", init, "train_seconds"): gan.seconds,

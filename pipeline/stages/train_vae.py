@@ -164,9 +164,8 @@ def main() -> None:
             samples = sample_grid(model.decoder, config.latent_dim, GRID_ROWS * GRID_ROWS, stream_seed(seed, "samples"))
             with rows.seed(seed):
                 record.log_dataset(splits, facts)
-                for row in result.history:
-                    mlflow.log_metrics({names.metric("train_vae", k): v for k, v in row.items() if k != "epoch"},
-                                       step=row["epoch"])
+                record.log_steps([(names.metric("train_vae", k), v, row["epoch"])
+                                  for row in result.history for k, v in row.items() if k != "epoch"])
                 mlflow.log_metrics({names.metric("train_vae", "train_seconds"): training.seconds,
                                     names.metric("train_vae", "train_images_per_s"):
                                         len(config.seeds) * config.vae.epochs * len(splits.y_train) / training.seconds})

@@ -256,6 +256,22 @@ def end_run(run_id: str, status: str) -> None:
                     run_id, status, store.store_fault(error) or error)
 
 
+def log_steps(points: list[tuple[str, float, int]]) -> None:
+    """Log many metric points, (key, value, step), into the active run in batches of MLflow's
+    largest size: one request per thousand points where `mlflow.log_metrics` makes one per step."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    run_id = mlflow.active_run().info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, step) for key, value, step in points]
+    client = mlflow.MlflowClient()
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
 def log_dataset(splits, facts: dict) -> None:
     """Log both splits as MLflow dataset inputs, with the data's content hash as digest."""
     import mlflow
