@@ -86,7 +86,8 @@ class GANRun:
 
 
 def train_init(init: str, config: Config, vaes: list[VAE], x_train: torch.Tensor, scorer: Scorer,
-               noise: torch.Tensor, on_epoch: Callable[[str, list[dict]], None] | None = None) -> list[GANRun]:
+               noise: torch.Tensor, on_epoch: Callable[[str, list[dict]], None] | None = None,
+               start: list[dict[str, float]] | None = None) -> list[GANRun]:
     """Train one GAN per seed whose generator starts as `init`, all seeds at once; everything else
     is the same for every init: each seed's discriminator starts from the same weights, sees the
     same batches and noise. `noise` (S, N, latent_dim) is each seed's fixed scoring noise."""
@@ -109,7 +110,9 @@ def train_init(init: str, config: Config, vaes: list[VAE], x_train: torch.Tensor
     keep = set(snapshot_epochs(gan.epochs, gan.snapshots)) | {gan.epochs}
 
     runs = [GANRun(generator, discriminator, []) for generator, discriminator in pairs]
-    first = sample_measures(scorer, stack_in_batches(generators, noise))
+    # Before the first step: `start` where the caller has scored these very generators already
+    # (the decoder GAN's are the VAE decoders, on the same noise: the bar's scores).
+    first = start or sample_measures(scorer, stack_in_batches(generators, noise))
     for result, measures in zip(runs, first):
         result.history.append({"epoch": 0, **dict.fromkeys(STEP_MEASURES), **measures})
     if on_epoch is not None:
@@ -187,9 +190,10 @@ def run(config: Config, splits: Splits, vaes: list[VAE], classifier, device: str
     scorer = Scorer(classifier.to(device), x_test, seed=config.data.seed)
     noise = torch.stack([torch.randn(config.gan.fid_samples, config.latent_dim, generator=stream(seed, "samples"))
                          for seed in config.seeds]).to(device)  # (S, N, latent_dim): each seed's fixed noise
-    priors = torch.stack([in_batches(vae.decoder, z) for vae, z in zip(vaes, noise)])
-    bars = [fid for fid, _ in scorer.fids_and_labels(priors)]
-    by_init = {init: train_init(init, config, vaes, x_train, scorer, noise, on_epoch)
+    priors = sample_measures(scorer, torch.stack([in_batches(vae.decoder, z) for vae, z in zip(vaes, noise)]))
+    bars = [measures["fid"] for measures in priors]
+    by_init = {init: train_init(init, config, vaes, x_train, scorer, noise, on_epoch,
+                                start=priors if init == "decoder" else None)
                for init in config.gan.trained_inits}
     for vae in vaes:
         vae.cpu()
