@@ -14,7 +14,7 @@ from conftest import REPO, copy_project, mlflow_runs, tiny_params
 
 from pipeline.core.config import TINY
 
-LINE = re.compile(r"^(\w+(?:\[n=\d+\])?): (-?[\d,.]+)", re.M)
+LINE = re.compile(r"^(\w+(?:\[(?:n|seeds)=\d+\])?): (-?[\d,.]+)", re.M)
 
 
 def tiny_params_file(tmp_path):
@@ -31,7 +31,8 @@ def test_bench_prints_every_training_and_scaling_figure(tmp_path):
     assert result.returncode == 0, result.stderr
     figures = {name: float(value.replace(",", "")) for name, value in LINE.findall(result.stdout)}
     for name in ("vae_images_per_s", "vae_reference_images_per_s", "gan_steps_per_s", "gan_reference_steps_per_s",
-                 "matmul_peak_gflops", "vae_training_flops_per_image", "evaluate_scoring_s[n=1000]"):
+                 "matmul_peak_gflops", "vae_training_flops_per_image", "evaluate_scoring_s[n=1000]",
+                 "vae_images_per_s[seeds=2]", "gan_steps_per_s[seeds=2]"):  # TINY's two seeds stacked
         assert figures[name] > 0, name
     assert abs(figures["vae_speedup"] - figures["vae_images_per_s"] / figures["vae_reference_images_per_s"]) <= 0.01
     # Both models trained as long from the same start: their test ELBOs are both finite nats.
