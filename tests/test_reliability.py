@@ -568,7 +568,7 @@ def test_data_too_small_for_the_evaluation_is_refused_by_the_first_stage(project
 # 512 MiB: less than it needs, as on a smaller machine.
 WITH_LITTLE_MEMORY = """
 import re, resource, runpy, sys
-import matplotlib.pyplot, mlflow, mlflow.pytorch, sqlalchemy, torch
+import matplotlib.pyplot, mlflow, mlflow.pytorch, sqlalchemy, torch, torchmetrics.image.fid, torchmetrics.image.kid
 import pipeline.stages.{stage}, pipeline.tracking.store
 size = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + 2**29, size + 2**29))
@@ -580,8 +580,12 @@ runpy.run_module("pipeline.stages.{stage}", run_name="__main__")
 def test_memory_that_cannot_be_allocated_names_the_settings_to_lower(upstream):
     """An allocation the machine refuses: one line that says which settings size the stage's memory."""
     before = state(upstream)[0]
-    result = subprocess.run([sys.executable, "-W", "ignore", "-c", WITH_LITTLE_MEMORY.format(stage="evaluate")],
-                            cwd=upstream.root, capture_output=True, text=True, env=upstream.environment())
+    upstream.write_params({"evaluate": {"iwae_samples": 1024}})  # its decoded samples alone: 60 x 1024 images
+    try:
+        result = subprocess.run([sys.executable, "-W", "ignore", "-c", WITH_LITTLE_MEMORY.format(stage="evaluate")],
+                                cwd=upstream.root, capture_output=True, text=True, env=upstream.environment())
+    finally:
+        upstream.write_params()
     errors = [line for line in result.stderr.splitlines() if line.startswith("evaluate: error: ")]
     assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
     assert errors[0].startswith("evaluate: error: out of memory (") and errors[0].endswith(

@@ -56,8 +56,15 @@ def record(experiment: str, configurations: list[Configuration], rows: list[Row]
 
     client, experiment_id = open_experiment(experiment)
     experiments.ensure_experiment(experiment)  # an experiment made by older code gets the training kind (names.py)
-    existing = {row.tags[names.SUMMARY_TAG]: row for row in sorted(rows, key=lambda r: r.start_time)
-                if row.is_summary}
+    existing: dict[str, Row] = {}
+    for row in sorted((row for row in rows if row.is_summary), key=lambda r: (r.start_time, r.run_id)):
+        if row.tags[names.SUMMARY_TAG] in existing:
+            # Two runs of one configuration finishing at once (a sweep's experiments split by
+            # --seeds-per-task) can each make its summary: the oldest is kept, the others deleted.
+            if any(c.id == row.tags[names.SUMMARY_TAG] for c in configurations):
+                client.delete_run(row.run_id)
+            continue
+        existing[row.tags[names.SUMMARY_TAG]] = row
     now = int(time.time() * 1000)
     ids = {}
     for configuration in configurations:
