@@ -8,11 +8,12 @@ order in every configuration (latent_dim changes the weights' shapes, not the or
 noise wherever the shapes agree, so a paired comparison across configurations shares what it can.
 
 Stacks: S copies of a module with one architecture become one set of parameters with a leading
-seed dimension, (S, *shape), applied with `torch.func.vmap` over `functional_call`: every layer
-runs once for all seeds as a batched kernel (a linear layer as one batched matmul). One optimiser
-steps the stacked parameters, on the sum of the seeds' losses, never their mean, so each seed's
-gradient is its own; Adam is elementwise, so each seed's update is the one it gets alone. Each copy
-starts from the weights the module is built with, drawn as for a seed trained alone.
+seed dimension. Linear layers become one batched matmul over the seeds (StackedLinear), inside a
+copy of the module whose own forward code runs unchanged; a module with other weighted layers
+(convolutions) runs through `torch.func.vmap` over `functional_call`. One optimiser steps the
+stacked parameters, on the sum of the seeds' losses, never their mean, so each seed's gradient is
+its own; Adam is elementwise, so each seed's update is the one it gets alone. Each copy starts
+from the weights the module is built with, drawn as for a seed trained alone.
 """
 
 from __future__ import annotations
@@ -90,24 +91,30 @@ def _stacked_layer(layers: list[nn.Module]) -> nn.Module | None:
     return None
 
 
-def _stacked_module(modules: Sequence[nn.Module]) -> nn.Module | None:
-    """A copy of modules[0] whose every layer takes a leading seed dimension, holding each seed's
-    weights; None when a layer has no stacked form."""
-    stacked = copy.deepcopy(modules[0])
+def _stack_children(stacked: nn.Module, modules: Sequence[nn.Module]) -> bool:
+    """Replace, in `stacked` (a copy of modules[0]), every layer by its stacked form holding each
+    seed's weights; False when one has none (the copy is then of no use)."""
     for name, child in modules[0].named_children():
         siblings = [getattr(module, name) for module in modules]
         if list(child.children()):
-            replacement = _stacked_module(siblings)
-        else:
-            if any(True for _ in child.parameters(recurse=False)) and type(child) is not nn.Linear:
-                return None
-            replacement = _stacked_layer(siblings)
-        if replacement is None:
-            return None
-        setattr(stacked, name, replacement)
-    if not list(modules[0].children()) and any(True for _ in modules[0].parameters(recurse=False)):
-        return None  # a module with weights of its own besides its layers
-    return stacked
+            if any(True for _ in child.parameters(recurse=False)) or not _stack_children(getattr(stacked, name),
+                                                                                          siblings):
+                return False
+            continue
+        layer = _stacked_layer(siblings)
+        if layer is None:
+            return False
+        setattr(stacked, name, layer)
+    return True
+
+
+def _stacked_module(modules: Sequence[nn.Module]) -> nn.Module | None:
+    """A copy of modules[0] whose every layer takes a leading seed dimension, holding each seed's
+    weights; None when a layer has no stacked form, or a module weights of its own besides its layers."""
+    if any(True for _ in modules[0].parameters(recurse=False)):
+        return None
+    stacked = copy.deepcopy(modules[0])
+    return stacked if _stack_children(stacked, modules) else None
 
 
 class Stack:
@@ -118,7 +125,7 @@ class Stack:
     Networks of linear layers (the MLP architecture) run as a copy of the module whose linear layers
     are batched matmuls over the seeds (StackedLinear), its own forward code unchanged; others
     (convolutions) through `torch.func.vmap` over `functional_call`, whose per-call overhead the
-    batched matmuls avoid (`make bench` measures both)."""
+    batched matmuls avoid (docs/benchmarks.md)."""
 
     def __init__(self, modules: Sequence[nn.Module]):
         self.size = len(modules)
@@ -135,11 +142,6 @@ class Stack:
             return functional_call(base, (params, buffers), inputs)
 
         self._call = vmap(one)
-
-    @property
-    def batched_matmuls(self) -> bool:
-        """Whether the stack runs as batched matmuls (else vmap)."""
-        return self._native is not None
 
     def __call__(self, *inputs: torch.Tensor):
         if self._native is not None:
