@@ -28,12 +28,12 @@ import yaml
 from pipeline.core.commands import environment_first
 from pipeline.core.config import TINY, merged
 from pipeline.tools.dvc_cli import source_files
+from pipeline.tools.sweep import DEFAULT_VALUES  # the sweep's default latent_dims, which make default-study repeats
 
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
             "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
 STAGE_RAN = re.compile(r"^Running stage '(\w+)'", re.M)
-STUDY_LATENT_DIMS = (2, 4, 8, 16, 32, 64)  # make default-study's LATENT_DIMS
 
 
 def run(*command: str, cwd: Path, env: dict) -> tuple[float, str]:
@@ -89,7 +89,7 @@ def main() -> None:
         # configuration in DVC's run cache.
         root = project(work / "study", args.tiny, env)
         sweep = (sys.executable, "-m", "pipeline.tools.sweep", "--seeds", *map(str, args.seeds), "--jobs", str(args.jobs))
-        first, _ = run(*sweep, "--latent-dims", *map(str, STUDY_LATENT_DIMS), cwd=root, env=env)
+        first, _ = run(*sweep, "--latent-dims", *map(str, DEFAULT_VALUES), cwd=root, env=env)
         second, out = run(*sweep, "--latent-dims", "16", "--betas", "0.25", "4", cwd=root, env=env)
         print(f"study_s: {first + second:.0f} ({(first + second) / 60:.1f} min from the first sweep command to the "
               f"last recorded row: latent_dim sweep {first:.0f} s, beta sweep {second:.0f} s; {len(args.seeds)} seeds "
