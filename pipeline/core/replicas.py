@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -150,6 +151,19 @@ class Stack:
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Within: the stack's parameters need no gradient, so a graph built through it (a GAN
+        generator's loss through the discriminators) computes the inputs' gradients alone, the
+        same numbers, without the weight gradients that would be thrown away."""
+        for value in self.params.values():
+            value.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for value in self.params.values():
+                value.requires_grad_(True)
 
     def state_dict(self, index: int) -> dict[str, torch.Tensor]:
         """Seed `index`'s weights, as its own module's state_dict (detached copies)."""
