@@ -10,6 +10,16 @@ to its nominal coverage for moderate departures. `benchmarks/interval_coverage.p
 on synthetic data (docs/benchmarks.md has the figures: the bootstrap covers the true mean far less
 often than 95% at these n); `tests/test_stats.py` checks the t-interval's coverage.
 
+Tests and families. A comparison's p-value is the two-sided t-test that matches its interval
+(paired, Welch, or one sample against a fixed value). Comparisons that answer one question form a
+family (a trend's neighbouring steps, the GANs at each latent_dim), and a verdict reads the
+family's p-values after Holm's step-down adjustment (`holm`), which keeps the chance of any false
+"the runs tell them apart" in the family at 5%, at every set of true effects.
+
+A prediction interval (`prediction_interval`) answers a different question from the mean's
+interval: where the mean of a rerun of m new seeds should fall, 95% of the time. It is wider by
+sqrt(1 + n/m), because the rerun's own mean varies as much as this one's.
+
 A difference is paired when both sides were run at the same seeds: the two GANs of one run, or two
 configurations swept over the same seeds. The seed then fixes the same weights' starting draws and
 batches on both sides, and the interval is the t-interval of the per-seed differences, which
@@ -71,6 +81,8 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE, paire
     mean = math.fsum(values) / n
     if n == 1:
         return Interval(mean, math.nan, math.nan, 1, confidence, paired)
+    if all(v == values[0] for v in values):  # no spread: exactly none, not rounding's 1e-16
+        return Interval(mean, mean, mean, n, confidence, paired)
     half = _t_quantile(confidence, n - 1) * math.sqrt(_variance(values)) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, confidence, paired)
 
@@ -101,13 +113,77 @@ def _variance(values: Sequence[float]) -> float:
     return math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
-def difference(a: Mapping[int, float], b: Mapping[int, float], confidence: float = CONFIDENCE) -> Interval:
+def difference(a: Mapping[int, float], b: Mapping[int, float] | float, confidence: float = CONFIDENCE) -> Interval:
     """mean(a) - mean(b) for two sets of runs keyed by seed: paired over the shared seeds when at
-    least two seeds are shared (the t-interval of a[s] - b[s]), else Welch's interval over all."""
+    least two seeds are shared (the t-interval of a[s] - b[s]), else Welch's interval over all.
+    With `b` a number: the t-interval of a[s] - b (one sample against a fixed value)."""
+    if not isinstance(b, Mapping):
+        return mean_interval([float(v) - float(b) for v in a.values()], confidence)
     shared = sorted(set(a) & set(b))
     if len(shared) >= 2:
         return mean_interval([a[s] - b[s] for s in shared], confidence, paired=True)
     return welch_interval(list(a.values()), list(b.values()), confidence)
+
+
+def p_value(a: Mapping[int, float], b: Mapping[int, float] | float) -> float:
+    """The two-sided p-value of "mean(a) = mean(b)" by the test behind `difference`: paired t over
+    the shared seeds when at least two are shared, else Welch's t. With `b` a number, the one-sample
+    t-test of a against it. NaN where there is no interval (one value a side), 0 or 1 where the
+    values do not vary (a difference that is the same at every seed: 0 unless it is 0)."""
+    from scipy import stats
+
+    if not isinstance(b, Mapping):
+        values = [float(v) - float(b) for v in a.values()]
+    else:
+        shared = sorted(set(a) & set(b))
+        if len(shared) >= 2:
+            values = [a[s] - b[s] for s in shared]
+        else:
+            xs, ys = [float(v) for v in a.values()], [float(v) for v in b.values()]
+            if min(len(xs), len(ys)) < 2:
+                return math.nan
+            if _variance(xs) + _variance(ys) == 0:
+                return 1.0 if math.fsum(xs) / len(xs) == math.fsum(ys) / len(ys) else 0.0
+            return float(stats.ttest_ind(xs, ys, equal_var=False).pvalue)
+    if len(values) < 2:
+        return math.nan
+    if _variance(values) == 0:
+        return 1.0 if values[0] == 0 else 0.0
+    return float(stats.ttest_1samp(values, 0.0).pvalue)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values of one family (statsmodels' `multipletests`, method
+    "holm"): reject where the adjusted value is below the level. NaN entries (no test) stay NaN and
+    do not count towards the family's size."""
+    from statsmodels.stats.multitest import multipletests
+
+    tested = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    adjusted = [math.nan] * len(p_values)
+    if tested:
+        values = multipletests([p_values[i] for i in tested], method="holm")[1]
+        for i, value in zip(tested, values):
+            adjusted[i] = float(value)
+    return adjusted
+
+
+def prediction_interval(values: Sequence[float], new: int | None = None,
+                        confidence: float = CONFIDENCE) -> Interval:
+    """Where the mean of `new` fresh seeds (default: as many as `values`) falls with probability
+    `confidence`, from the n values measured: mean ± t(1 - α/2, n - 1) · s · sqrt(1/n + 1/new),
+    assuming normal seed-to-seed spread. Needs two values; one gives the mean alone."""
+    values = [float(v) for v in values]
+    n = len(values)
+    new = n if new is None else new
+    if n == 0 or new < 1:
+        raise ValueError("prediction_interval needs at least one value and one new seed")
+    mean = math.fsum(values) / n
+    if n == 1:
+        return Interval(mean, math.nan, math.nan, 1, confidence)
+    if all(v == values[0] for v in values):
+        return Interval(mean, mean, mean, n, confidence)
+    half = _t_quantile(confidence, n - 1) * math.sqrt(_variance(values)) * math.sqrt(1 / n + 1 / new)
+    return Interval(mean, mean - half, mean + half, n, confidence)
 
 
 def mean_rows(tables: Sequence[Sequence[Mapping[str, float | None]]]) -> list[dict[str, float | None]]:

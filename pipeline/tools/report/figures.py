@@ -24,6 +24,9 @@ SOURCES = {  # image sets of the evaluation, as the report names them
     "gan_scratch": "GAN from scratch",
     "noise": "uniform noise",
 }
+# One colour per model (image set) in every figure; the VAE's measures (MSE, KL, bounds) take the VAE's.
+COLOURS = {"real_train": "tab:gray", "vae_reconstructions": "tab:cyan", "vae_prior": "tab:blue",
+           "gan_decoder": "tab:orange", "gan_scratch": "tab:red", "noise": "tab:olive"}
 
 
 def _pyplot():
@@ -80,23 +83,30 @@ def _mean_and_error(configurations: list[Configuration], key: str) -> tuple[list
 
 
 def figure_latent_dim(configurations: list[Configuration], path: Path) -> None:
-    """Each measure against latent_dim: the mean over the seeds, error bars the 95% interval."""
+    """Each measure against latent_dim: every seed a dot, the mean over the seeds a line, error bars
+    the 95% interval (none drawn with one seed)."""
     plt = _pyplot()
     dims = [c.latent_dim for c in configurations]
     figure, panels = plt.subplots(2, 2, figsize=(9, 6.5))
     plots = [
-        (panels[0, 0], "reconstruction MSE per pixel", {"VAE": HEADLINE["recon_mse"]}),
-        (panels[0, 1], "KL (nats)", {"VAE": HEADLINE["kl"]}),
-        (panels[1, 0], "nats per image", {"negative ELBO": HEADLINE["neg_elbo"], "IWAE NLL": HEADLINE["iwae_nll"]}),
+        (panels[0, 0], "reconstruction MSE per pixel", {"VAE": ("vae_prior", HEADLINE["recon_mse"])}),
+        (panels[0, 1], "KL (nats)", {"VAE": ("vae_prior", HEADLINE["kl"])}),
+        (panels[1, 0], "nats per image", {"negative ELBO": ("vae_prior", HEADLINE["neg_elbo"]),
+                                          "IWAE NLL": ("vae_reconstructions", HEADLINE["iwae_nll"])}),
         (panels[1, 1], "FID-style score (lower is better)",
-         {SOURCES[name]: score(name, "fid") for name in
+         {SOURCES[name]: (name, score(name, "fid")) for name in
           ("vae_reconstructions", "vae_prior", "gan_decoder", "gan_scratch", "real_train")}),
     ]
     seeds = sorted({c.n for c in configurations})
     for axes, label, series in plots:
-        for name, key in series.items():
+        for name, (colour_of, key) in series.items():
             means, errors = _mean_and_error(configurations, key)
-            axes.errorbar(dims, means, yerr=errors, marker="o", capsize=3, label=name)
+            colour = COLOURS[colour_of]
+            for dim, configuration in zip(dims, configurations):
+                values = list(configuration.values(key).values())
+                axes.scatter([dim] * len(values), values, s=9, color=colour, alpha=0.45, linewidths=0)
+            axes.errorbar(dims, means, yerr=errors if seeds[-1] > 1 else None, marker="o", capsize=3, label=name,
+                          color=colour)
         axes.set(xlabel="latent_dim", ylabel=label)
         axes.set_xscale("log", base=2)
         axes.minorticks_off()
@@ -104,8 +114,12 @@ def figure_latent_dim(configurations: list[Configuration], path: Path) -> None:
         ticks = dims if len(dims) <= 12 else [2**k for k in range(12) if dims[0] <= 2**k <= dims[-1]]
         axes.set_xticks(ticks, [str(d) for d in ticks])
         axes.legend(fontsize=7)
-    counts = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"
-    figure.suptitle(f"mean over {counts} seeds per latent_dim; error bars: 95% t-interval", fontsize=9)
+    if seeds[-1] == 1:
+        title = "one seed per latent_dim: each dot one run, no interval to draw"
+    else:
+        counts = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"
+        title = f"dots: each seed; line: mean over {counts} seeds per latent_dim; error bars: 95% t-interval"
+    figure.suptitle(title, fontsize=9)
     _save(figure, path)
 
 
@@ -129,18 +143,28 @@ def figure_reconstructions(source: Source, runs: list[Row], path: Path) -> None:
     _save(figure, path, tight=False)
 
 
-def figure_gan_curves(source: Source, run: Row, path: Path) -> None:
+def figure_gan_curves(source: Source, runs: list[Row], path: Path) -> None:
+    """The GANs' FID-style score per epoch, each seed a thin line and their mean a thick one, and
+    the discriminators' mean outputs (means over the seeds)."""
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for init, colour in (("decoder", "C0"), ("scratch", "C1")):
-        steps, values = zip(*source.history(run, gan_measure(init, "fid")))
-        left.plot(steps, values, marker="o", color=colour, label=SOURCES[f"gan_{init}"])
+    for init in ("decoder", "scratch"):
+        colour = COLOURS[f"gan_{init}"]
+        curves = [source.history(run, gan_measure(init, "fid")) for run in runs]
+        for curve in curves:
+            left.plot(*zip(*curve), color=colour, alpha=0.3, linewidth=0.8)
+        steps = [step for step, _ in curves[0]]
+        left.plot(steps, [sum(c[i][1] for c in curves) / len(curves) for i in range(len(steps))], marker="o",
+                  color=colour, label=f"{SOURCES[f'gan_{init}']} (mean of {len(runs)})")
         for measure, style, name in (("d_real", "-", "D(x), real"), ("d_fake", "--", "D(G(z)), generated")):
-            steps, values = zip(*source.history(run, gan_measure(init, measure)))
-            right.plot(steps, values, style, color=colour, label=f"{name}: {SOURCES[f'gan_{init}']}")
-    left.axhline(run.metrics[GAN_VAE_PRIOR_FID], color="grey", linestyle=":", label="VAE samples")
+            curves = [source.history(run, gan_measure(init, measure)) for run in runs]
+            steps = [step for step, _ in curves[0]]
+            right.plot(steps, [sum(c[i][1] for c in curves) / len(curves) for i in range(len(steps))], style,
+                       color=colour, label=f"{name}: {SOURCES[f'gan_{init}']}")
+    left.axhline(sum(run.metrics[GAN_VAE_PRIOR_FID] for run in runs) / len(runs), color=COLOURS["vae_prior"],
+                 linestyle=":", label="VAE samples (mean)")
     left.set(xlabel="epoch (0 = before training)", ylabel="FID-style score", yscale="log",
-             title="Sample quality while training")
+             title="Sample quality while training, each seed")
     right.set(xlabel="epoch", ylabel="mean discriminator output", ylim=(0, 1), title="The discriminators")
     left.legend(fontsize=8)
     right.legend(fontsize=7)
@@ -166,7 +190,8 @@ def figure_scores(configuration: Configuration, path: Path) -> None:
     for name in names:
         (precision,), (precision_error,) = _mean_and_error([configuration], score(name, "precision"))
         (recall,), (recall_error,) = _mean_and_error([configuration], score(name, "recall"))
-        axes.errorbar(recall, precision, xerr=recall_error, yerr=precision_error, marker="o", capsize=3)
+        axes.errorbar(recall, precision, xerr=recall_error, yerr=precision_error, marker="o", capsize=3,
+                      color=COLOURS[name])
         axes.annotate(SOURCES[name], (recall, precision), fontsize=8, xytext=(4, 4), textcoords="offset points")
     axes.set(xlabel="recall (variety of the data covered)", ylabel="precision (samples that look real)",
              xlim=(0, 1.05), ylim=(0, 1.05),

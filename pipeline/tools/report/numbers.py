@@ -3,11 +3,14 @@ MLflow reads behind them (metric histories and artifacts)."""
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 from pathlib import Path
 
-from pipeline.core.stats import Interval, difference
+from pipeline.core.stats import Interval, difference, mean_interval, prediction_interval
 from pipeline.tools.compare import two_digits
+from pipeline.tools.report.claims import Cell, Claim
 from pipeline.tools.report.runs import ReportError
 from pipeline.tracking.rows import Configuration, Row
 
@@ -46,11 +49,6 @@ class Source:
 # Numbers and where they come from
 
 
-def rises(values: list[float]) -> int:
-    """How many times a sequence went up from one value to the next (a curve's setbacks)."""
-    return sum(later > earlier for earlier, later in zip(values, values[1:]))
-
-
 def readable(value: float, fmt: str | None = None) -> str:
     """`value` as the text shows it: with `fmt`, else four significant digits, and no exponent
     from 1000 up (119729, not 1.197e+05)."""
@@ -64,9 +62,15 @@ class Numbers:
 
     Every method returns the text to put in the report. An entry's `kind` says how to recompute
     it: metric (a row's latest value, or the value at `step` of its history), param, count (of
-    the runs listed), ratio (of two metrics), rises (of a metric's history, see `rises`), mean and
-    half_width (of a metric over the runs listed, pipeline.core.stats.mean_interval), difference
-    (`bound` mean, low or high of pipeline.core.stats.difference between two sets of runs by seed).
+    the runs listed), mean and half_width (of a metric over the runs listed,
+    pipeline.core.stats.mean_interval), sd (their standard deviation), prediction (`bound` low or
+    high of pipeline.core.stats.prediction_interval for a rerun of as many seeds), difference (`bound` mean, low or high of
+    pipeline.core.stats.difference between two sets of runs by seed, or one set and a fixed value
+    `b_value`), change (the mean over the runs listed of a history's value at `to_step` minus at
+    `from_step`, with `bound` as for difference), p_holm (the Holm-adjusted p-value of cell `index`
+    of a claim's `family`, each member as a difference entry gives it). Entries over several runs
+    carry each seed's value too (`values`, `a_values`, `b_values`), so that every interval can be
+    recomputed from the file alone.
     """
 
     def __init__(self, source: Source):
@@ -92,15 +96,6 @@ class Numbers:
     def count(self, runs: list[Row]) -> str:
         return self._add(str(len(runs)), len(runs), kind="count", run_ids=[r.run_id for r in runs])
 
-    def ratio(self, run: Row, key: str, over: Row, over_key: str) -> str:
-        value = run.metrics[key] / over.metrics[over_key]
-        return self._add(readable(value), value, kind="ratio", run_id=run.run_id, key=key,
-                         over_run_id=over.run_id, over_key=over_key)
-
-    def rises(self, run: Row, key: str) -> str:
-        value = rises([v for _, v in self.source.history(run, key)])
-        return self._add(str(value), value, kind="rises", run_id=run.run_id, key=key)
-
     def mean(self, configuration: Configuration, key: str, fmt: str | None = None) -> str:
         """`446.3 ± 95.12`: the mean of `key` over the configuration's seeds and the half-width of its
         95% interval; the mean alone with one seed."""
@@ -108,23 +103,42 @@ class Numbers:
         if interval is None:
             raise ReportError(f"no run of configuration {configuration.id} has metric {key}")
         run_ids = [r.run_id for r in configuration.rows if key in r.metrics]
-        text = self._add(readable(interval.mean, fmt), interval.mean, kind="mean", run_ids=run_ids, key=key)
+        values = {str(s): v for s, v in configuration.values(key).items()}
+        text = self._add(readable(interval.mean, fmt), interval.mean, kind="mean", run_ids=run_ids, key=key,
+                         values=values)
         if not interval.has_interval:
             return text
         half = interval.half_width
-        return text + " ± " + self._add(two_digits(half), half, kind="half_width", run_ids=run_ids, key=key)
+        return text + " ± " + self._add(two_digits(half), half, kind="half_width", run_ids=run_ids, key=key,
+                                        values=values)
 
-    def difference(self, a: Configuration, a_key: str, b: Configuration, b_key: str,
-                   fmt: str | None = None) -> tuple[Interval, str]:
-        """mean(a's `a_key`) - mean(b's `b_key`) with its 95% interval, paired by seed where the two
-        share seeds (pipeline.core.stats.difference); and its text, `110 (95% CI 60 to 160, paired
-        over 3 seeds)`."""
-        a_runs = {r.seed: r for r in a.rows if a_key in r.metrics}
-        b_runs = {r.seed: r for r in b.rows if b_key in r.metrics}
-        interval = difference({s: r.metrics[a_key] for s, r in a_runs.items()},
-                              {s: r.metrics[b_key] for s, r in b_runs.items()})
-        where = {"a": {str(s): r.run_id for s, r in a_runs.items()}, "a_key": a_key,
-                 "b": {str(s): r.run_id for s, r in b_runs.items()}, "b_key": b_key}
+    def sd(self, configuration: Configuration, key: str) -> str:
+        """The standard deviation of `key` over the configuration's seeds (divisor n - 1)."""
+        values = configuration.values(key)
+        value = statistics.stdev(values.values()) if len(values) > 1 else math.nan
+        return self._add(two_digits(value), value, kind="sd", key=key,
+                         run_ids=[r.run_id for r in configuration.rows if key in r.metrics],
+                         values={str(s): v for s, v in values.items()})
+
+    def prediction(self, configuration: Configuration, key: str, fmt: str | None = None) -> str | None:
+        """`a to b`: where the mean of a rerun with as many new seeds falls, 95% of the time
+        (stats.prediction_interval); None with one seed."""
+        values = configuration.values(key)
+        interval = prediction_interval(list(values.values()))
+        if not interval.has_interval:
+            return None
+        where = {"key": key, "run_ids": [r.run_id for r in configuration.rows if key in r.metrics],
+                 "values": {str(s): v for s, v in values.items()}}
+        return (self._add(readable(interval.low, fmt), interval.low, kind="prediction", bound="low", **where) + " to "
+                + self._add(readable(interval.high, fmt), interval.high, kind="prediction", bound="high", **where))
+
+    def difference(self, a: Configuration, a_key: str, b: Configuration | None, b_key: str | None = None,
+                   fmt: str | None = None, against: float | None = None) -> tuple[Interval, str]:
+        """mean(a's `a_key`) - mean(b's `b_key`) (or minus the fixed value `against`) with its 95%
+        interval, paired by seed where the two share seeds (pipeline.core.stats.difference); and
+        its text, `110 (95% CI 60 to 160, paired over 3 seeds)`."""
+        where = cell_where(a, a_key, b, b_key, against)
+        interval = difference(_seed_keys(where["a_values"]), _b(where))
 
         def bound(name: str, value: float) -> str:
             return self._add(readable(value, fmt), value, kind="difference", bound=name, **where)
@@ -132,11 +146,64 @@ class Numbers:
         text = bound("mean", interval.mean)
         if not interval.has_interval:
             return interval, text
-        shared = [a_runs[s] for s in sorted(set(a_runs) & set(b_runs))]
-        how = (f"paired over {self.count(shared)} seeds" if interval.paired else
-               f"unpaired, {self.count(list(a_runs.values()))} and {self.count(list(b_runs.values()))} seeds")
+        a_runs = [r for r in a.rows if a_key in r.metrics]
+        if b is None:
+            how = f"{self.count(a_runs)} seeds"
+        elif interval.paired:
+            how = f"paired over {self.count([r for r in a_runs if str(r.seed) in where['b']])} seeds"
+        else:
+            how = f"unpaired, {self.count(a_runs)} and {self.count([r for r in b.rows if b_key in r.metrics])} seeds"
         return interval, f"{text} (95% CI {bound('low', interval.low)} to {bound('high', interval.high)}, {how})"
+
+    def cell(self, claim: Claim, cell: Cell, fmt: str | None = None) -> tuple[str, str]:
+        """A claim's cell: its difference with the interval (`difference`), and its Holm-adjusted
+        p-value within the claim's family (`-` where there is no test)."""
+        _, text = self.difference(cell.a, cell.a_key, cell.b, cell.b_key, fmt, cell.against)
+        if math.isnan(cell.p_adjusted):
+            return text, "-"
+        family = [cell_where(c.a, c.a_key, c.b, c.b_key, c.against) for c in claim.cells]
+        p = self._add(format(cell.p_adjusted, ".2g"), cell.p_adjusted, kind="p_holm", family=family,
+                      index=claim.cells.index(cell))
+        return text, p
+
+    def change(self, configuration: Configuration, key: str, from_step: int, to_step: int,
+               fmt: str | None = None) -> tuple[Interval, str]:
+        """The mean over the seeds of a metric history's value at `to_step` minus at `from_step`,
+        with its 95% interval: `-12 (95% CI -20 to -4, 5 seeds)`."""
+        values = {str(r.seed): self.value(r, key, to_step) - self.value(r, key, from_step) for r in configuration.rows}
+        interval = mean_interval(list(values.values()))
+        where = {"key": key, "from_step": from_step, "to_step": to_step, "values": values,
+                 "run_ids": {str(r.seed): r.run_id for r in configuration.rows}}
+
+        def bound(name: str, value: float) -> str:
+            return self._add(readable(value, fmt), value, kind="change", bound=name, **where)
+
+        text = bound("mean", interval.mean)
+        if not interval.has_interval:
+            return interval, text
+        return interval, (f"{text} (95% CI {bound('low', interval.low)} to {bound('high', interval.high)}, "
+                          f"{self.count(list(configuration.rows))} seeds)")
 
     def steps(self, run: Row, key: str) -> int:
         """The last step of a metric's history (an epoch count), to look values up at; not cited itself."""
         return self.source.history(run, key)[-1][0]
+
+
+def cell_where(a: Configuration, a_key: str, b: Configuration | None, b_key: str | None,
+               against: float | None) -> dict:
+    """What a difference entry cites: each side's runs and values by seed (or the fixed value)."""
+    where = {"a": {str(r.seed): r.run_id for r in a.rows if a_key in r.metrics}, "a_key": a_key,
+             "a_values": {str(s): v for s, v in a.values(a_key).items()}}
+    if b is None:
+        return where | {"b_value": against}
+    key = b_key or a_key
+    return where | {"b": {str(r.seed): r.run_id for r in b.rows if key in r.metrics}, "b_key": key,
+                    "b_values": {str(s): v for s, v in b.values(key).items()}}
+
+
+def _seed_keys(values: dict[str, float]) -> dict[int, float]:
+    return {int(s): v for s, v in values.items()}
+
+
+def _b(where: dict) -> dict[int, float] | float:
+    return where["b_value"] if "b_value" in where else _seed_keys(where["b_values"])

@@ -70,6 +70,7 @@ class Study:
     by_beta: list[Configuration]  # one per beta at the main configuration's latent_dim, ascending
     outdated: list[Row] = field(default_factory=list)
     source: str = "`params.yaml`"  # where the settings that picked the runs came from (markdown)
+    other: list[tuple[Row, list[str]]] = field(default_factory=list)  # rows left out, with the params that differ
 
     @property
     def configurations(self) -> list[Configuration]:
@@ -104,6 +105,12 @@ def _matches(run: Row, reference: dict[str, str], free: set[str]) -> bool:
     return all(run.params.get(key) == reference.get(key) for key in keys)
 
 
+def _differing(run: Row, reference: dict[str, str]) -> list[str]:
+    """The params (besides latent_dim and vae.beta) in which `run` differs from `reference`."""
+    keys = (set(reference) | set(run.params)) - IGNORED_PARAMS - {"latent_dim", "vae.beta"}
+    return sorted(key for key in keys if run.params.get(key) != reference.get(key))
+
+
 def _configurations(runs: list[Row], key: Callable[[Row], float]) -> list[Configuration]:
     """One configuration per value of `key`, ascending (rows.replicates: the newest run per seed)."""
     return [configuration for _, configuration in sorted(replicates(runs, key).items())]
@@ -125,4 +132,10 @@ def select(records: list[Row], reference: dict[str, str], experiment: str,
     main = next((r for r in main_config.rows if str(r.seed) == first_seed), main_config.rows[0])
     reference_at_main = {**reference, "latent_dim": str(main_config.latent_dim)}
     by_beta = _configurations([r for r in records if _matches(r, reference_at_main, {"vae.beta"})], lambda r: r.beta)
-    return Study(experiment, main, main_config, by_latent_dim, by_beta, list(outdated or []), source)
+    chosen = {r.run_id for c in [*by_latent_dim, *by_beta] for r in c.rows}
+    other = [(r, _differing(r, reference)) for r in records if r.run_id not in chosen]
+    # No other param differs: an older run of a chosen seed (the newest counts), or latent_dim and beta both differ.
+    other = [(r, keys) for r, keys in other if keys] + [
+        (r, ["latent_dim", "vae.beta"]) for r, keys in other
+        if not keys and not (_matches(r, reference, {"latent_dim"}) or _matches(r, reference_at_main, {"vae.beta"}))]
+    return Study(experiment, main, main_config, by_latent_dim, by_beta, list(outdated or []), source, other)

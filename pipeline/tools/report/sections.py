@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.core.stats import Interval
+from pipeline.tools.report.claims import CANNOT_TELL, CONTRADICTED, HELD, Best, Cell, Claim, best, trend
 from pipeline.tools.report.figures import (
     SOURCES,
     figure_gan_curves,
@@ -26,7 +26,6 @@ from pipeline.tracking.names import (
     ENCODER_GRAD_KL,
     ENCODER_GRAD_RECONSTRUCTION,
     KL_PER_DIM,
-    VAE_TEST_NEG_ELBO,
     discriminator_verdict,
     gan_measure,
     probe,
@@ -55,27 +54,73 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-SEED_SWEEP = ("a seed sweep (`make sweep SEEDS=\"0 1 2 3 4\"`) would say whether it is larger than the "
-              "seed-to-seed spread")
+MORE_SEEDS = ("rerun it with several seeds: `seeds` in params.yaml lists five by default, so "
+              "`dvc exp run -S latent_dim=N` trains them together")
 
 
-def contrast(n: Numbers, a: Configuration, a_key: str, b: Configuration, b_key: str, a_label: str, b_label: str,
-             fmt: str | None = None) -> tuple[Interval, str]:
-    """A difference stated only as far as its interval allows: `a_label minus b_label is d (95% CI
-    ...)`, then whether the runs tell the two apart, cannot tell at these seeds, or (one seed a
-    side) cannot give an interval at all."""
-    interval, text = n.difference(a, a_key, b, b_key, fmt)
-    said = f"{a_label} minus {b_label} is {text}"
-    if not interval.has_interval:
-        return interval, f"{said}, from one seed a side: no interval can be given; {SEED_SWEEP}."
-    if interval.excludes_zero:
-        return interval, f"{said}: the interval excludes zero, so the runs tell them apart."
-    return interval, f"{said}: the interval includes zero, so the runs cannot tell them apart at these seeds."
+class Answers:
+    """The claims the sections tested, in order, for the answers at the top of the report."""
+
+    def __init__(self) -> None:
+        self.claims: list[tuple[str, Claim]] = []
+
+    def add(self, question: str, claim: Claim) -> Claim:
+        self.claims.append((question, claim))
+        return claim
 
 
-def _best(configurations: list[Configuration], key: str) -> Configuration:
-    """The configuration with the lowest mean of `key`."""
-    return min(configurations, key=lambda c: c.interval(key).mean)
+def _cells(cells: list[Cell]) -> str:
+    return ", ".join(cell.label for cell in cells)
+
+
+def verdict(n: Numbers, claim: Claim) -> str:
+    """The claim's verdict in words, naming the cells behind it; chosen by the verdict."""
+    held, against, untold = (claim.where(o) for o in (HELD, CONTRADICTED, CANNOT_TELL))
+    if not claim.cells:
+        return "**cannot tell**: nothing to compare (one configuration)"
+    fewest = min((cell.a for cell in claim.cells), key=lambda c: c.n)
+    at = f"at {n.count(list(fewest.rows))} seed{'s' if fewest.n > 1 else ''}"
+    if claim.best is not None:
+        if claim.verdict == HELD:
+            return f"**held**: {claim.best} is better than every other ({_cells(held)})"
+        return (f"**cannot tell {at}** which is best: the lowest mean is at {claim.best}, and the runs cannot tell "
+                f"it from {', '.join(c.label.split(' − ')[0] for c in claim.cells if c.outcome != HELD)}")
+    if claim.verdict == HELD:
+        return f"**held** at every comparison ({_cells(held)})"
+    if claim.verdict == CONTRADICTED:
+        text = f"**contradicted** at {_cells(against)}"
+        if held:
+            text += f"; held at {_cells(held)}"
+        return text + (f"; cannot tell at {_cells(untold)}" if untold else "")
+    text = f"**cannot tell {at}** at {_cells(untold)}"
+    return text + (f"; held at {_cells(held)}" if held else "")
+
+
+def claim_table(n: Numbers, claim: Claim, fmt: str | None = None) -> str:
+    rows = []
+    for cell in claim.cells:
+        difference, p = n.cell(claim, cell, fmt)
+        expected = "negative" if cell.expect < 0 else "positive"
+        rows.append([cell.label, difference, expected, p, cell.outcome])
+    return _table(["comparison", "difference (95% CI)", "claim expects", "Holm-adjusted p", "outcome"], rows)
+
+
+def tested(n: Numbers, answers: Answers, question: str, claim: Claim, fmt: str | None = None) -> str:
+    """A claim as the report states it: the statement, its verdict, and the table of its cells."""
+    answers.add(question, claim)
+    return "\n\n".join([f"**Claim: {claim.statement}** Verdict: {verdict(n, claim)}.", claim_table(n, claim, fmt)])
+
+
+def _ld(n: Numbers):
+    return lambda c: f"latent_dim {n.param(c.rows[0], 'latent_dim')}"
+
+
+def _beta(n: Numbers):
+    return lambda c: f"beta {n.param(c.rows[0], 'vae.beta')}"
+
+
+def _value(n: Numbers, key: str):
+    return lambda c: n.param(c.rows[0], key)
 
 
 def section_runs(study: Study, n: Numbers) -> str:
@@ -84,37 +129,67 @@ def section_runs(study: Study, n: Numbers) -> str:
     rows = [[literal(r.name), n.param(r, "latent_dim"), n.param(r, "vae.beta"), n.param(r, "seed"), literal(r.commit),
              literal(r.tags.get('dvc.exp_name', '')), literal(r.run_id)] for r in study.runs]
     text = [
-        "## The runs",
+        "## Appendix: the runs",
         f"Built from {n.count(study.runs)} complete run{'s' if len(study.runs) > 1 else ''} of the MLflow "
-        f"experiment {literal(study.experiment)}, those that share the settings of {study.source} apart from `latent_dim` "
-        "(and `vae.beta` for the beta comparison) and the model `seed`. Runs that differ only in their seed are "
-        "replicates of one configuration; the split and the evaluation classifier (`data.seed`, `classifier.seed`) "
-        "are the same for all of them, so every score is measured with one ruler. A configuration's number is the "
-        "mean over its seeds, written `mean ± half-width` of its 95% t-interval (`pipeline/core/stats.py` says why "
-        "a t-interval at these few seeds); a difference between two configurations run at the same seeds is "
-        "paired by seed. Each configuration and its seeds:",
+        f"experiment {literal(study.experiment)}, those that share the settings of {study.source} apart from "
+        "`latent_dim` (and `vae.beta` for the beta comparison) and the model `seed`. Runs that differ only in their "
+        "seed are replicates of one configuration; the split and the evaluation classifier (`data.seed`, "
+        "`classifier.seed`) are the same for all of them, so every score is measured with one ruler. Each "
+        "configuration and its seeds:",
         _table(["latent_dim", "beta", "seeds (n)", "seeds", "configuration"], configs),
-        f"The main configuration, `{study.main_config.id}`, is the one at those settings' `latent_dim` and `vae.beta`; "
-        f"its run used where one run illustrates is {literal(study.main.name)} (seed {n.param(study.main, 'seed')}). "
-        "Bit-for-bit reruns hold on the same machine and software; on another CPU the numbers differ by several "
-        "percent, so compare a rerun elsewhere with these intervals, not digit for digit (a 95% interval of a mean is "
-        "not a range that one rerun's mean must fall in). Every run:",
+        f"The main configuration, `{study.main_config.id}`, is the one at those settings' `latent_dim` and "
+        f"`vae.beta`; its run used where one run illustrates is {literal(study.main.name)} (seed "
+        f"{n.param(study.main, 'seed')}). Every run:",
         _table(["run", "latent_dim", "beta", "seed", "commit", "DVC experiment", "MLflow run id"], rows),
     ]
     if study.outdated:
         text.append(f"Left out: {n.count(study.outdated)} complete run(s) in the experiment recorded by older code "
                     "that did not measure everything this report cites.")
+    if study.other:
+        text.append("Left out because their settings differ in more than `latent_dim` or `vae.beta` alone: "
+                    + "; ".join(f"{literal(r.name)} ({', '.join(f'`{k}`' for k in keys)})" for r, keys in study.other)
+                    + ".")
     return "\n\n".join(text)
 
 
-def section_reparameterisation(study: Study, n: Numbers, fig: Callable[[str], str]) -> str:
-    m = study.main
+def section_method(study: Study, n: Numbers) -> str:
+    single = [c for c in study.configurations if c.n == 1]
+    text = [
+        "## How the claims are tested",
+        "Each section states the textbook answer as a claim and tests it on the runs. A claim is made of "
+        "comparisons: a configuration's mean over its seeds minus another's, paired by seed where both were run "
+        "at the same seeds (the seed fixes the weights' draws, the batch order and the noise, each from its own "
+        "stream, so that pairing removes what the two sides share), Welch's interval otherwise. The comparisons "
+        "of one claim form a family: their p-values are adjusted together by Holm's step-down procedure "
+        "(`statsmodels`), which keeps the chance of any false finding in the family at 5%. A comparison is "
+        "*held* when its adjusted p-value is below 5% and its difference lies where the claim expects, "
+        "*contradicted* when it lies on the other side (or the two sides are equal at every seed), and *cannot "
+        "tell* otherwise. A claim is contradicted when any of its comparisons is, held when all are, and cannot "
+        "tell otherwise. Trends across `latent_dim` or `beta` compare each value with its neighbour. \"Best\" is "
+        "tested against every other configuration in one family, so the choice of the best from the same runs is "
+        "paid for. Intervals in the tables are 95% t-intervals, not adjusted; the verdicts use the adjusted "
+        "p-values.",
+    ]
+    if single:
+        text.append(f"{n.count([c.rows[0] for c in single])} configuration(s) here have one seed "
+                    f"({', '.join(f'`{c.id}`' for c in single)}): no interval can be given for them, and every "
+                    f"comparison that needs one says *cannot tell*. To lift that, {MORE_SEEDS}.")
+    return "\n\n".join(text)
+
+
+def section_reparameterisation(study: Study, n: Numbers, answers: Answers, fig: Callable[[str], str]) -> str:
+    m, c = study.main, study.main_config
     g = reparameterisation
     epochs = n.steps(m, ENCODER_GRAD_RECONSTRUCTION)
-    ratio_plain = m.metrics[g("score_function")] / m.metrics[g("reparameterised")]
+    claim = Claim("reparameterisation", "the score-function estimator of the reconstruction term's gradient is "
+                  "noisier than the reparameterised one, with or without a baseline.", [
+                      Cell("score function − reparameterised", c, g("score_function"), +1, b=c,
+                           b_key=g("reparameterised")),
+                      Cell("score function with baseline − reparameterised", c, g("score_function_baseline"), +1,
+                           b=c, b_key=g("reparameterised"))])
     return "\n\n".join([
         "## 1. Why the reparameterisation trick",
-        "**Claim.** The reconstruction term needs the gradient of an expectation over `z ~ q(z|x)`, whose "
+        "The reconstruction term needs the gradient of an expectation over `z ~ q(z|x)`, whose "
         "distribution depends on the encoder's weights `phi`. A sampled `z` carries no gradient back to `phi`. "
         "Writing the sample as a deterministic function of `phi` and of noise that does not depend on `phi` "
         "moves the randomness out of the way, and the gradient flows through `mu` and `sigma` into the encoder:",
@@ -123,25 +198,20 @@ def section_reparameterisation(study: Study, n: Numbers, fig: Callable[[str], st
         "d/dphi E_q[log p(x|z)] = E_eps[ d log p(x|z)/dz * d(mu_phi(x) + sigma_phi(x) * eps)/dphi ]\n"
         "without it (score function, REINFORCE):  d/dphi E_q[f(z)] = E_q[ f(z) * d log q_phi(z|x)/dphi ]\n"
         "```",
-        f"**Evidence: the path carries gradient.** In {literal(m.name)} the reconstruction term's gradient on the encoder's "
-        f"weights, measured on the same training images after every epoch, had norm "
-        f"{n.metric(m, ENCODER_GRAD_RECONSTRUCTION, step=1)} after the first epoch and "
-        f"{n.metric(m, ENCODER_GRAD_RECONSTRUCTION, step=epochs)} after the last, epoch "
-        f"{n.param(m, 'vae.epochs')}; the KL term's, which "
-        f"reaches the encoder directly in closed form, {n.metric(m, ENCODER_GRAD_KL, step=1)} and "
-        f"{n.metric(m, ENCODER_GRAD_KL, step=epochs)}. With the sample cut from the graph (`z.detach()`) "
-        "the reconstruction gradient on the encoder is exactly zero: `tests/test_train_vae.py` checks both.",
+        f"**The path carries gradient (the mechanism, one run).** In {literal(m.name)} the reconstruction term's "
+        f"gradient on the encoder's weights had norm {n.metric(m, ENCODER_GRAD_RECONSTRUCTION, step=1)} after the "
+        f"first epoch and {n.metric(m, ENCODER_GRAD_RECONSTRUCTION, step=epochs)} after the last; the KL term's, "
+        f"which reaches the encoder directly in closed form, {n.metric(m, ENCODER_GRAD_KL, step=1)} and "
+        f"{n.metric(m, ENCODER_GRAD_KL, step=epochs)}. With the sample cut from the graph (`z.detach()`) the "
+        "reconstruction gradient on the encoder is exactly zero: `tests/test_train_vae.py` checks both.",
         fig("gradients.png", "Encoder gradient norms per epoch"),
-        f"**Evidence: why this path and not the score function.** Both estimators are unbiased for the gradient "
-        f"of the reconstruction term with respect to `mu`. On {n.metric(m, g('images'), '.0f')} test images with "
-        f"{n.metric(m, g('samples'), '.0f')} draws each, a single reparameterised estimate has variance "
-        f"{n.metric(m, g('reparameterised'))} per coordinate; the score-function estimate "
-        f"{n.metric(m, g('score_function'))}, {n.ratio(m, g('score_function'), m, g('reparameterised'))} "
-        f"times more, and {n.metric(m, g('score_function_baseline'))} with a mean baseline subtracted "
-        f"({n.ratio(m, g('score_function_baseline'), m, g('reparameterised'))} times more). The squared mean "
-        f"gradient, the signal being estimated, is {n.metric(m, g('signal'))}. "
-        + ("As the textbook says, the reparameterised estimator is the far less noisy one here."
-           if ratio_plain > 1 else "Here, against the textbook claim, the score-function estimator was not noisier."),
+        f"**Why this path and not the score function, over the seeds.** Both estimators are unbiased for the "
+        f"gradient of the reconstruction term with respect to `mu`. Per coordinate, on "
+        f"{n.metric(m, g('images'), '.0f')} test images with {n.metric(m, g('samples'), '.0f')} draws each, the "
+        f"variance of one estimate is {n.mean(c, g('reparameterised'))} reparameterised, "
+        f"{n.mean(c, g('score_function'))} by the score function and {n.mean(c, g('score_function_baseline'))} "
+        f"with a mean baseline subtracted; the squared mean gradient, the signal, is {n.mean(c, g('signal'))}.",
+        tested(n, answers, "Reparameterisation", claim),
     ])
 
 
@@ -150,93 +220,98 @@ def latent_plane_run(study: Study) -> Row | None:
     return next((study.at_main_seed(c) for c in study.by_latent_dim if c.latent_dim == 2), None)
 
 
-def section_kl(study: Study, n: Numbers, source: Source, fig: Callable[[str, str], str]) -> str:
-    m = study.main
+def section_kl(study: Study, n: Numbers, answers: Answers, source: Source, fig: Callable[[str, str], str]) -> str:
+    m, c = study.main, study.main_config
     kl = source.history(m, KL_PER_DIM)
     strongest, weakest = max(kl, key=lambda p: p[1]), min(kl, key=lambda p: p[1])
+    label = _ld(n)
     text = [
         "## 2. How the KL term shapes the latent space",
-        "**Claim.** The KL term pulls every posterior `q(z|x)` towards `N(0, I)`. A dimension is worth its KL cost "
-        "only if it helps reconstruction, so information concentrates in a few dimensions and the rest stay "
-        "close to the prior; `beta` sets the price.",
-        f"**Evidence.** In {literal(m.name)} the KL of the test split is {n.metric(m, HEADLINE['kl'])} nats per image, "
-        f"spread unevenly over its {n.param(m, 'latent_dim')} dimensions: the strongest carries "
-        f"{n.metric(m, KL_PER_DIM, step=strongest[0])} nats, the weakest "
-        f"{n.metric(m, KL_PER_DIM, step=weakest[0])}. {n.metric(m, HEADLINE['active_units'], '.0f')} of "
-        f"{n.param(m, 'latent_dim')} dimensions are active (the variance over test images of their posterior mean "
-        "is above `0.01`, Burda et al.).",
+        "The KL term pulls every posterior `q(z|x)` towards `N(0, I)`. The textbook claims: a dimension is worth "
+        "its KL cost only if it helps reconstruction, so with room to spare information concentrates in a few "
+        "dimensions and the rest stay at the prior (inactive); total KL grows with the room given; `beta` sets "
+        "the price.",
+        f"At {label(c)}, over its seeds, the KL of the test split is {n.mean(c, HEADLINE['kl'])} nats per image and "
+        f"{n.mean(c, HEADLINE['active_units'], '.3g')} of {n.param(m, 'latent_dim')} dimensions are active (the "
+        "variance over test images of their posterior mean is above `0.01`, Burda et al.). In one run, "
+        f"{literal(m.name)}, the strongest dimension carries {n.metric(m, KL_PER_DIM, step=strongest[0])} nats and "
+        f"the weakest {n.metric(m, KL_PER_DIM, step=weakest[0])}.",
     ]
-    if len(study.one_per_latent_dim) > 1:
+    if len(study.by_latent_dim) > 1:
+        configs = study.by_latent_dim
         rows = [[n.param(r, "latent_dim"), n.metric(r, HEADLINE["kl"]), n.metric(r, HEADLINE["active_units"], ".0f"),
-                 n.metric(r, KL_PER_DIM, step=min(source.history(r, KL_PER_DIM),
-                                                              key=lambda p: p[1])[0])]
+                 n.metric(r, KL_PER_DIM, step=min(source.history(r, KL_PER_DIM), key=lambda p: p[1])[0]),
+                 n.metric(r, KL_PER_DIM, step=max(source.history(r, KL_PER_DIM), key=lambda p: p[1])[0])]
                 for r in study.one_per_latent_dim]
-        widest = study.one_per_latent_dim[-1]
-        widest_kl = source.history(widest, KL_PER_DIM)
-        all_active = all(r.metrics[HEADLINE["active_units"]] == r.latent_dim for r in study.one_per_latent_dim)
-        spread = (f"At latent_dim {n.param(widest, 'latent_dim')} the weakest dimension carries "
-                  f"{n.metric(widest, KL_PER_DIM, step=min(widest_kl, key=lambda p: p[1])[0])} nats and "
-                  f"the strongest {n.metric(widest, KL_PER_DIM, step=max(widest_kl, key=lambda p: p[1])[0])}"
-                  f", for a total of {n.metric(widest, HEADLINE['kl'])} nats.")
-        shown = ("Each latent_dim's run" if len(study.one_per_latent_dim) == len(study.by_latent_dim) else
-                 f"The runs of {n.count(study.one_per_latent_dim)} of the "
-                 f"{n.count([c.rows[0] for c in study.by_latent_dim])} latent_dims, evenly spread,")
-        text += [f"{shown} at seed {n.param(m, 'seed')}:",
-                 _table(["latent_dim", "KL (nats)", "active units", "weakest dimension's KL (nats)"], rows),
-                 ("Every dimension passes the active-unit threshold in every run: the count alone shows no "
-                  "collapse here. " if all_active else
-                  "In the wider runs some dimensions are inactive: the KL term has pushed them back to the prior. ")
-                 + spread]
+        total = trend("KL against latent_dim", "total KL grows with latent_dim.", configs, HEADLINE["kl"], +1, label,
+                      _value(n, "latent_dim"))
+        active = Claim("inactive dimensions", "with room to spare, some dimensions stay at the prior: fewer "
+                       "active units than latent dimensions.",
+                       [Cell(label(c), c, HEADLINE["active_units"], -1, against=float(c.latent_dim)) for c in configs])
+        text += [
+            tested(n, answers, "KL and the latent space", total),
+            tested(n, answers, "KL and the latent space", active, ".3g"),
+            f"Per dimension, at seed {n.param(m, 'seed')} (one run per latent_dim):",
+            _table(["latent_dim", "KL (nats)", "active units", "weakest dimension (nats)",
+                    "strongest dimension (nats)"], rows),
+        ]
     text.append(fig("kl_per_dim.png", "KL per latent dimension, largest first"))
     two = latent_plane_run(study)
     if two is not None:
         text += [f"With latent_dim {n.param(two, 'latent_dim')} ({literal(two.name)}) the latent space can be seen "
                  "whole: the test images' posterior means, coloured by class, and the decoder's images of a lattice "
-                 "over the prior's central region. The KL term keeps the cloud within a few units of the origin; "
-                 "which classes stand apart and which overlap shows how much of a digit's identity two "
-                 "dimensions can hold, and the lattice shows what the decoder draws between them.",
+                 "over the prior's central region.",
                  fig("latent_scatter.png", "Test set in the latent plane") + " "
                  + fig("latent_lattice.png", "Decoded lattice over the plane")]
     else:
         text.append("No run with latent_dim `2` is among these; `dvc exp run -S latent_dim=2` adds the latent "
                     "scatter and the decoded lattice to this section.")
-    text.append(section_beta(study, n))
+    text.append(section_beta(study, n, answers))
     return "\n\n".join(text)
 
 
-def section_beta(study: Study, n: Numbers) -> str:
+def section_beta(study: Study, n: Numbers, answers: Answers) -> str:
     configs = study.by_beta
     if len(configs) < 2:
         return (f"**Beta.** Every run here has beta {n.param(study.main, 'vae.beta')}. Runs with another beta at the "
-                "same latent_dim (`dvc exp run -S vae.beta=4`, `-S vae.beta=0.25`) would show the trade here: a larger "
-                "beta buys a latent space closer to the prior with worse reconstructions.")
+                "same latent_dim (`dvc exp run -S vae.beta=4`, `-S vae.beta=0.25`) would test the trade here: a "
+                "larger beta buys a latent space closer to the prior with worse reconstructions.")
+    label = _beta(n)
     rows = [[n.param(c.rows[0], "vae.beta"), n.count(list(c.rows)), n.mean(c, HEADLINE["recon_mse"]),
              n.mean(c, HEADLINE["kl"]), n.mean(c, HEADLINE["active_units"], ".3g"), n.mean(c, HEADLINE["fid_vae"]),
-             n.mean(c, score("vae_prior", "sharpness"), ".3g")] for c in configs]
-    low, high = configs[0], configs[-1]
-    fid_key = HEADLINE["fid_vae"]
-    best = _best(configs, fid_key)
-
-    def label(c: Configuration) -> str:
-        return f"beta {n.param(c.rows[0], 'vae.beta')}"
-
-    _, mse = contrast(n, high, HEADLINE["recon_mse"], low, HEADLINE["recon_mse"], f"the reconstruction MSE at {label(high)}",
-                      f"at {label(low)}")
-    _, kl = contrast(n, high, HEADLINE["kl"], low, HEADLINE["kl"], f"The KL at {label(high)}", f"at {label(low)}")
-    others = [contrast(n, c, fid_key, best, fid_key, f"at {label(c)}", f"at {label(best)}")[1] for c in configs
-              if c is not best]
+             n.mean(c, score("vae_prior", "kid"))] for c in configs]
+    kl = trend("beta and KL", "a larger beta gives less KL.", configs, HEADLINE["kl"], -1, label, _value(n, "vae.beta"))
+    mse = trend("beta and reconstruction", "a larger beta gives worse reconstructions (higher MSE).", configs,
+                HEADLINE["recon_mse"], +1, label, _value(n, "vae.beta"))
+    samples = best("beta and samples", "one beta gives the best prior samples (FID-style).", configs,
+                   HEADLINE["fid_vae"], label)
     return "\n\n".join([
-        f"**Beta.** At latent_dim {n.param(study.main, 'latent_dim')}, each beta over its seeds (the expected trade: "
-        "a larger beta pulls the posteriors towards the prior, so less KL and worse reconstructions):",
+        f"**Beta.** At latent_dim {n.param(study.main, 'latent_dim')}, each beta over its seeds:",
         _table(["beta", "seeds", "recon MSE/pixel", "KL (nats)", "active units", "FID-style, VAE samples",
-                "sharpness, VAE samples"], rows),
-        f"{kl} {mse[0].upper() + mse[1:]}",
-        f"The prior samples' FID-style score has its lowest mean at {label(best)}. Against it, the score "
-        + " ".join(others),
+                "KID, VAE samples"], rows),
+        tested(n, answers, "Beta", kl),
+        tested(n, answers, "Beta", mse),
+        best_text(n, answers, "Beta", samples, "the prior samples' FID-style score"),
     ])
 
 
-def section_latent_dim(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str:
+def best_text(n: Numbers, answers: Answers, question: str, found: Best, what: str) -> str:
+    """A "best" claim as the selection-aware test allows it."""
+    label = found.claim.cells[0].label.split(" − ")[1] if found.claim.cells else ""
+    tied = found.tied
+    if not tied:
+        said = f"{what} is best at {label}: after Holm over all {n.count([c.a.rows[0] for c in found.claim.cells])} " \
+               "comparisons with it, every other configuration is worse."
+    else:
+        said = (f"{what} has its lowest mean at {label}, but after Holm over the comparisons with it the runs "
+                f"cannot tell it from {', '.join(c.label.split(' − ')[0] for c in found.claim.cells if c.a in tied)}: "
+                "no single best can be named.")
+    answers.add(question, found.claim)
+    return "\n\n".join([f"**Claim: {found.claim.statement}** {said[0].upper() + said[1:]}",
+                        claim_table(n, found.claim)])
+
+
+def section_latent_dim(study: Study, n: Numbers, answers: Answers, fig: Callable[[str, str], str]) -> str:
     configs = study.by_latent_dim
     head = "## 3. How latent_dim affects reconstruction and samples"
     if len(configs) < 2:
@@ -244,173 +319,203 @@ def section_latent_dim(study: Study, n: Numbers, fig: Callable[[str, str], str])
         return "\n\n".join([head, (
             f"Only latent_dim {n.param(m.rows[0], 'latent_dim')} has been run with these settings (reconstruction MSE "
             f"{n.mean(m, HEADLINE['recon_mse'])}, negative ELBO {n.mean(m, HEADLINE['neg_elbo'])} nats). "
-            "A sweep (`make sweep`, or `dvc exp run --queue -S latent_dim=2,8,32` and `dvc queue start`) would add "
-            "a table and plots of each measure against latent_dim, reconstructions side by side, and the point "
-            "where more capacity stops giving better samples.")])
-    keys = [HEADLINE["recon_mse"], HEADLINE["kl"], HEADLINE["neg_elbo"], HEADLINE["iwae_nll"],
-            HEADLINE["fid_recon"], HEADLINE["fid_vae"], HEADLINE["fid_decoder"]]
+            "A sweep (`make sweep`, or `dvc exp run --queue -S latent_dim=2,8,32` and `dvc queue start`) would test "
+            "each measure's trend against latent_dim and show reconstructions side by side.")])
+    label = _ld(n)
+    keys = [HEADLINE["recon_mse"], HEADLINE["neg_elbo"], HEADLINE["iwae_nll"], HEADLINE["fid_recon"],
+            HEADLINE["fid_vae"], score("vae_prior", "kid"), HEADLINE["fid_decoder"]]
     rows = [[n.param(c.rows[0], "latent_dim"), n.count(list(c.rows))] + [n.mean(c, k) for k in keys] for c in configs]
-    prior = HEADLINE["fid_vae"]
-    best_mse, best_elbo, best_prior = _best(configs, keys[0]), _best(configs, HEADLINE["neg_elbo"]), _best(configs, prior)
-    smallest = configs[0]
-
-    def label(c: Configuration) -> str:
-        return f"latent_dim {n.param(c.rows[0], 'latent_dim')}"
-
-    _, mse = contrast(n, smallest, keys[0], best_mse, keys[0], f"At {label(smallest)} the reconstruction MSE",
-                      f"at {label(best_mse)}")
-    told, untold = [], []
-    for c in configs:
-        if c is best_prior:
-            continue
-        interval, text = contrast(n, c, prior, best_prior, prior, f"at {label(c)}", f"at {label(best_prior)}")
-        (told if interval.excludes_zero else untold).append((c, text))
-    turn = (f"Where it turns: the VAE samples' score has its lowest mean at {label(best_prior)}. "
-            + (f"The runs tell it apart from {', '.join(label(c) for c, _ in told)}; "
-               if told else "The runs tell it apart from no other latent_dim; ")
-            + (f"they cannot tell it from {', '.join(label(c) for c, _ in untold)}, so the turn lies somewhere "
-               "among those. " if untold else "it is the turn. ")
-            + "Each difference, paired by seed where the seeds are shared: "
-            + " ".join(text[0].upper() + text[1:] for _, text in told + untold))
+    claims = [
+        trend("latent_dim and MSE", "more latent dimensions reconstruct better (lower MSE).", configs,
+              HEADLINE["recon_mse"], -1, label, _value(n, "latent_dim")),
+        trend("latent_dim and ELBO", "more latent dimensions give a better bound (lower negative ELBO).", configs,
+              HEADLINE["neg_elbo"], -1, label, _value(n, "latent_dim")),
+        trend("latent_dim and IWAE", "more latent dimensions give a better likelihood (lower IWAE NLL).", configs,
+              HEADLINE["iwae_nll"], -1, label, _value(n, "latent_dim")),
+    ]
+    prior = best("latent_dim and samples", "samples from the prior stop improving sooner than reconstructions: "
+                 "one latent_dim gives the best prior samples (FID-style).", configs, HEADLINE["fid_vae"], label)
+    kid = best("latent_dim and samples (KID)", "the same, by KID.", configs, score("vae_prior", "kid"), label)
     return "\n\n".join([
         head,
-        "**Claim.** More latent dimensions let the VAE reconstruct better, but samples from the prior stop "
+        "The textbook: more latent dimensions let the VAE reconstruct better, but samples from the prior stop "
         "improving sooner. Each configuration over its seeds (mean ± half-width of the 95% interval):",
-        _table(["latent_dim", "seeds", "recon MSE/pixel", "KL (nats)", "neg. ELBO (nats)", "IWAE NLL (nats)",
-                "FID-style, reconstructions", "FID-style, VAE samples", "FID-style, GAN from decoder"], rows),
-        f"**Evidence.** The reconstruction MSE has its lowest mean at {label(best_mse)}, the negative ELBO at "
-        f"{label(best_elbo)}. {mse}",
-        turn,
-        fig("latent_dim.png", "Each measure against latent_dim, mean and 95% interval over the seeds"),
+        _table(["latent_dim", "seeds", "recon MSE/pixel", "neg. ELBO (nats)", "IWAE NLL (nats)",
+                "FID-style, reconstructions", "FID-style, VAE samples", "KID, VAE samples",
+                "FID-style, GAN from decoder"], rows),
+        *(tested(n, answers, "latent_dim", claim) for claim in claims),
+        best_text(n, answers, "latent_dim", prior, "the prior samples' FID-style score"),
+        best_text(n, answers, "latent_dim", kid, "the prior samples' KID"),
+        fig("latent_dim.png", "Each measure against latent_dim: each seed, the mean and its 95% interval"),
         "The same test images and their reconstructions (from the posterior mean) at each latent_dim, from the runs "
         "at the main run's seed:",
         fig("reconstructions.png", "Reconstructions side by side"),
     ])
 
 
-def section_gan(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str:
+
+def section_gan(study: Study, n: Numbers, answers: Answers, fig: Callable[[str, str], str]) -> str:
     m, c = study.main, study.main_config
     final = n.steps(m, gan_measure("decoder", "fid"))
     decoder, scratch, prior = HEADLINE["fid_decoder"], HEADLINE["fid_scratch"], HEADLINE["fid_vae"]
-    _, against_scratch = contrast(n, c, decoder, c, scratch, "the GAN from the decoder", "the GAN from scratch")
-    _, against_vae = contrast(n, c, decoder, c, prior, "The GAN from the decoder", "the VAE's own samples")
+    label = _ld(n)
+    configs = study.by_latent_dim
+    against_scratch = Claim("GAN: decoder against scratch", "the GAN whose generator starts as the VAE decoder ends "
+                            "better (lower FID-style) than the same GAN from scratch.",
+                            [Cell(label(x), x, decoder, -1, b=x, b_key=scratch) for x in configs])
+    against_vae = Claim("GAN against the VAE", "adversarial training improves the decoder's samples: the GAN from "
+                        "the decoder scores better than the VAE's own samples.",
+                        [Cell(label(x), x, decoder, -1, b=x, b_key=prior) for x in configs])
     text = [
         "## 4. The VAE decoder as a GAN generator",
-        "**Claim.** The decoder already maps `N(0, I)` to digit-like images, so as a generator it starts where a "
-        "GAN from scratch has to get to; adversarial training then sharpens it.",
-        f"**Evidence: one run.** In {literal(m.name)} (FID-style score of {n.param(m, 'gan.fid_samples')} samples from one "
-        f"fixed noise, against the test split) the decoder-started generator scores "
-        f"{n.metric(m, gan_measure('decoder', 'fid'), step=0)} before any GAN training (these are the VAE's own samples), "
-        f"against {n.metric(m, gan_measure('scratch', 'fid'), step=0)} for the random generator. After "
-        f"{n.param(m, 'gan.epochs')} epochs they score {n.metric(m, gan_measure('decoder', 'fid'), step=final)} and "
-        f"{n.metric(m, gan_measure('scratch', 'fid'), step=final)}.",
-        fig("gan_training.png", "FID-style score and discriminator outputs per epoch"),
-        f"**Evidence: over the seeds.** On the evaluation's samples at latent_dim {n.param(m, 'latent_dim')}, the GAN "
-        f"from the decoder scores {n.mean(c, decoder)}, the GAN from scratch {n.mean(c, scratch)}, the VAE's samples "
-        f"{n.mean(c, prior)} and real training images {n.mean(c, HEADLINE['fid_real'])} (the floor). The two GANs of "
-        f"a run share its seed, so their difference is paired: {against_scratch} "
-        f"{against_vae}",
-        fig("samples.png", "VAE samples, GAN from the decoder and GAN from scratch, from the same noise"),
+        "The decoder already maps `N(0, I)` to digit-like images, so as a generator it starts where a GAN from "
+        "scratch has to get to; adversarial training then sharpens it.",
+        f"At {label(c)}, on the evaluation's samples, the GAN from the decoder scores {n.mean(c, decoder)} "
+        f"(KID {n.mean(c, score('gan_decoder', 'kid'))}), the GAN from scratch {n.mean(c, scratch)} (KID "
+        f"{n.mean(c, score('gan_scratch', 'kid'))}), the VAE's samples {n.mean(c, prior)} (KID "
+        f"{n.mean(c, score('vae_prior', 'kid'))}) and real training images {n.mean(c, HEADLINE['fid_real'])} "
+        "(the floor). The two GANs of a run share its seed, so each difference is paired.",
+        tested(n, answers, "Decoder as generator", against_scratch),
+        tested(n, answers, "Decoder as generator", against_vae),
+        fig("gan_training.png", "FID-style score per epoch, each seed, and the discriminators' outputs"),
     ]
-    if len(study.by_latent_dim) > 1:
-        lines, verdicts = [], {}
-        for conf in study.by_latent_dim:
-            interval, said = n.difference(conf, decoder, conf, scratch)
-            verdicts[conf.id] = ("no interval (one seed)" if not interval.has_interval else
-                                 "decoder better" if interval.high < 0 else "scratch better" if interval.low > 0 else
-                                 "cannot tell")
-            lines.append([n.param(conf.rows[0], "latent_dim"), n.count(list(conf.rows)), n.mean(conf, prior),
-                          n.mean(conf, decoder), n.mean(conf, scratch), said, verdicts[conf.id]])
-        wins = [c for c in study.by_latent_dim if verdicts[c.id] == "decoder better"]
-        losses = [c for c in study.by_latent_dim if verdicts[c.id] == "scratch better"]
-        text += [f"Across the sweep, the GAN from the decoder beats the GAN from scratch, by an interval of the paired "
-                 f"difference that excludes zero, at {n.count([x.rows[0] for x in wins])} of "
-                 f"{n.count([x.rows[0] for x in study.by_latent_dim])} latent_dims, and the GAN from scratch beats it at "
-                 f"{n.count([x.rows[0] for x in losses])}; at the rest the runs cannot tell:",
-                 _table(["latent_dim", "seeds", "FID-style, VAE samples", "GAN from decoder", "GAN from scratch",
-                         "decoder minus scratch", "verdict"], lines)]
+    if final > 1 and c.n > 1:  # is the from-scratch curve still falling over its last quarter (or epoch)?
+        span = max(1, round(final / 4))
+        interval, change = n.change(c, gan_measure("scratch", "fid"), final - span, final)
+        if interval.has_interval and interval.high < 0:
+            budget = ("it was still improving when training stopped, so \"from the decoder is better\" is a "
+                      f"statement about this budget of {n.param(m, 'gan.epochs')} epochs, not about where either "
+                      "GAN would end; a longer from-scratch run (`dvc exp run -S gan.epochs=60`) would test it.")
+        elif interval.has_interval and interval.low > 0:
+            budget = "it was getting worse when training stopped: more epochs would not close the gap."
+        else:
+            budget = "the runs cannot tell whether it was still improving when training stopped."
+        over = "the last quarter of its epochs" if span > 1 else "its last epoch"
+        text.append(f"**At this budget.** Over {over} the GAN from scratch's FID-style score changed by {change}: "
+                    f"{budget}")
     return "\n\n".join(text)
 
 
-def section_encoder_discriminator(study: Study, n: Numbers, fig: Callable[[str, str], str]) -> str:
-    m = study.main
+def section_encoder_discriminator(study: Study, n: Numbers, answers: Answers, fig: Callable[[str, str], str]) -> str:
+    m, c = study.main, study.main_config
     p = probe
-    encoder, pixels = m.metrics[p("encoder")], m.metrics[p("pixels")]
-    best_d = max(m.metrics[p("discriminator_decoder")], m.metrics[p("discriminator_scratch")])
-    least_sharp = min((s for s in SOURCES if s != "noise"), key=lambda s: m.metrics[score(s, "sharpness")])
-    verdict = {name: [n.metric(m, discriminator_verdict(init, name), ".3g") for init in ("decoder", "scratch")]
-               for name in SOURCES}
+    claim = Claim("encoder against discriminator", "the encoder's code keeps digit identity better than the "
+                  "discriminators' features (k-NN class accuracy).",
+                  [Cell(f"encoder − discriminator vs. {SOURCES[f'gan_{init}']}", c, p("encoder"), +1, b=c,
+                        b_key=p(f"discriminator_{init}")) for init in ("decoder", "scratch")])
+    verdicts = [[SOURCES[name], *(n.mean(c, discriminator_verdict(init, name), ".3g") for init in ("decoder", "scratch"))]
+                for name in SOURCES]
     return "\n\n".join([
         "## 5. The VAE encoder and the GAN discriminator",
-        "**Claim.** Both read images with similar networks, but they learn different things. The encoder "
-        "is trained to explain each image: its code keeps what tells one digit from another. The discriminator is "
-        "trained to tell data from the generator's output: it keeps what separates real from generated, and "
-        "digit identity only as far as that helps.",
-        f"**Evidence: what the features keep.** A `k`-nearest-neighbour vote (`k = 5`) over the training images "
-        f"reads the test images' class correctly for {n.metric(m, p('encoder'), '.3f')} of them from the encoder's "
-        f"{n.param(m, 'latent_dim')}-dimensional posterior means, {n.metric(m, p('pixels'), '.3f')} from the raw "
-        f"pixels, and {n.metric(m, p('discriminator_decoder'), '.3f')} and "
-        f"{n.metric(m, p('discriminator_scratch'), '.3f')} from the last hidden layer of the two discriminators "
-        f"({n.param(m, 'gan.discriminator_hidden')} units). "
-        + ("The encoder's small code keeps class at least as well as the pixels, " if encoder >= pixels else
-           "The encoder's small code keeps slightly less class information than the pixels, ")
-        + ("and the discriminators' features keep less." if best_d < min(encoder, pixels) else
-           "and the discriminators' features keep as much, against the claim above."),
-        "**Evidence: what the discriminator judges.** Mean `D(x)` of each trained discriminator on each set of images "
-        "(`1` = sure it is real):",
-        _table(["images", "discriminator vs. GAN from decoder", "discriminator vs. GAN from scratch"],
-               [[SOURCES[name], *verdict[name]] for name in SOURCES]),
-        f"The discriminator trained against the decoder-started generator gives real images "
-        f"{n.metric(m, discriminator_verdict('decoder', 'real_train'), '.3f')} and the VAE's samples "
-        f"{n.metric(m, discriminator_verdict('decoder', 'vae_prior'), '.3f')}: it has learned to spot what the VAE "
-        + ("gets wrong (its samples are the least sharp, see the last section), which no term of the VAE's loss "
-           "measures. " if least_sharp == "vae_prior" else "gets wrong. ")
-        + "What the encoder's code stands for shows "
-        "when its most active dimensions are swept one at a time (one row each, from `-3` to `3` around one test "
-        "image's code): what changes along a row, the digit's identity, slant or thickness, is what that dimension "
-        "encodes.",
+        "Both read images with similar networks, but they learn different things. The encoder is trained to "
+        "explain each image: its code keeps what tells one digit from another. The discriminator is trained to "
+        "tell data from the generator's output: it keeps what separates real from generated, and digit identity "
+        "only as far as that helps.",
+        f"A `k`-nearest-neighbour vote (`k = 5`) over the training images reads the test images' class, at "
+        f"{label_of(n, c)} over its seeds, from the encoder's posterior means with accuracy "
+        f"{n.mean(c, p('encoder'), '.3f')}, from the raw pixels {n.mean(c, p('pixels'), '.3f')}, and from the last "
+        f"hidden layer of the two discriminators ({n.param(m, 'gan.discriminator_hidden')} units) "
+        f"{n.mean(c, p('discriminator_decoder'), '.3f')} and {n.mean(c, p('discriminator_scratch'), '.3f')}.",
+        tested(n, answers, "Encoder and discriminator", claim),
+        "What each trained discriminator says of each set of images, mean `D(x)` over the seeds (`1` = sure it is "
+        "real):",
+        _table(["images", "discriminator vs. GAN from decoder", "discriminator vs. GAN from scratch"], verdicts),
+        "What the encoder's code stands for shows when its most active dimensions are swept one at a time (one row "
+        "each, from `-3` to `3` around one test image's code, one run): what changes along a row, the digit's "
+        "identity, slant or thickness, is what that dimension encodes.",
         fig("traversal.png", "Latent traversal of the most active dimensions"),
     ])
 
 
-def section_strengths(study: Study, n: Numbers) -> str:
-    m, c = study.main, study.main_config
+def label_of(n: Numbers, c: Configuration) -> str:
+    return f"latent_dim {n.param(c.rows[0], 'latent_dim')}"
+
+
+def section_strengths(study: Study, n: Numbers, answers: Answers) -> str:
+    c = study.main_config
     names = ["real_train", "vae_reconstructions", "vae_prior", "gan_decoder", "gan_scratch"]
 
-    def key(name: str, measure: str) -> str:
-        return score(name, measure)
-
     def mean(name: str, measure: str, fmt: str = ".3g") -> str:
-        return n.mean(c, key(name, measure), fmt)
+        return n.mean(c, score(name, measure), fmt)
 
-    rows = [[SOURCES[name], mean(name, "fid", ".4g"), mean(name, "precision"), mean(name, "recall"),
-             mean(name, "classes", ".3g"), mean(name, "label_entropy"), mean(name, "sharpness")] for name in names]
+    rows = [[SOURCES[name], mean(name, "fid", ".4g"), mean(name, "kid", ".4g"), mean(name, "precision"),
+             mean(name, "recall"), mean(name, "classes"), mean(name, "sharpness")] for name in names]
 
-    def versus(measure: str, a: str, b: str) -> str:
-        text = contrast(n, c, key(a, measure), c, key(b, measure), SOURCES[a], SOURCES[b], ".3g")[1]
-        return text[0].upper() + text[1:]
+    def cell(label: str, a: str, measure: str, expect: int, b: str) -> Cell:
+        return Cell(label, c, score(a, measure), expect, b=c, b_key=score(b, measure))
 
+    claim = Claim("VAE against GAN", "VAEs cover the data but give blurry samples; GANs give sharp samples but drop "
+                  "modes.", [
+                      cell("VAE samples blurrier than real images (sharpness)", "vae_prior", "sharpness", -1, "real_train"),
+                      cell("GAN from decoder sharper than VAE samples", "gan_decoder", "sharpness", +1, "vae_prior"),
+                      cell("VAE covers more than GAN from decoder (recall)", "vae_prior", "recall", +1, "gan_decoder"),
+                      cell("VAE covers more than GAN from scratch (recall)", "vae_prior", "recall", +1, "gan_scratch"),
+                      cell("GAN from decoder more precise than VAE", "gan_decoder", "precision", +1, "vae_prior"),
+                      cell("GAN from scratch drops classes the VAE draws", "gan_scratch", "classes", -1, "vae_prior"),
+                  ])
+    _, beyond = n.difference(c, score("gan_decoder", "sharpness"), c, score("real_train", "sharpness"), ".3g")
+    dropped = {name: dropped_a_mode(c, name) for name in ("vae_prior", "gan_decoder", "gan_scratch")}
+    stability = "**Stability over the seeds.** The seed-to-seed standard deviation of the final FID-style score, " \
+                "and the runs that dropped a mode (their samples show fewer classes than the real images do), " \
+                "per latent_dim:"
+    spread_rows = [[n.param(x.rows[0], "latent_dim"), n.count(list(x.rows)),
+                    *(n.sd(x, score(name, "fid")) for name in ("vae_prior", "gan_decoder", "gan_scratch")),
+                    *(n.count(dropped_a_mode(x, name)) for name in ("vae_prior", "gan_decoder", "gan_scratch"))]
+                   for x in study.by_latent_dim if x.n > 1]
     return "\n\n".join([
         "## 6. Strengths and weaknesses, as these runs show them",
-        "**Claim (the textbook's).** VAEs train stably and cover the data but give blurry samples; GANs give sharp "
-        f"samples but train unstably and drop modes. Here is what the main configuration's seeds ({n.count(list(c.rows))}) "
-        "say about each part (mean ± half-width of the 95% interval; the image sets of one run share its "
-        "seed, so each difference below is paired):",
-        _table(["images", "FID-style", "precision", "recall", "classes", "label entropy (nats)", "sharpness"], rows),
-        "**Blur against sharpness.** Sharpness is the variance of the image Laplacian (higher is sharper). "
-        f"{versus('sharpness', 'gan_decoder', 'vae_prior')} {versus('sharpness', 'gan_scratch', 'vae_prior')}",
-        "**Mode coverage.** Recall is the share of real images whose neighbourhood the samples reach; precision the "
-        "share of samples that fall in the real images' neighbourhoods. In recall: "
-        f"{versus('recall', 'vae_prior', 'gan_decoder')} {versus('recall', 'vae_prior', 'gan_scratch')} "
-        f"In precision: {versus('precision', 'vae_prior', 'gan_decoder')}",
-        f"**Stability (one run, {literal(m.name)}).** Over the {n.param(m, 'vae.epochs')} epochs of the VAE's training the "
-        f"test negative ELBO went up from one epoch to the next {n.rises(m, VAE_TEST_NEG_ELBO)} times; over the "
-        f"GANs' {n.param(m, 'gan.epochs')} epochs the FID-style score went up "
-        f"{n.rises(m, gan_measure('decoder', 'fid'))} times (from the decoder) and "
-        f"{n.rises(m, gan_measure('scratch', 'fid'))} times (from scratch). The VAE's loss is a bound that "
-        "each step lowers on average; the GAN's two players chase each other, and a better discriminator can make "
-        "the samples worse for a while.",
+        f"Each image set at {label_of(n, c)}, mean ± half-width over its {n.count(list(c.rows))} seeds (the image "
+        "sets of one run share its seed, so each difference below is paired). Sharpness is the variance of the "
+        "image Laplacian; recall the share of real images whose neighbourhood the samples reach; precision the "
+        "share of samples inside the real images' neighbourhoods; classes the digits the classifier finds among "
+        "the samples.",
+        _table(["images", "FID-style", "KID", "precision", "recall", "classes", "sharpness"], rows),
+        tested(n, answers, "Strengths and weaknesses", claim, ".3g"),
+        f"Sharpness is not better the higher it goes: the GAN from the decoder minus the real images is {beyond}; a "
+        "sharpness above the data's is high-frequency artefact, not detail.",
+        stability,
+        _table(["latent_dim", "seeds", "sd, VAE samples", "sd, GAN from decoder", "sd, GAN from scratch",
+                "dropped a mode: VAE", "GAN from decoder", "GAN from scratch"], spread_rows)
+        if spread_rows else f"With one seed per configuration there is no spread to show; to see it, {MORE_SEEDS}.",
+        f"At {label_of(n, c)}: {n.count(dropped['vae_prior'])} of {n.count(list(c.rows))} VAE runs dropped a mode, "
+        f"{n.count(dropped['gan_decoder'])} of the GANs from the decoder and {n.count(dropped['gan_scratch'])} of the "
+        "GANs from scratch.",
     ])
+
+
+def dropped_a_mode(configuration: Configuration, images: str) -> list[Row]:
+    """The runs whose `images` show fewer classes than the real training images (the rule the
+    report states for a dropped mode)."""
+    return [r for r in configuration.rows
+            if r.metrics[score(images, "classes")] < r.metrics[score("real_train", "classes")]]
+
+
+def section_reruns(study: Study, n: Numbers) -> str:
+    c = study.main_config
+    keys = [("reconstruction MSE/pixel", HEADLINE["recon_mse"]), ("negative ELBO (nats)", HEADLINE["neg_elbo"]),
+            ("FID-style, VAE samples", HEADLINE["fid_vae"]), ("FID-style, GAN from decoder", HEADLINE["fid_decoder"]),
+            ("FID-style, GAN from scratch", HEADLINE["fid_scratch"])]
+    text = ["## How far a rerun should agree",
+            "Rerun with the same seeds on the same machine and software, every number here repeats bit for bit. On "
+            "another CPU they differ by several percent (docs/reliability.md has the measured case), so compare "
+            "a rerun elsewhere with the intervals, not digit for digit."]
+    if c.n < 2:
+        text.append(f"With one seed no prediction can be given for a rerun with new seeds; to get one, {MORE_SEEDS}.")
+        return "\n\n".join(text)
+    rows = [[label, n.mean(c, key), n.prediction(c, key)] for label, key in keys]
+    text += [f"A rerun with {n.count(list(c.rows))} new seeds: the 95% interval of the mean says where the true mean "
+             "lies, not where a rerun's mean falls; that is the prediction interval, wider by the rerun's own "
+             f"spread (at {label_of(n, c)}):",
+             _table(["measure", "mean ± 95% CI", "95% prediction interval for a rerun's mean"], rows)]
+    return "\n\n".join(text)
+
+
+def answers_table(n: Numbers, answers: Answers) -> str:
+    rows = [[question, claim.statement, verdict(n, claim)] for question, claim in answers.claims]
+    return "\n\n".join(["## Answers",
+                        "Each textbook claim the sections test, and what the runs say (the sections give the numbers; "
+                        "\"How the claims are tested\" the rules):",
+                        _table(["question", "claim", "verdict"], rows)])
 
 
 def build(study: Study, source: Source, figures: Path) -> tuple[str, list[dict]]:
@@ -425,7 +530,7 @@ def build(study: Study, source: Source, figures: Path) -> tuple[str, list[dict]]
 
     figure_gradients(source, m, figures / "gradients.png")
     figure_kl_per_dim(source, study.one_per_latent_dim, figures / "kl_per_dim.png")
-    figure_gan_curves(source, m, figures / "gan_training.png")
+    figure_gan_curves(source, list(study.main_config.rows), figures / "gan_training.png")
     figure_panels(source, m, {"vae_prior": "VAE samples", "gan_decoder": "GAN from the decoder",
                               "gan_scratch": "GAN from scratch"}, figures / "samples.png")
     shutil.copy(source.artifact(m, "eval/traversal.png"), figures / "traversal.png")
@@ -438,21 +543,27 @@ def build(study: Study, source: Source, figures: Path) -> tuple[str, list[dict]]
         figure_reconstructions(source, study.one_per_latent_dim, figures / "reconstructions.png")
     figure_scores(study.main_config, figures / "precision_recall.png")
 
+    answers = Answers()
     sections = [
+        section_reparameterisation(study, n, answers, fig),
+        section_kl(study, n, answers, source, fig),
+        section_latent_dim(study, n, answers, fig),
+        section_gan(study, n, answers, fig) + "\n\n" + fig("samples.png", "VAE samples, GAN from the decoder and "
+                                                           "GAN from scratch, from the same noise"),
+        section_encoder_discriminator(study, n, answers, fig),
+        section_strengths(study, n, answers) + "\n\n" + fig("precision_recall.png", "Precision against recall per "
+                                                              "image set, mean and 95% interval"),
+        section_reruns(study, n),
+        section_runs(study, n),
+    ]
+    head = [
         f"# Reflection: a VAE and a GAN on {literal(m.params['data.name'])}",
         "Written by `make report` from the recorded runs; do not edit by hand. Every number in the "
-        f"text is read from the runs it names; `{NUMBERS}` lists each one with its runs and metric. A comparison "
-        "between configurations is stated with the 95% interval of the difference, and where that interval "
-        "includes zero the text says the runs cannot tell. FID-style scores "
-        "are Fréchet distances in the feature space of the project's own digit classifier: comparable between "
-        "these runs, not with published FIDs. Lower is better.",
-        section_runs(study, n),
-        section_reparameterisation(study, n, fig),
-        section_kl(study, n, source, fig),
-        section_latent_dim(study, n, fig),
-        section_gan(study, n, fig),
-        section_encoder_discriminator(study, n, fig),
-        section_strengths(study, n) + "\n\n" + fig("precision_recall.png",
-                                                     "Precision against recall per image set, mean and 95% interval"),
+        f"text is read from the runs it names; `{NUMBERS}` lists each one with its runs, metric and each seed's "
+        "value. FID-style scores are Fréchet distances in the feature space of the project's own digit classifier "
+        "(KID the kernel distance in the same space): comparable between these runs, not with published FIDs. "
+        "Lower is better.",
+        answers_table(n, answers),
+        section_method(study, n),
     ]
-    return "\n\n".join(sections) + "\n", n.entries
+    return "\n\n".join(head + sections) + "\n", n.entries
