@@ -16,7 +16,7 @@ from pipeline.core.models import VAE, VAEArchitecture
 from pipeline.stages import evaluate, train_classifier
 from pipeline.tracking import names
 
-SETS = {"real_train", "noise", "vae_reconstructions", "vae_prior", "gan_decoder", "gan_scratch"}
+SETS = {"real_train", "noise", "vae_reconstructions", "vae_prior", "vae_posterior", "gan_decoder", "gan_scratch"}
 
 
 @pytest.fixture
@@ -43,6 +43,7 @@ def test_evaluation_measures_the_vae_and_every_set_with_its_scale(evaluated):
     assert vae["iwae_nll"] <= vae["neg_elbo"] + 1.0  # a tighter bound, up to the single-sample ELBO's noise
     scores = metrics["scores"]
     assert scores["real_train"]["fid"] < scores["vae_prior"]["fid"] < scores["noise"]["fid"]
+    assert vae["prior_hole_fid"] == scores["vae_prior"]["fid"] - scores["vae_posterior"]["fid"]
     assert scores["real_train"]["recall"] > scores["noise"]["recall"]
     classifier = json.loads((evaluated.root / "outputs/classifier/metrics.json").read_text())
     assert metrics["classifier_test_accuracy"] == classifier["test_accuracy"]
@@ -172,4 +173,4 @@ def test_latent_plane_figures_when_latent_dim_is_two(tiny, tmp_path):
     assert result.grids["traversal"].shape[1] == 2 * 30 + 2  # two dimensions, one row each
     evaluate.save_latent_scatter(tmp_path / "scatter.png", result.latent_means, splits.y_test)
     assert (tmp_path / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(result.metrics["scores"]) == {"real_train", "noise", "vae_reconstructions", "vae_prior"}
+    assert set(result.metrics["scores"]) == {"real_train", "noise", "vae_reconstructions", "vae_prior", "vae_posterior"}

@@ -134,3 +134,19 @@ def test_missing_truncated_or_foreign_checkpoint_says_which_stage_to_rerun(tmp_p
 def test_conv_architecture_needs_sides_divisible_by_four():
     with pytest.raises(ValueError, match="divisible by 4"):
         VAEArchitecture("conv", (1, 30, 30), 2, 8)
+
+
+def test_aggregate_posterior_samples_decode_each_images_own_posterior_draw():
+    from pipeline.core import latent
+
+    torch.manual_seed(0)
+    vae = VAE(VAEArchitecture("mlp", (1, 28, 28), 4, 32)).eval()
+    x = torch.rand(6, 1, 28, 28)
+    # eps = 0 is the posterior mean: exactly the reconstruction.
+    assert torch.equal(latent.posterior_samples(vae, x, torch.zeros(6, 4)), latent.reconstruct(vae, x))
+    eps = torch.randn(6, 4)
+    with torch.no_grad():
+        mu, logvar = vae.encoder(x)
+        expected = vae.decoder(mu + torch.exp(0.5 * logvar) * eps)
+    assert torch.allclose(latent.posterior_samples(vae, x, eps), expected)
+    assert not torch.equal(latent.posterior_samples(vae, x, eps), latent.reconstruct(vae, x))

@@ -37,6 +37,15 @@ def reconstruct(vae: VAE, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def posterior_samples(vae: VAE, images: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Images (N, C, H, W) decoded from codes drawn from each image's posterior, z = mu + sigma * eps
+    with eps (N, latent_dim) ~ N(0, I): samples of the aggregate posterior, the codes the decoder was
+    trained on, where the prior's samples are the codes it is used on."""
+    mu, logvar = vae.encoder(images)
+    return in_batches(vae.decoder, mu + torch.exp(0.5 * logvar) * eps)
+
+
+@torch.inference_mode()
 def interpolate(decoder: Decoder, start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Tensor:
     """Decode `steps` evenly spaced points on each line from start[i] to end[i] (R, D), ends
     included: (R * steps, C, H, W), the points of one line together."""

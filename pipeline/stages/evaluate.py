@@ -9,8 +9,12 @@ the `train_classifier` CNN, of equally many images (`evaluate.num_samples`) from
   noise                uniform noise: far off the scale's useful end
   vae_reconstructions  the VAE's reconstructions of test images (from the posterior mean)
   vae_prior            the VAE decoder on z ~ N(0, I)
+  vae_posterior        the VAE decoder on z ~ q(z|x) of the same test images (the aggregate posterior)
   gan_decoder / gan_scratch   the GAN generators on the same z
-each against the whole test split, with each set's sharpness (blur shows as a low value).
+each against the whole test split, with each set's sharpness (blur shows as a low value). The
+prior hole, vae/prior_hole_fid, is the prior samples' FID-style score minus the aggregate
+posterior's: how much worse the decoder draws from codes of the prior than from the codes it was
+trained on (large where the aggregate posterior leaves parts of N(0, I) empty).
 
 What the networks learned, for the report:
   reparameterisation   variance of the reparameterised and the score-function (REINFORCE)
@@ -175,10 +179,12 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device
     draws = stream_seed(seed, "samples")
     codes = torch.Generator().manual_seed(draws)
     z = torch.randn(n, config.latent_dim, generator=codes).to(device)  # the same codes for every generator
+    eps = torch.randn(n, config.latent_dim, generator=codes).to(device)  # drawn after z: z stays as it was
 
     vae_numbers = vae_test_metrics(vae, x_test, kind=likelihood, iwae_samples=ev.iwae_samples, seed=draws)
     reconstructions = latent.reconstruct(vae, x_test[test_pick])
-    sets = {**measure.sets, "vae_reconstructions": reconstructions, "vae_prior": in_batches(vae.decoder, z)}
+    sets = {**measure.sets, "vae_reconstructions": reconstructions, "vae_prior": in_batches(vae.decoder, z),
+            "vae_posterior": latent.posterior_samples(vae, x_test[test_pick], eps)}
     generators = {init: generator.to(device).eval() for init, (generator, _) in gans.items()}
     discriminators = {init: discriminator.to(device).eval() for init, (_, discriminator) in gans.items()}
     sets |= {f"gan_{init}": in_batches(generator, z) for init, generator in generators.items()}
@@ -190,6 +196,7 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device
                  scores[name]["fid"], scores[name]["kid"], scores[name]["precision"], scores[name]["recall"],
                  scores[name]["classes"])
 
+    vae_numbers["prior_hole_fid"] = scores["vae_prior"]["fid"] - scores["vae_posterior"]["fid"]
     per_dim, variance = vae_numbers.pop("kl_per_dim"), vae_numbers.pop("latent_mean_variance")
     means = vae_numbers.pop("latent_means")
     kl_rows = [{"dim": d, "kl": kl, "mean_variance": var, "active": int(var > ACTIVE_UNIT_THRESHOLD)}

@@ -89,6 +89,7 @@ ENCODER_GRAD_KL = metric("train_vae", "encoder_grad_kl")  # per epoch
 VAE_TEST_NEG_ELBO = metric("train_vae", "test_neg_elbo")  # per epoch
 GAN_VAE_PRIOR_FID = metric("train_gan", "vae_prior_fid")  # the bar the GANs start from
 KL_PER_DIM = metric("evaluate", "vae", "kl_per_dim")  # one step per latent dimension
+PRIOR_HOLE = metric("evaluate", "vae", "prior_hole_fid")  # prior samples' FID-style minus the aggregate posterior's
 
 
 def gan_measure(init: str, measure: str) -> str:

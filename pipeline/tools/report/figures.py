@@ -20,13 +20,14 @@ SOURCES = {  # image sets of the evaluation, as the report names them
     "real_train": "real training images",
     "vae_reconstructions": "VAE reconstructions",
     "vae_prior": "VAE samples (prior)",
+    "vae_posterior": "VAE samples (aggregate posterior)",
     "gan_decoder": "GAN from the decoder",
     "gan_scratch": "GAN from scratch",
     "noise": "uniform noise",
 }
 # One colour per model (image set) in every figure; the VAE's measures (MSE, KL, bounds) take the VAE's.
 COLOURS = {"real_train": "tab:gray", "vae_reconstructions": "tab:cyan", "vae_prior": "tab:blue",
-           "gan_decoder": "tab:orange", "gan_scratch": "tab:red", "noise": "tab:olive"}
+           "vae_posterior": "tab:purple", "gan_decoder": "tab:orange", "gan_scratch": "tab:red", "noise": "tab:olive"}
 
 
 def _pyplot():

@@ -12,6 +12,7 @@ from pipeline.tracking.names import (
     ENCODER_GRAD_KL,
     ENCODER_GRAD_RECONSTRUCTION,
     GAN_VAE_PRIOR_FID,
+    PRIOR_HOLE,
     SEED,
     SEEDS,
     VAE_TEST_NEG_ELBO,
@@ -31,7 +32,7 @@ REQUIRED = (
     ENCODER_GRAD_RECONSTRUCTION, ENCODER_GRAD_KL, VAE_TEST_NEG_ELBO,
     gan_measure("decoder", "fid"), gan_measure("scratch", "fid"), GAN_VAE_PRIOR_FID,
     HEADLINE["recon_mse"], HEADLINE["kl"], HEADLINE["neg_elbo"], HEADLINE["iwae_nll"], HEADLINE["active_units"],
-    HEADLINE["fid_decoder"], HEADLINE["fid_scratch"], score("vae_prior", "sharpness"),
+    HEADLINE["fid_decoder"], HEADLINE["fid_scratch"], score("vae_prior", "sharpness"), PRIOR_HOLE,
     reparameterisation("score_function"), probe("encoder"), discriminator_verdict("decoder", "real_train"),
 )
 

@@ -26,6 +26,7 @@ from pipeline.tracking.names import (
     ENCODER_GRAD_KL,
     ENCODER_GRAD_RECONSTRUCTION,
     KL_PER_DIM,
+    PRIOR_HOLE,
     discriminator_verdict,
     gan_measure,
     probe,
@@ -279,19 +280,28 @@ def section_beta(study: Study, n: Numbers, answers: Answers) -> str:
     label = _beta(n)
     rows = [[n.param(c.rows[0], "vae.beta"), n.count(list(c.rows)), n.mean(c, HEADLINE["recon_mse"]),
              n.mean(c, HEADLINE["kl"]), n.mean(c, HEADLINE["active_units"], ".3g"), n.mean(c, HEADLINE["fid_vae"]),
-             n.mean(c, score("vae_prior", "kid"))] for c in configs]
+             n.mean(c, score("vae_prior", "kid")), n.mean(c, score("vae_posterior", "fid")), n.mean(c, PRIOR_HOLE)]
+            for c in configs]
     kl = trend("beta and KL", "a larger beta gives less KL.", configs, HEADLINE["kl"], -1, label, _value(n, "vae.beta"))
     mse = trend("beta and reconstruction", "a larger beta gives worse reconstructions (higher MSE).", configs,
                 HEADLINE["recon_mse"], +1, label, _value(n, "vae.beta"))
     samples = best("beta and samples", "one beta gives the best prior samples (FID-style).", configs,
                    HEADLINE["fid_vae"], label)
+    hole = trend("beta and the prior hole", "a larger beta pulls the aggregate posterior towards the prior, so "
+                 "the prior hole shrinks.", configs, PRIOR_HOLE, -1, label, _value(n, "vae.beta"))
     return "\n\n".join([
         f"**Beta.** At latent_dim {n.param(study.main, 'latent_dim')}, each beta over its seeds:",
         _table(["beta", "seeds", "recon MSE/pixel", "KL (nats)", "active units", "FID-style, VAE samples",
-                "KID, VAE samples"], rows),
+                "KID, VAE samples", "FID-style, aggregate posterior", "prior hole"], rows),
         tested(n, answers, "Beta", kl),
         tested(n, answers, "Beta", mse),
         best_text(n, answers, "Beta", samples, "the prior samples' FID-style score"),
+        "Why the prior samples can be worst at a small beta although its reconstructions are best: the decoder is "
+        "trained on codes from the posteriors, and used on codes from the prior. Decoding codes drawn from the "
+        "test images' posteriors (the aggregate posterior) instead, the same decoder scores the aggregate-posterior "
+        "column above; the prior samples' score minus it is the *prior hole*, the price of the regions of `N(0, I)` "
+        "that no posterior covers.",
+        tested(n, answers, "Beta", hole),
     ])
 
 
