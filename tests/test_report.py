@@ -103,6 +103,12 @@ def test_every_number_matches_the_run_it_cites(reported):
             return a, entry["b_value"]
         return a, {int(s): metric(r, entry["b_key"]) for s, r in entry["b"].items()}
 
+    def pairing(member: dict) -> float:
+        paired, welch = stats.difference(*sides(member)), stats.difference(*sides(member), pair=False)
+        if not (paired.paired and paired.has_interval and welch.has_interval) or welch.half_width == 0:
+            return math.nan
+        return paired.half_width / welch.half_width
+
     kinds = set()
     for entry in numbers:
         kinds.add(entry["kind"])
@@ -117,6 +123,8 @@ def test_every_number_matches_the_run_it_cites(reported):
         elif entry["kind"] in ("mean", "half_width"):
             interval = stats.mean_interval([metric(run_id, entry["key"]) for run_id in entry["run_ids"]])
             expected = interval.mean if entry["kind"] == "mean" else interval.half_width
+        elif entry["kind"] == "median":
+            expected = float(np.median([metric(run_id, entry["key"]) for run_id in entry["run_ids"]]))
         elif entry["kind"] == "sd":
             values = [metric(run_id, entry["key"]) for run_id in entry["run_ids"]]
             expected = float(np.std(values, ddof=1))
@@ -124,7 +132,7 @@ def test_every_number_matches_the_run_it_cites(reported):
             interval = stats.prediction_interval([metric(run_id, entry["key"]) for run_id in entry["run_ids"]])
             expected = {"low": interval.low, "high": interval.high}[entry["bound"]]
         elif entry["kind"] == "difference":
-            interval = stats.difference(*sides(entry))
+            interval = stats.difference(*sides(entry), pair=entry["pair"])
             expected = {"mean": interval.mean, "low": interval.low, "high": interval.high}[entry["bound"]]
         elif entry["kind"] == "change":
             interval = stats.mean_interval([metric(r, entry["key"], entry["to_step"])
@@ -132,8 +140,11 @@ def test_every_number_matches_the_run_it_cites(reported):
                                             for r in entry["run_ids"].values()])
             expected = {"mean": interval.mean, "low": interval.low, "high": interval.high}[entry["bound"]]
         elif entry["kind"] == "p_holm":
-            expected = multipletests([stats.p_value(*sides(member)) for member in entry["family"]],
-                                     method="holm")[1][entry["index"]]
+            family = [stats.p_value(*sides(member), pair=member["pair"]) for member in entry["family"]]
+            tested = [i for i, p in enumerate(family) if not math.isnan(p)]
+            expected = dict(zip(tested, multipletests([family[i] for i in tested], method="holm")[1]))[entry["index"]]
+        elif entry["kind"] == "pairing":
+            expected = float(np.nanmedian([pairing(member) for member in entry["family"]]))
         else:
             raise AssertionError(f"unknown kind {entry['kind']}")
         assert entry["value"] == pytest.approx(expected, rel=1e-12), entry
@@ -144,10 +155,10 @@ def test_every_number_matches_the_run_it_cites(reported):
                 assert sorted(entry[name].values()) == sorted(metric(r, entry.get("key") or entry[f"{name[0]}_key"])
                                                               for r in ids) or entry["kind"] == "change", entry
         # The text shows that value, rounded to the digits it shows (a half-width, sd, p to two).
-        rel = 5e-2 if entry["kind"] in ("half_width", "sd", "p_holm") else 5e-3
+        rel = 5e-2 if entry["kind"] in ("half_width", "sd", "p_holm", "pairing") else 5e-3
         assert float(entry["text"]) == pytest.approx(expected, rel=rel, abs=5e-4), entry
     assert kinds == {"metric", "param", "count", "mean", "half_width", "sd", "prediction", "difference", "change",
-                     "p_holm"}
+                     "p_holm", "pairing", "median"}
 
 
 @pytest.mark.slow
@@ -278,6 +289,21 @@ def test_a_best_that_the_correction_removes_is_not_claimed():
     clear = claims.best("b", "one is best.", steps([100.0, 110.0, 95.0], [130.0, 141.0, 124.0], [150.0, 161.0, 146.0]),
                         KEY, name)
     assert clear.tied == [] and sections.verdict(cited, clear.claim).startswith("**held**: c0 is better than every other")
+
+
+def test_a_claim_keeps_pairing_where_it_narrows_the_intervals_and_falls_back_to_welch_where_it_widens():
+    # A seed effect both sides share: paired differences are steady, pairing narrows.
+    shared = steps([100.0, 130.0, 90.0, 120.0], [90.0, 121.0, 79.0, 111.0])
+    narrowed = claims.trend("t", "it falls.", shared, KEY, -1, name, name)
+    assert narrowed.pairing < 1 and narrowed.paired and narrowed.cells[0].interval.paired
+    # Seeds that move the two sides in opposite directions: pairing widens, the claim uses Welch.
+    opposite = steps([100.0, 130.0, 90.0, 120.0], [120.0, 80.0, 125.0, 85.0])
+    widened = claims.trend("t", "it falls.", opposite, KEY, -1, name, name)
+    assert widened.pairing > 1 and not widened.paired
+    cell = widened.cells[0]
+    assert not cell.interval.paired and cell.interval == stats.welch_interval(
+        list(opposite[1].values(KEY).values()), list(opposite[0].values(KEY).values()))
+    assert cell.p == pytest.approx(stats.p_value(opposite[1].values(KEY), opposite[0].values(KEY), pair=False))
 
 
 def test_a_cell_cites_its_interval_and_adjusted_p_with_every_seeds_value():

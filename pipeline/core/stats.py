@@ -113,21 +113,22 @@ def _variance(values: Sequence[float]) -> float:
     return math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
-def difference(a: Mapping[int, float], b: Mapping[int, float] | float, confidence: float = CONFIDENCE) -> Interval:
+def difference(a: Mapping[int, float], b: Mapping[int, float] | float, confidence: float = CONFIDENCE,
+               pair: bool = True) -> Interval:
     """mean(a) - mean(b) for two sets of runs keyed by seed: paired over the shared seeds when at
-    least two seeds are shared (the t-interval of a[s] - b[s]), else Welch's interval over all.
-    With `b` a number: the t-interval of a[s] - b (one sample against a fixed value)."""
+    least two seeds are shared and `pair` (the t-interval of a[s] - b[s]), else Welch's interval
+    over all. With `b` a number: the t-interval of a[s] - b (one sample against a fixed value)."""
     if not isinstance(b, Mapping):
         return mean_interval([float(v) - float(b) for v in a.values()], confidence)
     shared = sorted(set(a) & set(b))
-    if len(shared) >= 2:
+    if pair and len(shared) >= 2:
         return mean_interval([a[s] - b[s] for s in shared], confidence, paired=True)
     return welch_interval(list(a.values()), list(b.values()), confidence)
 
 
-def p_value(a: Mapping[int, float], b: Mapping[int, float] | float) -> float:
+def p_value(a: Mapping[int, float], b: Mapping[int, float] | float, pair: bool = True) -> float:
     """The two-sided p-value of "mean(a) = mean(b)" by the test behind `difference`: paired t over
-    the shared seeds when at least two are shared, else Welch's t. With `b` a number, the one-sample
+    the shared seeds when at least two are shared and `pair`, else Welch's t. With `b` a number, the one-sample
     t-test of a against it. NaN where there is no interval (one value a side), 0 or 1 where the
     values do not vary (a difference that is the same at every seed: 0 unless it is 0)."""
     from scipy import stats
@@ -136,7 +137,7 @@ def p_value(a: Mapping[int, float], b: Mapping[int, float] | float) -> float:
         values = [float(v) - float(b) for v in a.values()]
     else:
         shared = sorted(set(a) & set(b))
-        if len(shared) >= 2:
+        if pair and len(shared) >= 2:
             values = [a[s] - b[s] for s in shared]
         else:
             xs, ys = [float(v) for v in a.values()], [float(v) for v in b.values()]

@@ -8,6 +8,9 @@ same value on both sides (a claim of a difference, met by none at any seed), and
 otherwise (the runs cannot tell the sides apart at these seeds, or there is one seed a side). A
 claim is contradicted when any cell is, held when every cell is, and cannot tell otherwise.
 
+Pairing by seed removes noise the two sides share; where it does not (the median over a claim's
+cells of the paired half-width over Welch's is above 1), the claim's cells fall back to Welch.
+
 "Which is best" is a claim of its own (`best`): the configuration with the lowest mean is compared
 with every other, all those differences one family, so the choice of the best, made from the same
 data, is paid for by the correction; the report then names every configuration the runs cannot
@@ -17,6 +20,7 @@ tell from it. Nothing here reads MLflow: the report's sections build the claims,
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -41,6 +45,7 @@ class Cell:
     b_key: str | None = None
     against: float | None = None
     p_adjusted: float = math.nan
+    pair: bool = True  # paired by seed where the sides share seeds; the claim turns it off where pairing does not help
 
     def __post_init__(self) -> None:
         if self.expect not in (-1, 1) or (self.b is None) == (self.against is None):
@@ -56,11 +61,23 @@ class Cell:
 
     @property
     def interval(self) -> Interval:
-        return difference(self.a_values, self.b_values)
+        return difference(self.a_values, self.b_values, pair=self.pair)
 
     @property
     def p(self) -> float:
-        return p_value(self.a_values, self.b_values)
+        return p_value(self.a_values, self.b_values, pair=self.pair)
+
+    @property
+    def pairing_ratio(self) -> float:
+        """The paired interval's half-width over Welch's, NaN where the two sides cannot be paired
+        or either has no interval: below 1, pairing removed noise the sides share."""
+        if self.b is None:
+            return math.nan
+        paired = difference(self.a_values, self.b_values)
+        welch = difference(self.a_values, self.b_values, pair=False)
+        if not (paired.paired and paired.has_interval and welch.has_interval) or welch.half_width == 0:
+            return math.nan
+        return paired.half_width / welch.half_width
 
     @property
     def equal_everywhere(self) -> bool:
@@ -89,8 +106,24 @@ class Claim:
     best: str | None = None  # for a "best" claim (`best`): the winner's label
 
     def __post_init__(self) -> None:
+        # Pairing that does not help: where it widens the family's intervals (the median of its
+        # cells' paired over Welch half-widths above 1), the family falls back to Welch.
+        if not math.isnan(self.pairing) and self.pairing > 1:
+            for cell in self.cells:
+                cell.pair = False
         for cell, adjusted in zip(self.cells, holm([cell.p for cell in self.cells])):
             cell.p_adjusted = adjusted
+
+    @property
+    def pairing(self) -> float:
+        """The median over the cells of the paired interval's half-width over Welch's (NaN where
+        none can be paired)."""
+        ratios = [r for r in (cell.pairing_ratio for cell in self.cells) if not math.isnan(r)]
+        return statistics.median(ratios) if ratios else math.nan
+
+    @property
+    def paired(self) -> bool:
+        return any(cell.pair and not math.isnan(cell.pairing_ratio) for cell in self.cells)
 
     def where(self, outcome: str) -> list[Cell]:
         return [cell for cell in self.cells if cell.outcome == outcome]

@@ -63,12 +63,13 @@ class Numbers:
     Every method returns the text to put in the report. An entry's `kind` says how to recompute
     it: metric (a row's latest value, or the value at `step` of its history), param, count (of
     the runs listed), mean and half_width (of a metric over the runs listed,
-    pipeline.core.stats.mean_interval), sd (their standard deviation), prediction (`bound` low or
+    pipeline.core.stats.mean_interval), median and sd (their median and standard deviation), prediction (`bound` low or
     high of pipeline.core.stats.prediction_interval for a rerun of as many seeds), difference (`bound` mean, low or high of
     pipeline.core.stats.difference between two sets of runs by seed, or one set and a fixed value
     `b_value`), change (the mean over the runs listed of a history's value at `to_step` minus at
     `from_step`, with `bound` as for difference), p_holm (the Holm-adjusted p-value of cell `index`
-    of a claim's `family`, each member as a difference entry gives it). Entries over several runs
+    of a claim's `family`, each member as a difference entry gives it), pairing (the median over a
+    family's members of the paired interval's half-width over Welch's). Entries over several runs
     carry each seed's value too (`values`, `a_values`, `b_values`), so that every interval can be
     recomputed from the file alone.
     """
@@ -112,6 +113,14 @@ class Numbers:
         return text + " ± " + self._add(two_digits(half), half, kind="half_width", run_ids=run_ids, key=key,
                                         values=values)
 
+    def median(self, configuration: Configuration, key: str, fmt: str | None = None) -> str:
+        """The median of `key` over the configuration's seeds."""
+        values = configuration.values(key)
+        value = statistics.median(values.values())
+        return self._add(readable(value, fmt), value, kind="median", key=key,
+                         run_ids=[r.run_id for r in configuration.rows if key in r.metrics],
+                         values={str(s): v for s, v in values.items()})
+
     def sd(self, configuration: Configuration, key: str) -> str:
         """The standard deviation of `key` over the configuration's seeds (divisor n - 1)."""
         values = configuration.values(key)
@@ -133,12 +142,12 @@ class Numbers:
                 + self._add(readable(interval.high, fmt), interval.high, kind="prediction", bound="high", **where))
 
     def difference(self, a: Configuration, a_key: str, b: Configuration | None, b_key: str | None = None,
-                   fmt: str | None = None, against: float | None = None) -> tuple[Interval, str]:
+                   fmt: str | None = None, against: float | None = None, pair: bool = True) -> tuple[Interval, str]:
         """mean(a's `a_key`) - mean(b's `b_key`) (or minus the fixed value `against`) with its 95%
-        interval, paired by seed where the two share seeds (pipeline.core.stats.difference); and
-        its text, `110 (95% CI 60 to 160, paired over 3 seeds)`."""
-        where = cell_where(a, a_key, b, b_key, against)
-        interval = difference(_seed_keys(where["a_values"]), _b(where))
+        interval, paired by seed where the two share seeds and `pair` (pipeline.core.stats.difference);
+        and its text, `110 (95% CI 60 to 160, paired over 3 seeds)`."""
+        where = cell_where(a, a_key, b, b_key, against, pair)
+        interval = difference(_seed_keys(where["a_values"]), _b(where), pair=pair)
 
         def bound(name: str, value: float) -> str:
             return self._add(readable(value, fmt), value, kind="difference", bound=name, **where)
@@ -158,13 +167,18 @@ class Numbers:
     def cell(self, claim: Claim, cell: Cell, fmt: str | None = None) -> tuple[str, str]:
         """A claim's cell: its difference with the interval (`difference`), and its Holm-adjusted
         p-value within the claim's family (`-` where there is no test)."""
-        _, text = self.difference(cell.a, cell.a_key, cell.b, cell.b_key, fmt, cell.against)
+        _, text = self.difference(cell.a, cell.a_key, cell.b, cell.b_key, fmt, cell.against, cell.pair)
         if math.isnan(cell.p_adjusted):
             return text, "-"
-        family = [cell_where(c.a, c.a_key, c.b, c.b_key, c.against) for c in claim.cells]
+        family = [cell_where(c.a, c.a_key, c.b, c.b_key, c.against, c.pair) for c in claim.cells]
         p = self._add(format(cell.p_adjusted, ".2g"), cell.p_adjusted, kind="p_holm", family=family,
                       index=claim.cells.index(cell))
         return text, p
+
+    def pairing(self, claim: Claim) -> str:
+        """The median over the claim's cells of the paired interval's half-width over Welch's."""
+        family = [cell_where(c.a, c.a_key, c.b, c.b_key, c.against) for c in claim.cells if c.b is not None]
+        return self._add(format(claim.pairing, ".2g"), claim.pairing, kind="pairing", family=family)
 
     def change(self, configuration: Configuration, key: str, from_step: int, to_step: int,
                fmt: str | None = None) -> tuple[Interval, str]:
@@ -190,10 +204,11 @@ class Numbers:
 
 
 def cell_where(a: Configuration, a_key: str, b: Configuration | None, b_key: str | None,
-               against: float | None) -> dict:
-    """What a difference entry cites: each side's runs and values by seed (or the fixed value)."""
+               against: float | None, pair: bool = True) -> dict:
+    """What a difference entry cites: each side's runs and values by seed (or the fixed value), and
+    whether shared seeds are paired."""
     where = {"a": {str(r.seed): r.run_id for r in a.rows if a_key in r.metrics}, "a_key": a_key,
-             "a_values": {str(s): v for s, v in a.values(a_key).items()}}
+             "a_values": {str(s): v for s, v in a.values(a_key).items()}, "pair": pair}
     if b is None:
         return where | {"b_value": against}
     key = b_key or a_key

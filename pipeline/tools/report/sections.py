@@ -4,6 +4,7 @@ through `Numbers`; `build` draws the figures and assembles the Markdown."""
 from __future__ import annotations
 
 import html
+import math
 import re
 import shutil
 from collections.abc import Callable
@@ -153,7 +154,7 @@ def section_runs(study: Study, n: Numbers) -> str:
     return "\n\n".join(text)
 
 
-def section_method(study: Study, n: Numbers) -> str:
+def section_method(study: Study, n: Numbers, answers: Answers) -> str:
     single = [c for c in study.configurations if c.n == 1]
     text = [
         "## How the claims are tested",
@@ -171,6 +172,14 @@ def section_method(study: Study, n: Numbers) -> str:
         "paid for. Intervals in the tables are 95% t-intervals, not adjusted; the verdicts use the adjusted "
         "p-values.",
     ]
+    paired = [(question, claim) for question, claim in answers.claims if not math.isnan(claim.pairing)]
+    if paired:
+        rows = [[question, claim.family, n.pairing(claim), "paired" if claim.paired else "Welch"]
+                for question, claim in paired]
+        text += ["**Pairing.** Whether pairing by seed narrowed each claim's intervals: the median over its "
+                 "comparisons of the paired interval's half-width over Welch's (below 1: narrower). Where pairing "
+                 "widens them (above 1) the claim's comparisons use Welch's interval and test instead.",
+                 _table(["question", "claim", "paired / Welch half-width", "used"], rows)]
     if single:
         text.append(f"{n.count([c.rows[0] for c in single])} configuration(s) here have one seed "
                     f"({', '.join(f'`{c.id}`' for c in single)}): no interval can be given for them, and every "
@@ -385,6 +394,11 @@ def section_gan(study: Study, n: Numbers, answers: Answers, fig: Callable[[str, 
         f"{n.mean(c, score('gan_scratch', 'kid'))}), the VAE's samples {n.mean(c, prior)} (KID "
         f"{n.mean(c, score('vae_prior', 'kid'))}) and real training images {n.mean(c, HEADLINE['fid_real'])} "
         "(the floor). The two GANs of a run share its seed, so each difference is paired.",
+        "Each latent_dim over its seeds; GAN scores can spread unevenly (one seed's run can fail while the others "
+        "do not), so the median stands beside the mean:",
+        _table(["latent_dim", "seeds", "VAE samples", "GAN from decoder", "median", "GAN from scratch", "median"],
+               [[n.param(x.rows[0], "latent_dim"), n.count(list(x.rows)), n.mean(x, prior), n.mean(x, decoder),
+                 n.median(x, decoder), n.mean(x, scratch), n.median(x, scratch)] for x in configs]),
         tested(n, answers, "Decoder as generator", against_scratch),
         tested(n, answers, "Decoder as generator", against_vae),
         fig("gan_training.png", "FID-style score per epoch, each seed, and the discriminators' outputs"),
@@ -574,6 +588,6 @@ def build(study: Study, source: Source, figures: Path) -> tuple[str, list[dict]]
         "(KID the kernel distance in the same space): comparable between these runs, not with published FIDs. "
         "Lower is better.",
         answers_table(n, answers),
-        section_method(study, n),
+        section_method(study, n, answers),
     ]
     return "\n\n".join(head + sections) + "\n", n.entries
