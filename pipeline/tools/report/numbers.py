@@ -161,7 +161,8 @@ class Numbers:
         elif interval.paired:
             how = f"paired over {self.count([r for r in a_runs if str(r.seed) in where['b']])} seeds"
         else:
-            how = f"unpaired, {self.count(a_runs)} and {self.count([r for r in b.rows if b_key in r.metrics])} seeds"
+            b_runs = [r for r in b.rows if (b_key or a_key) in r.metrics]
+            how = f"unpaired, {self.count(a_runs)} and {self.count(b_runs)} seeds"
         return interval, f"{text} (95% CI {bound('low', interval.low)} to {bound('high', interval.high)}, {how})"
 
     def cell(self, claim: Claim, cell: Cell, fmt: str | None = None) -> tuple[str, str]:

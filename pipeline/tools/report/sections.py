@@ -161,7 +161,8 @@ def section_method(study: Study, n: Numbers, answers: Answers) -> str:
         "Each section states the textbook answer as a claim and tests it on the runs. A claim is made of "
         "comparisons: a configuration's mean over its seeds minus another's, paired by seed where both were run "
         "at the same seeds (the seed fixes the weights' draws, the batch order and the noise, each from its own "
-        "stream, so that pairing removes what the two sides share), Welch's interval otherwise. The comparisons "
+        "stream, so that pairing can remove what the two sides share) and pairing narrows the claim's intervals "
+        "(see Pairing below), Welch's interval otherwise; each table says which. The comparisons "
         "of one claim form a family: their p-values are adjusted together by Holm's step-down procedure "
         "(`statsmodels`), which keeps the chance of any false finding in the family at 5%. A comparison is "
         "*held* when its adjusted p-value is below 5% and its difference lies where the claim expects, "
@@ -305,8 +306,9 @@ def section_beta(study: Study, n: Numbers, answers: Answers) -> str:
         tested(n, answers, "Beta", kl),
         tested(n, answers, "Beta", mse),
         best_text(n, answers, "Beta", samples, "the prior samples' FID-style score"),
-        "Why the prior samples can be worst at a small beta although its reconstructions are best: the decoder is "
-        "trained on codes from the posteriors, and used on codes from the prior. Decoding codes drawn from the "
+        "The decoder is trained on codes from the posteriors and used, for samples, on codes from the prior; "
+        "where the posteriors together (the aggregate posterior) leave parts of the prior empty, prior samples "
+        "fall where the decoder was never trained. Decoding codes drawn from the "
         "test images' posteriors (the aggregate posterior) instead, the same decoder scores the aggregate-posterior "
         "column above; the prior samples' score minus it is the *prior hole*, the price of the regions of `N(0, I)` "
         "that no posterior covers.",
@@ -393,7 +395,8 @@ def section_gan(study: Study, n: Numbers, answers: Answers, fig: Callable[[str, 
         f"(KID {n.mean(c, score('gan_decoder', 'kid'))}), the GAN from scratch {n.mean(c, scratch)} (KID "
         f"{n.mean(c, score('gan_scratch', 'kid'))}), the VAE's samples {n.mean(c, prior)} (KID "
         f"{n.mean(c, score('vae_prior', 'kid'))}) and real training images {n.mean(c, HEADLINE['fid_real'])} "
-        "(the floor). The two GANs of a run share its seed, so each difference is paired.",
+        "(the floor). The two GANs of a run share its seed, so their differences can be paired (each table says "
+        "whether they were).",
         "Each latent_dim over its seeds; GAN scores can spread unevenly (one seed's run can fail while the others "
         "do not), so the median stands beside the mean:",
         _table(["latent_dim", "seeds", "VAE samples", "GAN from decoder", "median", "GAN from scratch", "median"],
@@ -477,7 +480,13 @@ def section_strengths(study: Study, n: Numbers, answers: Answers) -> str:
                       cell("GAN from decoder more precise than VAE", "gan_decoder", "precision", +1, "vae_prior"),
                       cell("GAN from scratch drops classes the VAE draws", "gan_scratch", "classes", -1, "vae_prior"),
                   ])
-    _, beyond = n.difference(c, score("gan_decoder", "sharpness"), c, score("real_train", "sharpness"), ".3g")
+    above, beyond = n.difference(c, score("gan_decoder", "sharpness"), c, score("real_train", "sharpness"), ".3g")
+    if above.has_interval and above.low > 0:
+        sharper = "above the data's: high-frequency artefact, not detail, since sharpness is not better the higher it goes."
+    elif above.has_interval and above.high < 0:
+        sharper = "below the data's: sharper than the VAE's, still less sharp than real digits."
+    else:
+        sharper = "the runs cannot tell it from the data's."
     dropped = {name: dropped_a_mode(c, name) for name in ("vae_prior", "gan_decoder", "gan_scratch")}
     stability = "**Stability over the seeds.** The seed-to-seed standard deviation of the final FID-style score, " \
                 "and the runs that dropped a mode (their samples show fewer classes than the real images do), " \
@@ -489,14 +498,14 @@ def section_strengths(study: Study, n: Numbers, answers: Answers) -> str:
     return "\n\n".join([
         "## 6. Strengths and weaknesses, as these runs show them",
         f"Each image set at {label_of(n, c)}, mean ± half-width over its {n.count(list(c.rows))} seeds (the image "
-        "sets of one run share its seed, so each difference below is paired). Sharpness is the variance of the "
+        "sets of one run share its seed, so differences can be paired; the table says whether they were). "
+        "Sharpness is the variance of the "
         "image Laplacian; recall the share of real images whose neighbourhood the samples reach; precision the "
         "share of samples inside the real images' neighbourhoods; classes the digits the classifier finds among "
         "the samples.",
         _table(["images", "FID-style", "KID", "precision", "recall", "classes", "sharpness"], rows),
         tested(n, answers, "Strengths and weaknesses", claim, ".3g"),
-        f"Sharpness is not better the higher it goes: the GAN from the decoder minus the real images is {beyond}; a "
-        "sharpness above the data's is high-frequency artefact, not detail.",
+        f"Against the real images: the GAN from the decoder's sharpness minus theirs is {beyond}, {sharper}",
         stability,
         _table(["latent_dim", "seeds", "sd, VAE samples", "sd, GAN from decoder", "sd, GAN from scratch",
                 "dropped a mode: VAE", "GAN from decoder", "GAN from scratch"], spread_rows)
