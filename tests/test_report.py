@@ -80,6 +80,13 @@ def test_report_answers_each_question_and_every_figure_it_links_exists(reported)
     assert beta.startswith("| Beta | a larger beta gives less KL. | **cannot tell at 1 seed** at beta 1.0 → 4.0")
     assert text.count("configuration(s) here have one seed") == 1 and text.count("dvc exp run -S latent_dim=N") == 1
     assert "A rerun with 2 new seeds" in text and "95% prediction interval for a rerun's mean" in text
+    # No verdict sentence says other than its own table: each claim's verdict agrees with the outcomes below it.
+    stated = re.findall(r"Verdict: \*\*(held|contradicted|cannot tell)[^\n]*\n\n((?:\|[^\n]*\n)+)", text)
+    assert len(stated) >= 10
+    for verdict, table in stated:
+        outcomes = [row.rstrip(" |").rsplit("| ", 1)[1] for row in table.splitlines()[2:]]
+        assert {"held": set(outcomes) == {"held"}, "contradicted": "contradicted" in outcomes,
+                "cannot tell": "contradicted" not in outcomes and set(outcomes) != {"held"}}[verdict], (verdict, table)
 
 
 @pytest.mark.slow
