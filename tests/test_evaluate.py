@@ -56,6 +56,9 @@ def test_evaluation_measures_the_vae_and_every_set_with_its_scale(evaluated):
     probes = metrics["probes"]
     assert set(probes) == {"pixels", "encoder", "discriminator_decoder", "discriminator_scratch"}
     assert all(0.1 < accuracy <= 1 for accuracy in probes.values())  # ten classes: chance is 0.1
+    assert set(metrics["probe_tests"]) == {"encoder_vs_pixels", "encoder_vs_discriminator_decoder",
+                                           "encoder_vs_discriminator_scratch"}
+    assert all(0 < p <= 1 for p in metrics["probe_tests"].values())
     assert set(metrics["discriminators"]) == {"decoder", "scratch"}
     for verdicts in metrics["discriminators"].values():
         assert set(verdicts) == SETS and all(0 < v < 1 for v in verdicts.values())

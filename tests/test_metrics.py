@@ -135,6 +135,27 @@ def test_knn_accuracy_reads_separable_classes_and_falls_to_chance_on_shuffled_la
     assert metrics.knn_accuracy(points[:200], shuffled[:200], points[200:], shuffled[200:], k=5) < 0.6
     with pytest.raises(ValueError, match="at least 5 training points"):
         metrics.knn_accuracy(points[:4], labels[:4], points, labels, k=5)
+    correct = metrics.knn_correct(points[:200], shuffled[:200], points[200:], shuffled[200:], k=5)
+    assert correct.shape == (100,) and correct.float().mean().item() == metrics.knn_accuracy(
+        points[:200], shuffled[:200], points[200:], shuffled[200:], k=5)
+
+
+def test_mcnemar_is_the_exact_test_on_the_items_only_one_classifier_gets_right():
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    # 100 items: both right on 80, only a on 12, only b on 3, both wrong on 5.
+    a = torch.tensor([True] * 80 + [True] * 12 + [False] * 3 + [False] * 5)
+    b = torch.tensor([True] * 80 + [False] * 12 + [True] * 3 + [False] * 5)
+    expected = mcnemar([[80, 12], [3, 5]], exact=True).pvalue
+    assert metrics.mcnemar_p(a, b) == pytest.approx(expected) and metrics.mcnemar_p(b, a) == pytest.approx(expected)
+    assert metrics.mcnemar_p(a, b) < 0.05  # 12 against 3 is more than the items' noise
+    assert metrics.mcnemar_p(a, a) == 1.0  # no item on which they differ
+    # An accuracy difference of 0.011 on 1,000 items, from 11 against 0 discordant items, is one; from
+    # 61 against 50 it is not: the test reads the disagreements, not the accuracies.
+    few = torch.tensor([True] * 11 + [False] * 989), torch.zeros(1000, dtype=torch.bool)
+    many = (torch.tensor([True] * 61 + [False] * 50 + [False] * 889),
+            torch.tensor([False] * 61 + [True] * 50 + [False] * 889))
+    assert metrics.mcnemar_p(*few) < 0.01 and metrics.mcnemar_p(*many) > 0.3
 
 
 def test_sharpness_is_zero_for_flat_images_and_drops_when_images_are_blurred():

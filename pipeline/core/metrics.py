@@ -147,9 +147,10 @@ def gradient_estimator_variance(log_likelihood, mu: torch.Tensor, logvar: torch.
     return result
 
 
-def knn_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
-                 k: int = 5, batch_size: int = 500) -> float:
-    """Share of `test` points (M, F) whose k nearest `train` points (N, F) mostly carry their label.
+def knn_correct(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
+                k: int = 5, batch_size: int = 500) -> torch.Tensor:
+    """Whether each `test` point (M, F) is classified correctly (M,) by the majority label of its k
+    nearest `train` points (N, F).
 
     A probe of what a representation keeps: class information that a k-NN vote can read off.
     Ties go to the smallest label, so the result is deterministic.
@@ -157,12 +158,32 @@ def knn_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Te
     if len(train) < k:
         raise ValueError(f"a {k}-NN probe needs at least {k} training points, got {len(train)}")
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    correct = 0
+    correct = []
     for start in range(0, len(test), batch_size):
         nearest = torch.cdist(test[start : start + batch_size], train).topk(k, largest=False).indices  # (b, k)
         votes = torch.nn.functional.one_hot(train_labels[nearest], num_classes).sum(dim=1)  # (b, classes)
-        correct += int((votes.argmax(dim=1) == test_labels[start : start + batch_size]).sum())
-    return correct / len(test)
+        correct.append(votes.argmax(dim=1) == test_labels[start : start + batch_size])
+    return torch.cat(correct)
+
+
+def knn_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
+                 k: int = 5, batch_size: int = 500) -> float:
+    """Share of `test` points that `knn_correct` classifies correctly."""
+    return knn_correct(train, train_labels, test, test_labels, k, batch_size).float().mean().item()
+
+
+def mcnemar_p(correct_a: torch.Tensor, correct_b: torch.Tensor) -> float:
+    """McNemar's exact test of two classifiers' accuracies on the same items (M,) bool: the two-sided
+    binomial test that the items only `a` gets right and those only `b` gets right are equally
+    likely (1.0 when there are none). Whether an accuracy difference on one test set is more than
+    the set's own sampling noise."""
+    from scipy.stats import binomtest
+
+    only_a = int((correct_a & ~correct_b).sum())
+    only_b = int((correct_b & ~correct_a).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
 def sharpness(images: torch.Tensor) -> float:

@@ -21,6 +21,8 @@ What the networks learned, for the report:
                        gradient estimators of the reconstruction term, on the same test images
   probes               k-NN class accuracy on the test split read off raw pixels, the encoder's
                        posterior means and each discriminator's last hidden layer
+  probe_tests          McNemar's exact p-value of the encoder's probe against each other one, on
+                       the same test images (is the difference more than the test set's noise?)
   discriminators       each discriminator's mean D(x) on every image set above
 """
 
@@ -43,7 +45,8 @@ from pipeline.core.metrics import (
     ACTIVE_UNIT_THRESHOLD,
     Scorer,
     gradient_estimator_variance,
-    knn_accuracy,
+    knn_correct,
+    mcnemar_p,
     vae_test_metrics,
 )
 from pipeline.core.models import VAE
@@ -115,13 +118,19 @@ def gradient_variances(vae: VAE, x: torch.Tensor, likelihood: str, seed: int) ->
 
 
 @torch.inference_mode()
-def class_probes(vae: VAE, discriminators: dict, x_train, y_train, x_test, y_test) -> dict[str, float]:
-    """k-NN class accuracy on `x_test` from pixels, the encoder's means and each discriminator's features."""
+def class_probes(vae: VAE, discriminators: dict, x_train, y_train, x_test, y_test) -> tuple[dict, dict]:
+    """k-NN class accuracy on `x_test` from pixels, the encoder's means and each discriminator's
+    features; and McNemar's exact p-value of the encoder against each other space on the same test
+    images (metrics.mcnemar_p)."""
     spaces = {"pixels": lambda x: x.flatten(1), "encoder": lambda x: vae.encoder(x)[0]}
     spaces |= {f"discriminator_{init}": d.features for init, d in discriminators.items()}
-    return {name: knn_accuracy(in_batches(features, x_train), y_train, in_batches(features, x_test), y_test,
-                               k=PROBE_NEIGHBOURS)
-            for name, features in spaces.items()}
+    correct = {name: knn_correct(in_batches(features, x_train), y_train, in_batches(features, x_test), y_test,
+                                 k=PROBE_NEIGHBOURS)
+               for name, features in spaces.items()}
+    accuracies = {name: hits.float().mean().item() for name, hits in correct.items()}
+    tests = {f"encoder_vs_{name}": mcnemar_p(correct["encoder"], hits) for name, hits in correct.items()
+             if name != "encoder"}
+    return accuracies, tests
 
 
 RULER_SETS = ("real_train", "noise")  # scored sets that are the ruler's, the same for every model seed
@@ -203,9 +212,10 @@ def run(config: Config, splits: Splits, vae: VAE, classifier, gans: dict, device
                for d, (kl, var) in enumerate(zip(per_dim, variance))]
     y_train = torch.from_numpy(splits.y_train).to(device)
     y_test = torch.from_numpy(splits.y_test).to(device)
+    probes, probe_tests = class_probes(vae, discriminators, x_train, y_train, x_test[test_pick], y_test[test_pick])
     metrics = {"num_samples": n, "vae": vae_numbers, "scores": scores,
                "reparameterisation": gradient_variances(vae, x_test[test_pick[:GRADIENT_IMAGES]], likelihood, draws),
-               "probes": class_probes(vae, discriminators, x_train, y_train, x_test[test_pick], y_test[test_pick]),
+               "probes": probes, "probe_tests": probe_tests,
                "discriminators": {init: {name: torch.sigmoid(in_batches(d, images)).mean().item()
                                          for name, images in sets.items()}
                                   for init, d in discriminators.items()}}

@@ -107,6 +107,11 @@ def probe(features: str) -> str:
     return metric("evaluate", "probes", features)
 
 
+def probe_test(features: str) -> str:
+    """McNemar's exact p-value of the encoder's probe against the one on `features`, same test images."""
+    return metric("evaluate", "probe_tests", f"encoder_vs_{features}")
+
+
 def discriminator_verdict(init: str, images: str) -> str:
     """Mean D(x) of the discriminator trained against GAN `init` on a set of images."""
     return metric("evaluate", "discriminators", init, images)

@@ -19,6 +19,7 @@ from pipeline.tracking.names import (
     discriminator_verdict,
     gan_measure,
     probe,
+    probe_test,
     reparameterisation,
     score,
 )
@@ -34,6 +35,7 @@ REQUIRED = (
     HEADLINE["recon_mse"], HEADLINE["kl"], HEADLINE["neg_elbo"], HEADLINE["iwae_nll"], HEADLINE["active_units"],
     HEADLINE["fid_decoder"], HEADLINE["fid_scratch"], score("vae_prior", "sharpness"), PRIOR_HOLE,
     reparameterisation("score_function"), probe("encoder"), discriminator_verdict("decoder", "real_train"),
+    probe_test("pixels"),
 )
 
 

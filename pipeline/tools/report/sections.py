@@ -31,6 +31,7 @@ from pipeline.tracking.names import (
     discriminator_verdict,
     gan_measure,
     probe,
+    probe_test,
     reparameterisation,
     score,
 )
@@ -444,6 +445,14 @@ def section_encoder_discriminator(study: Study, n: Numbers, answers: Answers, fi
         f"hidden layer of the two discriminators ({n.param(m, 'gan.discriminator_hidden')} units) "
         f"{n.mean(c, p('discriminator_decoder'), '.3f')} and {n.mean(c, p('discriminator_scratch'), '.3f')}.",
         tested(n, answers, "Encoder and discriminator", claim),
+        "Within each run the test images are the same for every probe, so McNemar's exact test on the images only "
+        "one of two probes classifies correctly says whether their difference is more than the test set's own "
+        "noise: " + "; ".join(
+            f"encoder against {what}: p below 5% in {n.count([r for r in c.rows if r.metrics[probe_test(space)] < 0.05])} "
+            f"of {n.count(list(c.rows))} seeds"
+            for space, what in (("pixels", "pixels"), ("discriminator_decoder", "the discriminator vs. the GAN from "
+                                "the decoder"), ("discriminator_scratch", "the discriminator vs. the GAN from scratch")))
+        + ".",
         "What each trained discriminator says of each set of images, mean `D(x)` over the seeds (`1` = sure it is "
         "real):",
         _table(["images", "discriminator vs. GAN from decoder", "discriminator vs. GAN from scratch"], verdicts),
