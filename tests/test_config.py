@@ -1,12 +1,13 @@
 """params.yaml is validated before any work: bad values name the key, the value and what is allowed."""
 
 import os
+import re
 
 import pytest
 import torch
-from conftest import repo_params
+from conftest import REPO, repo_params
 
-from pipeline.core.config import ConfigError, flatten, merged, parse_config, thread_limit
+from pipeline.core.config import ConfigError, flatten, load_config, merged, parse_config, parse_yaml, thread_limit
 
 
 def test_repository_params_are_valid():
@@ -63,9 +64,68 @@ def test_missing_key_is_reported():
         parse_config(params)
 
 
-def test_exponent_literal_that_yaml_reads_as_string_is_a_number():
+def test_exponent_literal_in_quotes_is_a_number():
     config = parse_config(merged(repo_params(), {"vae": {"learning_rate": "1e-3"}}))
     assert config.vae.learning_rate == 0.001
+
+
+def _params_text(replace: dict[str, str]) -> str:
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    for key, value in replace.items():
+        lines = [f"{key}: {value}" if line.startswith(f"{key}:") else line for line in lines]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("literal, value", [("016", 16), ("0x10", 16), ("1e1", "10.0")])
+def test_the_stages_read_every_value_as_dvc_records_it(tmp_path, literal, value):
+    """YAML 1.1 (PyYAML) reads `016` as 14; DVC reads YAML 1.2, and so must the stages."""
+    from dvc.utils.serialize import parse_yaml as dvc_parse_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(_params_text({"latent_dim": literal}))
+    dvc_value = dvc_parse_yaml(path.read_text(), str(path))["latent_dim"]
+    if isinstance(value, str):  # a float is not an integer: refused, not rounded
+        with pytest.raises(ConfigError, match=f"latent_dim = {value} is not allowed"):
+            load_config(path)
+        assert dvc_value == float(value)
+    else:
+        assert load_config(path).latent_dim == value == dvc_value
+
+
+def test_a_sexagesimal_looking_seed_is_text_and_refused_not_read_as_a_number(tmp_path):
+    """`1:30` is 90 in YAML 1.1; in YAML 1.2 (DVC) it is text, so the seed list is refused."""
+    path = tmp_path / "params.yaml"
+    path.write_text(_params_text({"seeds": "[0, 1:30]"}))
+    with pytest.raises(ConfigError, match=r"seeds = \[0, '1:30'\] is not allowed"):
+        load_config(path)
+
+
+def test_merge_keys_work_as_in_dvc(tmp_path):
+    text = (REPO / "params.yaml").read_text().replace("\nvae:\n", "\nvae: &vae\n", 1)
+    path = tmp_path / "params.yaml"
+    path.write_text(text + "copy: &copy\n  <<: *vae\n")
+    assert parse_yaml(path.read_text())["copy"] == parse_yaml(text)["vae"]
+    with pytest.raises(ConfigError, match="unknown key 'copy'"):  # read, then validated as any key
+        load_config(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: 1\nb: 2\na: 3\n", "params.yaml line 3, column 1: key 'a' is given twice in one mapping; keep one"),
+    ("a: [1, 2\nb: 3\n", "params.yaml line 2, column 2 is not valid YAML: expected ',' or ']', but got ':' "
+                          "(while parsing a flow sequence from line 1, column 4); fix the file there"),
+    ("a:\n\tb: 1\n", "params.yaml line 2, column 1 is not valid YAML: found character '\\t' that cannot start"),
+    ("a: \x07\n", "params.yaml is not valid YAML: unacceptable character #x0007"),
+])
+def test_a_file_that_is_not_yaml_is_one_line_naming_where(text, message):
+    with pytest.raises(ConfigError) as error:
+        parse_yaml(text)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("extra, key", [("? [a, b]\n: 1\n", "('a', 'b')"), ("1: 2\n", "1"), ("~: 1\n", "None")])
+def test_a_key_that_is_not_text_is_an_unknown_key(extra, key):
+    with pytest.raises(ConfigError, match=f"unknown key '{re.escape(key)}'"):
+        parse_config(parse_yaml((REPO / "params.yaml").read_text() + extra))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

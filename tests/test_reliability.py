@@ -22,7 +22,7 @@ output changed, no row added unless it ended): a damaged store (random bytes, cu
 for compare and report), a store locked past the wait (before any work, and in the middle of a
 stage, whose row still ends FAILED) and one locked for less (waited for), stores that cannot work
 (file:, a plain path, in-memory, a path under a file), a params file that is not UTF-8, a folder,
-or gives a key twice, sizes beyond the machine and sample counts below a meaningful score,
+gives a key twice or is not YAML, sizes beyond the machine and sample counts below a meaningful score,
 PIPELINE_THREADS beyond the cores, data too small for the evaluation (refused by download), an
 allocation refused under an address-space limit, a full disk (tmpfs) and a read-only artifact
 store (bind mount), both root only; a failure injected at each stage's last steps (store, disk,
@@ -511,7 +511,9 @@ def test_a_store_that_cannot_work_is_named_in_one_line(upstream, uri, message):
     (lambda p: p.write_bytes("# \u00c9\n".encode("latin-1") + p.read_bytes()),
      "params.yaml is not UTF-8 text (byte 0xc9 at offset 2); save it as UTF-8"),
     (lambda p: (p.unlink(), p.mkdir()), "params.yaml could not be read (Is a directory)"),
-    (lambda p: p.write_text(p.read_text() + "\nlatent_dim: 8\n"), "key 'latent_dim' is given twice (lines"),
+    (lambda p: p.write_text(p.read_text() + "\nlatent_dim: 8\n"), "key 'latent_dim' is given twice in one mapping"),
+    (lambda p: p.write_text("latent_dim: [16\n" + p.read_text()),
+     "is not valid YAML: expected ',' or ']', but got ':' (while parsing a flow sequence from line 1, column 13)"),
 ])
 def test_a_params_file_that_cannot_be_read_is_named_in_one_line(upstream, write, message):
     params = upstream.root / "params.yaml"

@@ -20,10 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from pipeline.core.commands import environment_first
-from pipeline.core.config import PARAMS_FILE, Config, ConfigError, parse_config
+from pipeline.core.config import PARAMS_FILE, Config, ConfigError, parse_config, read_params
 from pipeline.core.errors import PipelineError
 from pipeline.tools.dvc_cli import check_git, result_run_ids
 from pipeline.tracking import names, store
@@ -62,7 +60,7 @@ def check_settings(settings: dict) -> Config:
     unknown = sorted(set(settings) - set(TRAINABLE))
     if unknown:
         raise ConfigError(f"the explorer cannot set {', '.join(unknown)}; it sets {', '.join(TRAINABLE)}")
-    raw = yaml.safe_load((store.project_root() / PARAMS_FILE).read_text())
+    raw = read_params(store.project_root() / PARAMS_FILE)
     for key, value in settings.items():
         _set(raw, key, value)
     return parse_config(raw)

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.core.data import MIRROR_VARIABLE, SOURCES
 from pipeline.core.errors import PipelineError
 from pipeline.core.models import ARCHITECTURES
@@ -79,7 +77,7 @@ class Rule:
                 raise ValueError
             return tuple(dataclasses.replace(self, kind=int).coerce(item) for item in value)
         if self.kind is bool:
-            if not isinstance(value, bool):  # `yes`/`no` are booleans to PyYAML; "true" in quotes is not
+            if not isinstance(value, bool):  # true/false; `yes` is text in YAML 1.2, "true" in quotes too
                 raise ValueError
             return value
         if self.kind is int:
@@ -88,7 +86,7 @@ class Rule:
                 raise ValueError
         elif self.kind is float:
             if isinstance(value, str):
-                # PyYAML reads `1e-3` (no dot) as a string; accept numeric literals only.
+                # a number in quotes ("1e-3"): accept numeric literals only.
                 value = float(value)
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError
@@ -274,23 +272,39 @@ def check_data_sizes(config: Config, num_train: int, num_test: int) -> None:
                           "keep more images (data.max_per_class)")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last;
-    DVC refuses the file)."""
+def parse_yaml(text: str, name: str | Path = PARAMS_FILE) -> Any:
+    """YAML text as DVC reads params.yaml: ruamel.yaml's safe loader, YAML 1.2's core schema
+    (`016` is 16, `1:30` is text, `yes` is text; merge keys `<<:` work; a key given twice is an
+    error). PyYAML reads YAML 1.1, where `016` is 14 and `1:30` is 90: a stage reading the file
+    that way would train with a value DVC does not record. A ConfigError of one line, naming the
+    line and column, when the text is not YAML."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(f"params.yaml: key '{key}' is given twice (lines {seen[key] + 1} and "
-                                  f"{key_node.start_mark.line + 1}); keep one")
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+    try:
+        return YAML(typ="safe").load(text)
+    except DuplicateKeyError as error:
+        key = re.search(r'duplicate key "(.*)" with value', error.problem or "")
+        raise ConfigError(f"{name}{_where(error.problem_mark)}: key '{key.group(1) if key else '?'}' is given "
+                          "twice in one mapping; keep one") from None
+    except MarkedYAMLError as error:
+        started = error.context_mark and f" from{_where(error.context_mark)}"
+        context = error.context and f"({error.context}{started or ''})"
+        what = " ".join(part for part in (error.problem, context) if part)
+        raise ConfigError(f"{name}{_where(error.problem_mark or error.context_mark)} is not valid YAML: "
+                          f"{what}; fix the file there") from None
+    except YAMLError as error:  # the reader's errors (a control character) carry no mark
+        raise ConfigError(f"{name} is not valid YAML: {' '.join(str(error).split())}; fix the file") from None
+
+
+def _where(mark: Any) -> str:
+    return f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
 
 
 def read_params(path: Path = PARAMS_FILE) -> Any:
-    """params.yaml's contents as PyYAML reads them, or a ConfigError saying why it cannot be read."""
+    """params.yaml's contents as DVC reads them (`parse_yaml`), or a ConfigError saying why they
+    cannot be read."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -301,10 +315,7 @@ def read_params(path: Path = PARAMS_FILE) -> Any:
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
                           f"{error.start}); save it as UTF-8") from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_yaml(text, path)
 
 
 def merged(base: dict, overrides: dict) -> dict:
@@ -417,8 +428,8 @@ def unflatten(flat: dict[str, str], cls: type = Config, prefix: str = "") -> dic
 def _from_text(text: str, kind: type) -> Any:
     if kind is tuple:  # recorded as "[0, 1, 2]"
         try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError:
+            return parse_yaml(text)
+        except ConfigError:
             return text
     if kind is bool:
         return {"True": True, "False": False}.get(text, text)

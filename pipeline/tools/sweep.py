@@ -19,10 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from pipeline.core.commands import environment_first
-from pipeline.core.config import PARAMS_FILE, ConfigError, parse_config
+from pipeline.core.config import PARAMS_FILE, ConfigError, parse_config, read_params
 from pipeline.tools import compare, queue_sweep, ray_sweep
 from pipeline.tools.dvc_cli import SweepError, check_git, result_run_ids
 from pipeline.tracking import store, summaries
@@ -69,7 +68,7 @@ def check_values(values: list[int], betas: list[float] | None = None, seeds: lis
         repeated = sorted({v for v in given if given.count(v) > 1})
         if repeated:
             raise ConfigError(f"{name} values {repeated} are given more than once; give each value once")
-    raw = yaml.safe_load(PARAMS_FILE.read_text())
+    raw = read_params(PARAMS_FILE)
     for value in values:
         parse_config({**raw, "latent_dim": value})  # raises ConfigError naming the key and value
     for beta in betas or []:
@@ -116,8 +115,6 @@ def sweep_rows(names: dict[Point, str], recorded: list[Row]) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline.core.config import read_params
-
     parser = argparse.ArgumentParser(prog="python -m pipeline.tools.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--latent-dims", type=int, nargs="+", default=list(DEFAULT_VALUES), metavar="N",
                         help="values of latent_dim (default: %(default)s)")

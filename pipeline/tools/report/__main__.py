@@ -40,9 +40,7 @@ def reference_config(path: Path | None):
     in the workspace leaves its own values in params.yaml, uncommitted), or else params.yaml."""
     import subprocess
 
-    import yaml
-
-    from pipeline.core.config import PARAMS_FILE, ConfigError, load_config, parse_config
+    from pipeline.core.config import PARAMS_FILE, ConfigError, load_config, parse_config, parse_yaml
 
     if path is not None:
         return load_config(path), f"`{path}`"
@@ -51,8 +49,8 @@ def reference_config(path: Path | None):
         return load_config(), f"`{PARAMS_FILE}` (not in git)"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     try:
-        config = parse_config(yaml.safe_load(committed.stdout))
-    except (ConfigError, yaml.YAMLError) as error:
+        config = parse_config(parse_yaml(committed.stdout))
+    except ConfigError as error:
         raise ConfigError(f"{PARAMS_FILE} as committed at {commit} is not usable ({error}): "
                           "pass the settings with --params FILE") from None
     return config, f"`{PARAMS_FILE}` as committed at `{commit}`"

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import yaml
-
+from pipeline.core.config import parse_yaml
 from pipeline.core.errors import PipelineError
 from pipeline.tracking.names import (
     ENCODER_GRAD_KL,
@@ -131,7 +130,7 @@ def select(records: list[Row], reference: dict[str, str], experiment: str,
                           "recorded by older code): run `make repro` (or `make sweep`) first")
     at_reference = [c for c in by_latent_dim if str(c.latent_dim) == reference["latent_dim"]]
     main_config = at_reference[0] if at_reference else max(by_latent_dim, key=lambda c: c.rows[-1].start_time)
-    first_seed = str(yaml.safe_load(reference[SEEDS])[0]) if SEEDS in reference else reference.get(SEED)
+    first_seed = str(parse_yaml(reference[SEEDS])[0]) if SEEDS in reference else reference.get(SEED)
     main = next((r for r in main_config.rows if str(r.seed) == first_seed), main_config.rows[0])
     reference_at_main = {**reference, "latent_dim": str(main_config.latent_dim)}
     by_beta = _configurations([r for r in records if _matches(r, reference_at_main, {"vae.beta"})], lambda r: r.beta)
