@@ -110,11 +110,11 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path, kind):
     path = tmp_path / "vae.pt"
     save_checkpoint(path, kind=CHECKPOINT_KIND, config={"architecture": arch.to_dict()},
                     state_dict=model.state_dict(), epoch=3)
-    loaded, checkpoint = load_vae(path, latent_dim=6)
+    loaded, checkpoint = load_vae(path, {"architecture": {"latent_dim": 6}})
     z = torch.randn(2, 6)
     assert torch.equal(loaded.decoder(z), model.decoder(z)) and checkpoint["epoch"] == 3
-    with pytest.raises(CheckpointError, match="has latent_dim 6 but params.yaml says 8"):
-        load_vae(path, latent_dim=8)
+    with pytest.raises(CheckpointError, match="was trained with latent_dim = 6 where params.yaml says 8"):
+        load_vae(path, {"architecture": {"latent_dim": 8}})
 
 
 def test_missing_truncated_or_foreign_checkpoint_says_which_stage_to_rerun(tmp_path):

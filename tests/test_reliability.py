@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
 import re
 import shutil
@@ -109,6 +110,29 @@ class RunsCode:
         return (Path.touch, (Path(self.marker),))
 
 
+def edit_checkpoint(change):
+    def damage(path: Path) -> None:
+        checkpoint = torch.load(path, weights_only=True)
+        change(checkpoint)
+        torch.save(checkpoint, path)
+    return damage
+
+
+def swap_seeds(path: Path) -> None:
+    """A run file naming seed 1's row for seed 0 and the other way round (a stale or hand-made record)."""
+    record = json.loads(path.read_text())
+    record["runs"] = {"0": record["runs"]["1"], "1": record["runs"]["0"]}
+    path.write_text(json.dumps(record))
+
+
+def delete_seed_0_row(store: Path) -> None:
+    """Seed 0's result row deleted in the MLflow UI (the store's bytes are put back afterwards)."""
+    import mlflow
+
+    row = json.loads((store.parent / paths.VAE_RUN).read_text())["runs"]["0"]
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{store}").delete_run(row)
+
+
 SPLITS, VAE = paths.SPLITS, paths.VAE_CHECKPOINTS / "seed-0.pt"  # params.yaml's first seed
 BAD_INPUT = {
     # case: (stage, params override, damaged file and damage, message)
@@ -141,7 +165,39 @@ BAD_INPUT = {
     "checkpoint: runs code when unpickled": ("train_gan", None, (VAE, lambda p: torch.save(RunsCode("pwned"), p)),
                                              "could not be read as a checkpoint"),
     "checkpoint: another latent_dim": ("train_gan", {"latent_dim": 8}, None,
-                                       "has latent_dim 4 but params.yaml says 8; rerun `dvc repro train_vae`"),
+                                       "was trained with latent_dim = 4 where params.yaml says 8; "
+                                       "rerun `dvc repro train_vae`"),
+    "checkpoint: another vae param": ("train_gan", {"vae": {"hidden_dim": 64}}, None,
+                                      "seed-0.pt was trained with vae.hidden_dim = 32 where params.yaml says 64; "
+                                      "rerun `dvc repro train_vae`"),
+    "checkpoint: another seed's": ("train_gan", None, (VAE, lambda p: p.write_bytes(p.with_name("seed-1.pt").read_bytes())),
+                                   "seed-0.pt was trained with seed = 1 where params.yaml says 0"),
+    "checkpoint: GANs of other gan params": ("evaluate", {"gan": {"epochs": 3}}, None,
+                                             "decoder.pt was trained with gan.epochs = 2 where params.yaml says 3; "
+                                             "rerun `dvc repro train_gan`"),
+    "checkpoint: classifier of other params": ("train_gan", {"classifier": {"epochs": 2}}, None,
+                                               "was trained with classifier.epochs = 1 where params.yaml says 2; "
+                                               "rerun `dvc repro train_classifier`"),
+    "checkpoint: random bytes": ("train_gan", None, (VAE, lambda p: p.write_bytes(np.random.default_rng(0).bytes(5000))),
+                                 "seed-0.pt could not be read as a checkpoint ("),
+    "checkpoint: no architecture": ("train_gan", None, (VAE, edit_checkpoint(lambda c: c["config"].pop("architecture"))),
+                                    "has no architecture.kind, architecture.image_shape"),
+    "checkpoint: weights of other shapes": ("train_gan", None, (VAE, edit_checkpoint(
+        lambda c: c["state_dict"].update({k: v[:-1] for k, v in list(c["state_dict"].items())[:1]}))),
+        "seed-0.pt could not be rebuilt (weights of other shapes than its architecture: size mismatch for"),
+    "record: damaged VAE run file": ("train_gan", None, (paths.VAE_RUN, lambda p: p.write_text("{garbage")),
+                                     "outputs/vae/mlflow_run.json is damaged (not JSON: "),
+    "record: empty VAE run file": ("train_gan", None, (paths.VAE_RUN, lambda p: p.write_text("{}")),
+                                   "outputs/vae/mlflow_run.json is damaged (no 'runs' of the expected type); "
+                                   "rerun `dvc repro -f train_vae`"),
+    "record: rows of other params": ("train_gan", None, (paths.VAE_RUN, swap_seeds),
+                                     "recorded with seed = '1' where params.yaml says '0'; rerun `dvc repro -f train_vae`"),
+    "record: a deleted row": ("train_gan", None, ("mlflow.db", delete_seed_0_row),
+                              "which is deleted: restore it (`mlflow runs restore --run-id "),
+    "record: damaged GAN run file": ("evaluate", None, (paths.GAN_RUN, lambda p: p.write_text("[1, 2]")),
+                                     "outputs/gan/mlflow_run.json is damaged (no 'runs'"),
+    "record: damaged classifier metrics": ("evaluate", None, (paths.CLASSIFIER_METRICS, lambda p: p.write_text("x")),
+                                           "outputs/classifier/metrics.json is damaged (not JSON: "),
 }
 
 
@@ -160,8 +216,9 @@ def test_bad_input_is_refused_with_its_message_and_nothing_written(upstream, mon
             assert state(upstream) == before  # no output written, no MLflow row added
     finally:
         upstream.write_params()
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{stage}: error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
     assert "s3cret" not in result.stdout + result.stderr
     assert not (upstream.root / "pwned").exists()
 

@@ -228,3 +228,20 @@ def test_the_deps_check_names_a_file_a_stage_imports_that_dvc_yaml_leaves_out():
 def test_imports_are_read_in_every_form(source, expected):
     known = set(module_files())
     assert imports_of(source, "pipeline.tools.report.runs", known) == expected
+
+
+def test_the_params_a_record_depends_on_are_dvc_yamls():
+    """A later stage refuses an upstream row recorded with other values of exactly the params that
+    DVC reruns the upstream stages for (each seed's row holds `seed`; `tracking` moves rows, it
+    changes no value)."""
+    from pipeline.tracking.names import RESULT_DEPENDS_ON
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for stage, keys in RESULT_DEPENDS_ON.items():
+        expected = set()
+        for earlier in STAGES[:STAGES.index(stage) + 1]:
+            for param in stages[earlier].get("params", []):
+                name = {"seeds": "seed"}.get(param, param)
+                expected.add(f"{name}." if isinstance(params.get(param), dict) else name)
+        assert set(keys) == expected - {"tracking."}, stage

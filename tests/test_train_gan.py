@@ -156,7 +156,7 @@ def test_stage_writes_checkpoints_history_and_samples(study):
 @pytest.mark.slow
 def test_checkpoint_round_trip_rebuilds_the_same_generator_and_discriminator(study):
     path = study.root / "outputs/gan/generators/seed-0/decoder.pt"
-    generator, discriminator, checkpoint = load_gan(path, latent_dim=4)
+    generator, discriminator, checkpoint = load_gan(path, {"architecture": {"latent_dim": 4}})
     assert checkpoint["config"]["init"] == "decoder" and checkpoint["epoch"] == 2
     assert checkpoint["config"]["architecture"]["latent_dim"] == 4
     stored = torch.load(path, weights_only=True)
@@ -166,11 +166,11 @@ def test_checkpoint_round_trip_rebuilds_the_same_generator_and_discriminator(stu
     again, again_d, _ = load_gan(path)
     assert torch.equal(generator(z), again(z)) and torch.equal(discriminator(again(z)), again_d(again(z)))
     assert discriminator.features(generator(z)).shape == (5, checkpoint["config"]["gan"]["discriminator_hidden"])
-    assert set(load_gans(path.parent, latent_dim=4)) == {"decoder", "scratch"}
+    assert set(load_gans(path.parent, {"architecture": {"latent_dim": 4}})) == {"decoder", "scratch"}
     from pipeline.core.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="latent_dim 4 but params.yaml says 8"):
-        load_gan(path, latent_dim=8)
+    with pytest.raises(CheckpointError, match="latent_dim = 4 where params.yaml says 8"):
+        load_gan(path, {"architecture": {"latent_dim": 8}})
     with pytest.raises(CheckpointError, match="is not a gan_generator checkpoint"):
         load_gan(study.root / "outputs/vae/checkpoints/seed-0.pt")
     with pytest.raises(CheckpointError, match="holds no generator"):

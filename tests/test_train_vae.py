@@ -128,7 +128,8 @@ def test_stage_end_to_end_records_one_complete_mlflow_row_and_reproduces_the_stu
     assert float(history[-1]["test_neg_elbo"]) == pytest.approx(
         (metrics["0"]["test_neg_elbo"] + metrics["1"]["test_neg_elbo"]) / 2)
     for seed in (0, 1):
-        model, checkpoint = load_vae(project.root / f"outputs/vae/checkpoints/seed-{seed}.pt", latent_dim=4)
+        model, checkpoint = load_vae(project.root / f"outputs/vae/checkpoints/seed-{seed}.pt",
+                                     {"architecture": {"latent_dim": 4}})
         assert checkpoint["epoch"] == 2 and checkpoint["config"]["vae"]["hidden_dim"] == 32
         assert checkpoint["config"]["seed"] == seed
 

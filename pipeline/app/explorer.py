@@ -145,7 +145,7 @@ def load_run(run_id: str, device: str = "cpu") -> LoadedRun:
             raise CheckpointError(f"run {run_id}'s models could not be read from its MLflow artifacts "
                                   f"({type(error).__name__}: {str(error)[:200]})") from None
         vae, checkpoint = load_vae(vae_path)
-        gans = load_gans(generators_path, vae.arch.latent_dim)
+        gans = load_gans(generators_path, {"architecture": {"latent_dim": vae.arch.latent_dim}})
     splits = test_split(row, checkpoint["config"]["data_hash"])
     vae = vae.to(device)
     x_test = to_unit_float(torch.from_numpy(splits.x_test)).to(device)

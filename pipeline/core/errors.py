@@ -31,7 +31,7 @@ class DataError(PipelineError):
 
 
 class CheckpointError(PipelineError):
-    """A checkpoint is missing, damaged or belongs to another configuration."""
+    """An earlier stage's output (a checkpoint, a record) is missing, damaged or belongs to other params."""
 
 
 class TrainingDiverged(PipelineError):

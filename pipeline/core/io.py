@@ -86,6 +86,26 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_stage_json(path: Path, stage: str, required: dict[str, type | tuple[type, ...]]) -> dict:
+    """The JSON object `stage` wrote at `path`, holding `required` (key -> type); a CheckpointError
+    of one line naming the stage to rerun when it is missing, is not JSON, or lacks a key."""
+    from pipeline.core.errors import CheckpointError
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; run `dvc repro {stage}` first")
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is damaged (not JSON: {error}); rerun `dvc repro -f {stage}`") from None
+    wrong = [key for key, kind in required.items()
+             if not isinstance(data, dict) or not isinstance(data.get(key), kind) or isinstance(data.get(key), bool)]
+    if wrong:
+        raise CheckpointError(f"{path} is damaged (no {', '.join(repr(k) for k in wrong)} of the expected type); "
+                              f"rerun `dvc repro -f {stage}`")
+    return data
+
+
 def csv_text(rows: list[dict]) -> str:
     """Rows with the same keys as CSV text; None becomes an empty cell."""
     handle = io.StringIO(newline="")

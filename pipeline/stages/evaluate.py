@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.core import latent
-from pipeline.core.checkpoints import load_classifier, load_gans, load_vae, seed_checkpoint, seed_name
+from pipeline.core.checkpoints import classifier_config, load_classifier, load_seed_gans, load_seed_vae, seed_name
 from pipeline.core.config import Config, check_data_sizes, load_config, resolve_device, seed_params
 from pipeline.core.data import Splits, dataset_facts, load_splits
 from pipeline.core.images import GRID_ROWS, image_grid, save_png
-from pipeline.core.io import atomic_dir, atomic_path, csv_text, read_json, staged, write_csv, write_json
+from pipeline.core.io import atomic_dir, atomic_path, csv_text, read_stage_json, staged, write_csv, write_json
 from pipeline.core.losses import reconstruction_loss
 from pipeline.core.metrics import (
     ACTIVE_UNIT_THRESHOLD,
@@ -283,13 +283,18 @@ def main() -> None:
     splits = load_splits(paths.SPLITS)
     check_sizes(config, splits)
     facts = dataset_facts(splits)
-    classifier = load_classifier(paths.CLASSIFIER_CHECKPOINT, facts["content_hash"])
-    classifier_accuracy = read_json(paths.CLASSIFIER_METRICS)["test_accuracy"]
+    data_hash = facts["content_hash"]
+    classifier = load_classifier(paths.CLASSIFIER_CHECKPOINT,
+                                 classifier_config(config, splits.image_shape, splits.num_classes, data_hash))
+    classifier_accuracy = read_stage_json(paths.CLASSIFIER_METRICS, "train_classifier",
+                                          {"test_accuracy": (int, float)})["test_accuracy"]
     models = {}
     for seed in config.seeds:
-        vae, vae_checkpoint = load_vae(seed_checkpoint(paths.VAE_CHECKPOINTS, seed, "train_vae"), config.latent_dim)
-        gans = load_gans(seed_checkpoint(paths.GAN_GENERATORS, seed, "train_gan", suffix=""), config.latent_dim)
+        vae, vae_checkpoint = load_seed_vae(paths.VAE_CHECKPOINTS, config, seed, splits.image_shape, data_hash)
+        gans = load_seed_gans(paths.GAN_GENERATORS, config, seed, splits.image_shape, data_hash)
         models[seed] = (vae, vae_checkpoint["config"]["vae"]["reconstruction"], gans)
+    upstream = record.read_run_file(paths.GAN_RUN, "train_gan")  # a damaged or stale record is refused
+    record.check_upstream(config, upstream, paths.GAN_RUN, "train_gan")  # before any work
 
     started = time.perf_counter()
     measure = ruler(config, splits, classifier, device)  # the same for every seed: computed once
@@ -304,7 +309,7 @@ def main() -> None:
     # The outputs are written aside and appear together once the rows are recorded (pipeline.core.io).
     with atomic_dir(paths.EVAL_DIR) as out:
         figures, run_file = staged(out, paths.EVAL_FIGURES), staged(out, paths.EVAL_RUN)
-        with record.seed_runs("evaluate", config, upstream=record.read_run_file(paths.GAN_RUN)) as rows:
+        with record.seed_runs("evaluate", config, upstream=upstream) as rows:
             for seed, result in results.items():
                 folder = figures / seed_name(seed)
                 for name, grid in result.grids.items():

@@ -26,11 +26,11 @@ from tqdm import tqdm
 
 from pipeline.core.checkpoints import (
     GAN_KIND,
+    classifier_config,
     gan_config,
     load_classifier,
-    load_vae,
+    load_seed_vae,
     save_checkpoint,
-    seed_checkpoint,
     seed_name,
 )
 from pipeline.core.config import GAN_INITS, Config, load_config, resolve_device
@@ -210,9 +210,13 @@ def main() -> None:
     device = resolve_device(config.device)
     splits = load_splits(paths.SPLITS)
     facts = dataset_facts(splits)
-    vaes = [load_vae(seed_checkpoint(paths.VAE_CHECKPOINTS, seed, "train_vae"), config.latent_dim)[0]
+    data_hash = facts["content_hash"]
+    vaes = [load_seed_vae(paths.VAE_CHECKPOINTS, config, seed, splits.image_shape, data_hash)[0]
             for seed in config.seeds]
-    classifier = load_classifier(paths.CLASSIFIER_CHECKPOINT, facts["content_hash"])
+    classifier = load_classifier(paths.CLASSIFIER_CHECKPOINT,
+                                 classifier_config(config, splits.image_shape, splits.num_classes, data_hash))
+    upstream = record.read_run_file(paths.VAE_RUN, "train_vae")  # a damaged or stale record is refused
+    record.check_upstream(config, upstream, paths.VAE_RUN, "train_vae")  # before any work
 
     def check_params(init: str, rows: list[dict]) -> None:
         params_guard.unchanged()  # a run hijacked by a params.yaml edit stops at once, not after training
@@ -220,7 +224,7 @@ def main() -> None:
     seeds = run(config, splits, vaes, classifier, device, on_epoch=check_params)
     # The outputs are written aside and appear together once the rows are recorded (pipeline.core.io).
     with atomic_dir(paths.GAN_DIR) as out, \
-            record.seed_runs("train_gan", config, upstream=record.read_run_file(paths.VAE_RUN)) as rows:
+            record.seed_runs("train_gan", config, upstream=upstream) as rows:
         generators, samples = staged(out, paths.GAN_GENERATORS), staged(out, paths.GAN_SAMPLES)
         generators.mkdir(parents=True, exist_ok=True)
         samples.mkdir(parents=True, exist_ok=True)

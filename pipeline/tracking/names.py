@@ -34,6 +34,20 @@ def is_result_experiment(name: str) -> bool:
 STAGE_METRIC_PREFIX = {"download": "data", "train_vae": "vae", "train_classifier": "classifier",
                        "train_gan": "gan", "evaluate": "eval"}
 
+# The params a result stage's record depends on (dvc.yaml's params of it and the stages before it,
+# per seed; a key ending in "." stands for its section): a later stage refuses an upstream row
+# recorded with other values of these (record.check_upstream). The others (a GAN param in the VAE's
+# row, say) may differ: the later stage then starts a new row with copies of the upstream records.
+RESULT_DEPENDS_ON = {
+    "train_vae": ("latent_dim", "seed", "device", "data.", "vae."),
+    "train_gan": ("latent_dim", "seed", "device", "data.", "vae.", "classifier.", "gan."),
+}
+
+
+def depends_on(stage: str, key: str) -> bool:
+    """Whether `stage`'s record depends on the param `key` (RESULT_DEPENDS_ON)."""
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESULT_DEPENDS_ON[stage])
+
 
 def metric(stage: str, *parts: str) -> str:
     """A stage's metric name: metric("evaluate", "vae", "kl") == "eval/vae/kl"."""

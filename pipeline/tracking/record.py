@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import Config, flatten, seed_params
-from pipeline.core.errors import Terminated
-from pipeline.core.io import read_json, write_json
+from pipeline.core.errors import CheckpointError, Terminated
+from pipeline.core.io import read_stage_json, write_json
 from pipeline.tracking import experiments, names, provenance, store
 
 log = logging.getLogger(__name__)
@@ -298,9 +298,48 @@ def write_run_file(path: Path, runs: SeedRuns, summary_id: str | None = None) ->
     write_json(path, content | ({"summary_run_id": summary_id} if summary_id else {}))
 
 
-def read_run_file(path: Path) -> dict[int, str]:
-    """The row ids a previous stage recorded into, by seed; empty when the file is missing or
-    was written by older code (one row, no seeds): the stage then starts new rows."""
+def check_upstream(config: Config, upstream: dict[int, str], run_file: Path, stage: str) -> None:
+    """Refuse, before any work, an upstream record (`run_file`, written by `stage`) whose rows were
+    recorded with other values than `config`'s of the params `stage`'s results depend on: the
+    later stage would copy them into a row that says otherwise. A row missing from the store is
+    left to `stage_run` (it starts a new row, with a warning)."""
+    import mlflow
+
+    if not upstream:
+        return
+    _, client = store.connect()
+    for seed in config.seeds:
+        if seed not in upstream:
+            continue
+        try:
+            row = client.get_run(upstream[seed])
+        except mlflow.exceptions.MlflowException as error:
+            if "not found" in str(error).lower():
+                continue
+            raise store.unusable_store(error) from None
+        if row.info.lifecycle_stage == "deleted":
+            raise CheckpointError(f"{run_file} names MLflow row {upstream[seed]} for seed {seed}, which is deleted: "
+                                  f"restore it (`mlflow runs restore --run-id {upstream[seed]}`) or rerun "
+                                  f"`dvc repro -f {stage}`")
+        differing = [f"{key} = {row.data.params[key]!r} where params.yaml says {value!r}"
+                     for key, value in seed_params(config, seed).items()
+                     if names.depends_on(stage, key) and key in row.data.params and row.data.params[key] != value]
+        if differing:
+            raise CheckpointError(f"{run_file} names MLflow row {upstream[seed]} for seed {seed}, recorded with "
+                                  f"{', '.join(differing)}; rerun `dvc repro -f {stage}`")
+
+
+def read_run_file(path: Path, stage: str) -> dict[int, str]:
+    """The row ids `stage` recorded into, by seed; empty when the file is missing or was written
+    by older code (one row, no seeds): the next stage then starts new rows. A damaged file is a
+    CheckpointError naming `stage` to rerun."""
     path = Path(path)
-    runs = read_json(path).get("runs", {}) if path.exists() else {}
+    if not path.exists():
+        return {}
+    data = read_stage_json(path, stage, {})
+    if isinstance(data, dict) and "runs" not in data and isinstance(data.get("run_id"), str):
+        return {}  # older code's one row
+    runs = read_stage_json(path, stage, {"runs": dict})["runs"]
+    if not all(seed.isdigit() and isinstance(run_id, str) for seed, run_id in runs.items()):
+        raise CheckpointError(f"{path} is damaged (its runs are not seed -> row id); rerun `dvc repro -f {stage}`")
     return {int(seed): run_id for seed, run_id in runs.items()}
