@@ -42,6 +42,8 @@ def test_repository_params_are_valid():
         ({"gan": {"adam_beta1": 1.0}}, "gan.adam_beta1", "1.0", "a number >= 0 and < 1"),
         ({"classifier": {"feature_dim": 1}}, "classifier.feature_dim", "1", "an integer >= 2"),
         ({"evaluate": {"num_samples": 1}}, "evaluate.num_samples", "1", "an integer >= 2"),
+        ({"tracking": {"experiment": "x" * 257}}, "tracking.experiment", repr("x" * 257),
+         "a string of at most 256 characters"),  # MLflow's SQL schema: refused before any work, not by the store
     ],
 )
 def test_bad_value_names_key_value_and_what_is_allowed(override, key, shown, allowed):

@@ -21,11 +21,12 @@ import yaml
 from conftest import REPO, copy_project, git, mlflow_runs, repo_environment, repo_params, wait_for_line
 
 from pipeline.core.config import merged
+from pipeline.core.io import process_alive
 from pipeline.stages import paths
 from pipeline.tools import queue_sweep
 from pipeline.tools.dvc_cli import SweepError
 from pipeline.tools.queue_sweep import QueueView
-from pipeline.tracking import names, record
+from pipeline.tracking import names
 
 
 def test_dvc_yaml_declares_every_path_the_stages_write_and_only_known_params():
@@ -457,7 +458,7 @@ def test_a_real_worker_is_seen_while_it_runs_and_ended_once_the_queue_is_idle(re
         time.sleep(0.2)
     assert len(workers) == 1
     assert queue_sweep.stop_idle_workers(lambda: queue_sweep.read_queue(repo)) == []
-    assert not record.process_alive(workers[0])
+    assert not process_alive(workers[0])
 
 
 @pytest.mark.parametrize("args, message", [

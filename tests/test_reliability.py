@@ -563,6 +563,35 @@ def test_a_store_that_cannot_work_is_named_in_one_line(upstream, uri, message):
                             env={"MLFLOW_TRACKING_URI": uri.format(root=root)})
 
 
+def test_a_store_path_with_a_hash_and_a_space_is_the_path_mlflow_uses(upstream, tmp_path):
+    """MLflow (through SQLAlchemy) takes `sqlite:////x/st ore#1/mlflow.db` as the path it says; the
+    pipeline's own check and reads used to open it cut at `#`, creating a stray empty file."""
+    folder = tmp_path / "st ore#1"
+    folder.mkdir()
+    shutil.copy(upstream.store, folder / "mlflow.db")
+    result = upstream.call("compare", "--csv", str(tmp_path / "c.csv"),
+                           env={"MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db"})
+    assert result.returncode == 0, result.stderr
+    assert " 4 " in result.stdout and sorted(p.name for p in tmp_path.iterdir()) == ["c.csv", "st ore#1"]
+    assert all(p.name.startswith("mlflow.db") for p in folder.iterdir())
+
+
+def test_artifacts_folder_replaced_by_a_file_is_named_in_one_line(upstream):
+    artifacts = upstream.root / "mlartifacts"
+
+    @contextlib.contextmanager
+    def a_file():
+        artifacts.rename(artifacts.with_name("mlartifacts.aside"))
+        artifacts.write_text("not a folder")
+        try:
+            yield
+        finally:
+            artifacts.unlink()
+            artifacts.with_name("mlartifacts.aside").rename(artifacts)
+
+    assert_one_line_refusal(upstream, "train_vae", f"{artifacts} is a file, where MLflow store", setup=a_file)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("write, message", [
     (lambda p: p.write_bytes("# \u00c9\n".encode("latin-1") + p.read_bytes()),
@@ -825,6 +854,56 @@ def test_outputs_get_the_users_umask_not_private_modes(tmp_path):
         os.umask(previous)
     assert (tmp_path / "outputs" / "vae").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / paths.VAE_METRICS).stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("tool, argv, message", [
+    ("compare", ["--csv", "{root}/outputs"], "{root}/outputs is a folder; give a file path"),
+    ("compare", ["--csv", "{root}/params.yaml/x.csv"],
+     "{root}/params.yaml/x.csv cannot be created: {root}/params.yaml is a file, not a folder"),
+    ("report", ["--output", "{root}/params.yaml"], "{root}/params.yaml is a file; give a folder to write into"),
+    ("sweep", ["--latent-dims", "8", "--threads", "{many}"], "--threads {many} is more than this machine's"),
+])
+def test_a_tool_refuses_an_output_it_cannot_write_or_threads_beyond_the_cores_before_any_work(upstream, tool, argv,
+                                                                                              message):
+    """Checked before any work: compare used to write its summary runs first, sweep to run every
+    experiment and then say only that none left a complete result."""
+    values = {"root": upstream.root, "many": (os.cpu_count() or 1) + 1}
+    before = state(upstream), len(mlflow_runs(upstream.store, summaries=True))
+    result = upstream.call(tool, *(a.format(**values) for a in argv))
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{tool}: error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and message.format(**values) in errors[0], result.stderr
+    assert (state(upstream), len(mlflow_runs(upstream.store, summaries=True))) == before
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_stages_start_removes_what_a_killed_run_of_it_left_and_nothing_else(upstream):
+    """A stage killed outright at its last steps leaves its staging folder (`.gan.<pid>-<random>.tmp`,
+    a checkpoint inside, and the `.old` one of the swap); the next run of the stage removes them,
+    whether or not it goes on to finish (this one is refused right after), and leaves alone a live
+    process's, another stage's, and any it cannot tell the owner of."""
+    outputs, dead = upstream.root / "outputs", dead_pid()
+    left = [outputs / f".gan.{dead}-k1ll3d.tmp", outputs / f".gan.{dead}-k1ll3d.tmp.old"]
+    kept = [outputs / f".gan.{os.getppid()}-alive.tmp", outputs / f".vae.{dead}-other.tmp", outputs / ".gan.old.tmp"]
+    for folder in left + kept:
+        folder.mkdir()
+        (folder / "decoder.pt").write_bytes(b"half written")
+    upstream.write_params({"latent_dim": 8})  # its checkpoints are latent_dim 4: refused before any work
+    try:
+        result = upstream.call("train_gan")
+        assert [folder.exists() for folder in left + kept] == [False] * len(left) + [True] * len(kept)
+    finally:
+        upstream.write_params()
+        for folder in left + kept:
+            shutil.rmtree(folder, ignore_errors=True)
+    assert result.returncode == 2 and "was trained with latent_dim = 4" in result.stderr
+    assert (f"train_gan: removed outputs/.gan.{dead}-k1ll3d.tmp, left by a run of train_gan that was killed "
+            "outright") in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------

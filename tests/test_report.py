@@ -414,19 +414,24 @@ def test_markup_in_run_names_and_tags_reaches_the_report_as_text(reported, tmp_p
 
 @pytest.mark.slow
 def test_a_row_whose_params_cannot_be_read_is_left_out_and_named(reported, tmp_path):
-    """A complete-looking row with a seed that is not a number (written by other code): `make
-    compare` and the report leave it out, name it, and go on with the rest."""
+    """Complete-looking rows with a seed that is not a number, or none (written by other code):
+    `make compare` and the report leave them out, name them, and go on with the rest."""
     store = client(reported)
     experiment = store.get_experiment_by_name("mnist5k").experiment_id
-    run = store.create_run(experiment, run_name="by-hand", tags={"pipeline.stages": "train_vae,train_gan,evaluate"})
-    for key, value in (("seed", "one"), ("latent_dim", "4"), ("vae.beta", "1.0")):
-        store.log_param(run.info.run_id, key, value)
-    store.set_terminated(run.info.run_id, "FINISHED")
+    made = []
+    for name, params in (("by-hand", {"seed": "one", "latent_dim": "4", "vae.beta": "1.0"}),
+                         ("no-seed", {"latent_dim": "4", "vae.beta": "1.0"})):
+        run = store.create_run(experiment, run_name=name, tags={"pipeline.stages": "train_vae,train_gan,evaluate"})
+        for key, value in params.items():
+            store.log_param(run.info.run_id, key, value)
+        store.set_terminated(run.info.run_id, "FINISHED")
+        made.append(run.info.run_id)
     try:
         for tool, argv in (("compare", ["--csv", str(tmp_path / "c.csv")]), ("report", ["--output", str(tmp_path)])):
             result = reported.call(tool, *argv)
             assert result.returncode == 0, result.stderr
-            assert f"left out 1 row(s) whose params cannot be read: by-hand ({run.info.run_id}): seed = 'one'" \
-                in result.stderr
+            assert (f"left out 2 row(s) whose params cannot be read: by-hand ({made[0]}): seed = 'one'; "
+                    f"no-seed ({made[1]}): no param seed") in result.stderr
     finally:
-        store.delete_run(run.info.run_id)
+        for run_id in made:
+            store.delete_run(run_id)

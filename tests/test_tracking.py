@@ -364,3 +364,112 @@ def test_a_failure_while_recording_the_seeds_leaves_no_row_holding_the_stage(pro
     found = project.runs("rows")
     assert len(found) == 2 and {run.info.status for run in found} == {"FAILED"}
     assert all("pipeline.stages" not in run.data.tags for run in found)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_nan_or_infinite_seed_is_left_out_named_and_n_counts_the_others(project, monkeypatch, bad):
+    """One seed of three records NaN (or inf): the mean and interval are the other two seeds', the
+    n says 2, and compare, the summary run and the report's reader name the seed left out, rather
+    than showing `-` (or NaN) for the whole configuration."""
+    import dataclasses
+
+    from pipeline.core.stats import mean_interval
+    from pipeline.tools import compare
+    from pipeline.tracking import summaries
+    from pipeline.tracking.rows import configurations, left_out, read_rows
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.store}")
+    fid = names.HEADLINE_METRICS["fid_vae"]
+    seed_run_rows(dataclasses.replace(rows_config(), seeds=(0, 1, 2)), {0: 400.0, 1: bad, 2: 500.0})
+    recorded = read_rows("rows")
+    (configuration,) = configurations(recorded)
+    interval = configuration.interval(fid)
+    assert (interval.mean, interval.n, interval.low) == (450.0, 2, mean_interval([400.0, 500.0]).low)
+    named = f"{configuration.id} seed 1: {fid} = {bad}"
+    assert left_out([configuration], [fid]) == [named]
+
+    table = compare.aggregate(recorded)
+    assert (table["n"][0], table["fid_vae"][0], table["fid_vae_n"][0], table["left_out"][0]) == (3, 450.0, 2, named)
+    assert f"left out of the means, as NaN or infinite (1; the interval of that metric counts the other seeds, its n " \
+           f"in the CSV's <metric>_n): {named}" in compare.format_aggregate(table)
+
+    (summary_id,) = summaries.record("rows", [configuration], recorded).values()
+    (summary,) = mlflow_runs(project.store, "rows", summaries=True)
+    assert summary.data.metrics[fid] == 450.0 and summary.data.metrics[f"{fid}/n"] == 2
+    assert summary.data.tags[names.LEFT_OUT_TAG] == named and summary.data.tags["pipeline.seeds"] == "0,1,2"
+
+
+def test_summary_runs_are_never_left_running_or_made_twice(project, monkeypatch):
+    """A summary run stopped while it is written (Ctrl-C, SIGTERM, a store fault) is deleted by its
+    writer; one whose writer was killed outright (RUNNING, this host, a dead pid) is deleted by the
+    next writer; two writers of one configuration at once (two `compare`) keep the older run."""
+    import dataclasses
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import summaries
+    from pipeline.tracking.rows import configurations, read_rows
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project.store}")
+    seed_run_rows(dataclasses.replace(rows_config(), seeds=(0, 1)), {0: 400.0, 1: 500.0})
+    recorded = read_rows("rows")
+    (configuration,) = configurations(recorded)
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name("rows").experiment_id
+
+    def summary_runs(view="ACTIVE_ONLY"):
+        from mlflow.entities import ViewType
+
+        return client.search_runs([experiment_id], filter_string=f"tags.`{names.SUMMARY_TAG}` = '{configuration.id}'",
+                                  run_view_type=getattr(ViewType, view))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(type(client), "set_terminated", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            summaries.record("rows", [configuration], recorded)
+    assert summary_runs() == [] and len(summary_runs("DELETED_ONLY")) == 1  # deleted, not left RUNNING
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = client.create_run(experiment_id, tags={names.SUMMARY_TAG: configuration.id, names.HOST_TAG:
+                                                    socket.gethostname(), names.PID_TAG: str(dead.pid)}).info.run_id
+    live = client.create_run(experiment_id, tags={names.SUMMARY_TAG: configuration.id, names.HOST_TAG:
+                                                  socket.gethostname(), names.PID_TAG: str(os.getppid())}).info.run_id
+    recorded = read_rows("rows")
+    (kept,) = summaries.record("rows", [configuration], recorded).values()
+    assert kept == live  # a live writer's run, the oldest left: written into, not doubled
+    assert {run.info.run_id for run in summary_runs()} == {live}
+    assert client.get_run(killed).info.lifecycle_stage == "deleted"
+
+    client.delete_run(live)
+    first = summaries._create(client, experiment_id, configuration)  # two writers that each found none
+    second = summaries._create(client, experiment_id, configuration)
+    assert second == first and [run.info.run_id for run in summary_runs()] == [first]
+    assert client.get_run(first).info.status == "FINISHED"
+
+
+def test_a_server_gone_mid_stage_is_one_line_after_a_bounded_wait(monkeypatch):
+    """MLflow's client retries a refused request for minutes by default (a stage hung 506 s before
+    its traceback): connecting to a server bounds the retries, a user's own setting kept, and the
+    refusal reads as one line saying what to do."""
+    import time
+
+    from conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    for variable in store.SERVER_RETRIES:
+        monkeypatch.setenv(variable, "x")  # recorded, so that what connect() sets is undone
+        monkeypatch.delenv(variable)
+    _, client = store.connect()
+    assert {variable: os.environ[variable] for variable in store.SERVER_RETRIES} == store.SERVER_RETRIES
+    started = time.monotonic()
+    with pytest.raises(Exception) as raised:
+        client.get_experiment_by_name("rows")
+    waited = time.monotonic() - started
+    fault = str(store.store_fault(raised.value))
+    assert fault.startswith("MLflow tracking server http://127.0.0.1:") and "stopped answering (" in fault
+    assert "start it again and rerun" in fault and "\n" not in fault
+    assert waited < 30, waited

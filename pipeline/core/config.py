@@ -56,10 +56,13 @@ class Rule:
     maximum: float | None = None
     exclusive_maximum: bool = False
     choices: tuple[str, ...] | None = None
+    max_length: int | None = None  # for a string
 
     def describe(self) -> str:
         if self.choices is not None:
             return "one of: " + ", ".join(self.choices)
+        if self.max_length is not None:
+            return f"a string of at most {self.max_length} characters"
         noun = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
                 tuple: f"a list of 1 to {MAX_SEEDS} distinct integers, such as [0, 1, 2], each"}[self.kind]
         bounds = []
@@ -93,7 +96,7 @@ class Rule:
             value = float(value)
             if not math.isfinite(value):
                 raise ValueError
-        elif not isinstance(value, str):
+        elif not isinstance(value, str) or (self.max_length is not None and len(value) > self.max_length):
             raise ValueError
         if self.choices is not None and value not in self.choices:
             raise ValueError
@@ -173,7 +176,9 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    experiment: str = rule(kind=str)  # "" = named after the dataset
+    # "" = named after the dataset; at most what every MLflow backend stores (experiments.name is
+    # VARCHAR(256) in its SQL schema)
+    experiment: str = rule(kind=str, max_length=256)
 
 
 @dataclass(frozen=True)

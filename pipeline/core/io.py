@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,12 +34,49 @@ def _with_umask(path: Path, mode: int) -> None:
     os.chmod(path, mode & ~_umask())
 
 
+def _staging_prefix(path: Path) -> str:
+    """`.<name>.<pid>-`: a staging file or folder names the process that writes it, so that what a
+    killed process left can be told from what a live one is writing (`remove_leftovers`)."""
+    return f".{path.name}.{os.getpid()}-"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this PID runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_leftovers(path: Path) -> list[Path]:
+    """Remove the staging files and folders of `path` (`atomic_path`, `atomic_dir`) that a process
+    killed outright (SIGKILL, a power cut) left beside it: only `path`'s own, only those whose
+    process is gone. Returns what was removed."""
+    import shutil
+
+    path = Path(path)
+    owner = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)-[^.]*\.tmp(\.old)?$")
+    removed = []
+    for leftover in sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp*")) if path.parent.is_dir() else []:
+        found = owner.match(leftover.name)
+        if found and int(found.group(1)) != os.getpid() and not process_alive(int(found.group(1))):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_staging_prefix(path), suffix=".tmp")
     os.close(fd)
     _with_umask(Path(tmp), 0o666)
     try:
@@ -58,7 +97,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=_staging_prefix(path), suffix=".tmp"))
     _with_umask(staging, 0o777)
     old = staging.with_name(staging.name + ".old")
     try:
@@ -69,6 +108,24 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output(path: Path, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: a file where a folder is
+    to go (or the other way round), or a file where a folder above it would have to be. A
+    PipelineError of one line saying what to give instead."""
+    from pipeline.core.errors import PipelineError
+
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise PipelineError(f"{path} is a folder; give a file path (such as {path / 'out.csv'})")
+    if path.exists() and not path.is_dir() and folder:
+        raise PipelineError(f"{path} is a file; give a folder to write into")
+    for above in path.parents:
+        if above.exists():
+            if not above.is_dir():
+                raise PipelineError(f"{path} cannot be created: {above} is a file, not a folder")
+            break
 
 
 def staged(folder: Path, path: Path) -> Path:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 from pipeline.core.errors import PipelineError, Terminated, causes, without_credentials
 
+log = logging.getLogger(__name__)
+
 # The settings that size each stage's memory, named when an allocation fails.
 MEMORY_SETTINGS = {
     "download": "data.max_per_class",
@@ -93,13 +95,15 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     """Run a pipeline stage's main as a command, after checks before any work: `PIPELINE_THREADS`
     is applied, the MLflow store works (an unreachable server or a damaged file stops the stage
     at once rather than after training, and the stage writes nothing), and params.yaml is what the
-    DVC command running the stage started with (params_guard)."""
+    DVC command running the stage started with (params_guard). Then the staging folders that a run
+    of the same stage killed outright left are removed (pipeline.core.io.remove_leftovers)."""
 
     def checked_main() -> None:
         import torch
 
         from pipeline.core.config import thread_limit
-        from pipeline.stages import params_guard
+        from pipeline.core.io import remove_leftovers
+        from pipeline.stages import params_guard, paths
         from pipeline.tracking import store
 
         threads = thread_limit(dict(os.environ))
@@ -107,6 +111,8 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
             torch.set_num_threads(threads)
         store.check_store()
         params_guard.started()
+        for leftover in remove_leftovers(paths.STAGE_DIR[name]):
+            log.info("removed %s, left by a run of %s that was killed outright", leftover, name)
         main()
 
     run_command(name, checked_main)

@@ -83,9 +83,9 @@ def _named(command: dict[str, Any] | None) -> str:
 
 def _refuse(command: str, changes: list[str]) -> ConfigError:
     return ConfigError(f"params.yaml changed while {command} was running ({'; '.join(changes[:5])}), by an edit or "
-                       "by a `dvc exp run -S` that DVC then refused (it rewrites params.yaml first); nothing of "
-                       "this stage was recorded or written; check params.yaml (`git diff params.yaml`) and run "
-                       "again")
+                       "by a `dvc exp run -S` that DVC then refused (it rewrites params.yaml first); no output of "
+                       "this stage was written, and a row it had opened ends FAILED, never counted as a result; "
+                       "check params.yaml (`git diff params.yaml`) and run again")
 
 
 # A writer (an editor, `dvc exp run -S`) empties params.yaml, then writes it: a read in between

@@ -39,3 +39,7 @@ EVAL_KL_PER_DIM = EVAL_DIR / "kl_per_dim.csv"  # the first seed's
 EVAL_FIGURES = EVAL_DIR / "figures"  # the first seed's grids per model, interpolation, traversal; latent plane at 2
 EVAL_RUN = EVAL_DIR / "mlflow_run.json"
 
+
+# Each stage's output folder, written whole (pipeline.core.io.atomic_dir).
+STAGE_DIR = {"download": DATA_DIR, "train_vae": VAE_DIR, "train_classifier": CLASSIFIER_DIR,
+             "train_gan": GAN_DIR, "evaluate": EVAL_DIR}

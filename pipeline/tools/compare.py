@@ -16,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.core.errors import TrackingError
+from pipeline.core.io import check_output
 from pipeline.tracking import names, store, summaries
-from pipeline.tracking.rows import Row, configurations, read_rows
+from pipeline.tracking.rows import Row, configurations, left_out, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,13 @@ def aggregate(rows: list[Row]) -> pd.DataFrame:
                 line |= {column: interval.mean, f"{column}_n": interval.n}
                 if interval.has_interval:
                     line |= {f"{column}_low": interval.low, f"{column}_high": interval.high}
+        line["left_out"] = "; ".join(left_out([configuration], names.HEADLINE_METRICS.values()))
         lines.append(line)
     columns = ["configuration", "latent_dim", "beta", "n", "seeds"]
     columns += [f"{c}{suffix}" for c in names.HEADLINE_METRICS for suffix in ("", "_low", "_high", "_n")]
+    columns += ["left_out"]
     table = pd.DataFrame(lines, columns=columns)
-    numeric = [c for c in columns if c not in ("configuration", "seeds")]
+    numeric = [c for c in columns if c not in ("configuration", "seeds", "left_out")]
     table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
     return table
 
@@ -115,10 +118,16 @@ def readable_aggregate(table: pd.DataFrame, columns: list[str] = PRINTED_AGGREGA
 
 
 def format_aggregate(table: pd.DataFrame) -> str:
-    """The configurations as text: each metric as mean ± half-width of its 95% interval; n seeds."""
+    """The configurations as text: each metric as mean ± half-width of its 95% interval; n seeds;
+    then each value left out of a mean (NaN or infinite), named."""
     shown = readable_aggregate(table).drop(columns="seeds")
     text = shown.to_string(index=False, float_format=lambda v: f"{v:g}")
-    return text + f"\n{AGGREGATE_NOTE}; `--runs` lists each seed's row"
+    text += f"\n{AGGREGATE_NOTE}; `--runs` lists each seed's row"
+    left = [entry for entries in table["left_out"] if entries for entry in entries.split("; ")]
+    if left:
+        text += (f"\nleft out of the means, as NaN or infinite ({len(left)}; the interval of that metric counts "
+                 f"the other seeds, its n in the CSV's <metric>_n): " + "; ".join(left))
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.all and not args.runs:
         parser.error("--all lists rows: use it with --runs")
 
+    check_output(args.csv)
     experiment = args.experiment or load_config().experiment_name
     store.check_store()
     rows = read_rows(experiment)

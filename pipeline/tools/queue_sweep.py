@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.config import THREADS_VARIABLE, Config, thread_limit
+from pipeline.core.io import process_alive
 from pipeline.tools.dvc_cli import SHARED_STAGES, SweepError, dvc
-from pipeline.tracking.record import process_alive
 
 log = logging.getLogger(__name__)
 

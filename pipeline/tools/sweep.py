@@ -14,6 +14,7 @@ queue itself rather than calling `dvc exp run --run-all` are explained in docs/s
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ import pandas as pd
 
 from pipeline.core.commands import environment_first
 from pipeline.core.config import PARAMS_FILE, ConfigError, parse_config, read_params
+from pipeline.core.io import check_output
 from pipeline.tools import compare, queue_sweep, ray_sweep
 from pipeline.tools.dvc_cli import SweepError, check_git, result_run_ids
 from pipeline.tracking import store, summaries
@@ -149,6 +151,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--jobs sets DVC's queue workers; Ray runs as many experiments at once as the cluster's CPUs "
                      "allow, --threads each")
 
+    if args.executor == "dvc" and args.threads is not None and args.threads > (os.cpu_count() or 1):
+        raise ConfigError(f"--threads {args.threads} is more than this machine's {os.cpu_count() or 1} cores, which "
+                          "every stage would refuse (PIPELINE_THREADS); give at most that, or leave it out")
+    check_output(args.csv)
     # With Ray the device is checked against the cluster (ray_sweep.gpus_per_task), not this machine.
     config = parse_config(read_params(), check_device=args.executor == "dvc")
     check_values(args.latent_dims, args.betas, args.seeds)

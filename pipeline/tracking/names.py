@@ -67,6 +67,7 @@ CLOSED_BY_TAG = "pipeline.closed_by"  # on a row marked KILLED by the sweep: why
 CONFIGURATION_TAG = "pipeline.configuration"  # on a result row: its configuration (configuration_id)
 SUMMARY_TAG = "pipeline.summary_of"  # on a configuration's summary run: the configuration it aggregates
 SEEDS_TAG = "pipeline.seeds"  # on a summary run: the seeds of its rows, comma-separated
+LEFT_OUT_TAG = "pipeline.left_out"  # on a summary run: the seeds' values left out of its means (NaN, inf)
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a row under this run
 # MLflow's own experiment tag: every experiment here says it holds model training. (MLflow 3.17's
 # sidebar does not follow it but the URL's workflowType: views.runs_path, docs/results.md.)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,21 +16,10 @@ from typing import Any
 
 from pipeline.core.config import Config, flatten, seed_params
 from pipeline.core.errors import CheckpointError, Terminated
-from pipeline.core.io import read_stage_json, write_json
+from pipeline.core.io import process_alive, read_stage_json, write_json
 from pipeline.tracking import experiments, names, provenance, store
 
 log = logging.getLogger(__name__)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this PID runs on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def close_abandoned(client, experiment_id: str) -> list[str]:

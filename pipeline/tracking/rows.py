@@ -6,6 +6,8 @@ here."""
 from __future__ import annotations
 
 import logging
+import math
+import sys
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -84,6 +86,13 @@ class Row:
         return config_from_params(self.params)
 
 
+
+def _finite(value: float) -> bool:
+    """Whether a recorded metric is a finite number. MLflow's SQL stores keep an infinite value as
+    the largest double (1.8e308), which reads back finite."""
+    return math.isfinite(value) and abs(value) < sys.float_info.max
+
+
 @dataclass(frozen=True)
 class Configuration:
     """The complete rows of one configuration, one per seed (the newest where a seed was run
@@ -114,14 +123,30 @@ class Configuration:
         return self.rows[0].beta
 
     def values(self, key: str) -> dict[int, float]:
-        """Metric `key` of each row that has it, by seed."""
-        return {row.seed: row.metrics[key] for row in self.rows if key in row.metrics}
+        """Metric `key` of each row that has it as a finite number, by seed (`left_out` names the
+        others: a NaN or infinite value would make the mean and its interval NaN)."""
+        return {row.seed: row.metrics[key] for row in self.rows if key in row.metrics and _finite(row.metrics[key])}
+
+    def left_out(self, key: str) -> dict[int, float]:
+        """The seeds whose metric `key` is NaN or infinite, with the value: left out of `values`."""
+        return {row.seed: math.copysign(math.inf, value) if not math.isnan(value) else value
+                for row in self.rows if key in row.metrics and not _finite(value := row.metrics[key])}
+
 
     def interval(self, key: str) -> Interval | None:
-        """The mean of metric `key` over the seeds with its 95% t-interval (pipeline.core.stats);
-        None when no row has it."""
+        """The mean of metric `key` over the seeds with a finite value, with its 95% t-interval
+        (pipeline.core.stats); None when no row has one."""
         values = self.values(key)
         return mean_interval(list(values.values())) if values else None
+
+
+def left_out(configurations: list[Configuration], keys) -> list[str]:
+    """Each value left out of a mean for being NaN or infinite, as `<configuration> seed <s>:
+    <metric> = nan`, configuration by configuration: what compare, the summaries and the report
+    name beside the n they state."""
+    return [f"{configuration.id} seed {seed}: {key} = {value}"
+            for configuration in configurations for key in keys
+            for seed, value in configuration.left_out(key).items()]
 
 
 def replicates(rows: list[Row], key: Callable[[Row], Hashable]) -> dict[Hashable, Configuration]:
@@ -144,6 +169,8 @@ def unreadable(row: Row) -> str | None:
     for key, attribute in PLACING.items():
         try:
             getattr(row, attribute)
+        except KeyError:
+            return f"no param {key}"
         except ValueError:
             return f"{key} = {row.params[key]!r}"
     return None
@@ -154,7 +181,7 @@ def readable(rows: list[Row]) -> list[Row]:
     which are named in a warning: one such row must not stop a comparison of the rest."""
     kept, skipped = [], []
     for row in rows:
-        reason = unreadable(row) if set(PLACING) <= set(row.params) else None
+        reason = unreadable(row)
         (skipped if reason else kept).append((row, reason))
     if skipped:
         log.warning("left out %d row(s) whose params cannot be read: %s", len(skipped),
@@ -165,9 +192,9 @@ def readable(rows: list[Row]) -> list[Row]:
 
 def configurations(rows: list[Row]) -> list[Configuration]:
     """The complete result rows grouped by configuration, sorted by latent_dim, beta, then id. A row
-    without the params that place it (seed, latent_dim, vae.beta) was not recorded by the stages
-    and is left out; one whose params cannot be read is left out with a warning (`readable`)."""
-    results = readable([row for row in rows if row.complete and not row.is_summary and set(PLACING) <= set(row.params)])
+    without the params that place it (seed, latent_dim, vae.beta: not recorded by the stages), or
+    whose params cannot be read, is left out with a warning (`readable`)."""
+    results = readable([row for row in rows if row.complete and not row.is_summary])
     found = replicates(results, lambda row: row.configuration).values()
     return sorted(found, key=lambda c: (c.latent_dim, c.beta, c.id))
 

@@ -13,6 +13,7 @@ import re
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 from pipeline.core.errors import TrackingError, causes, without_credentials
 
@@ -94,6 +95,10 @@ def check_store() -> None:
                             "MLFLOW_TRACKING_URI to sqlite:///<absolute path>.db, or unset it for the local store")
     if database is not None:
         check_database(database)
+        artifacts = database.parent / "mlartifacts"  # where experiments.ensure_experiment puts them
+        if artifacts.exists() and not artifacts.is_dir():
+            raise TrackingError(f"{artifacts} is a file, where MLflow store {shown_uri()} keeps its runs' "
+                                "artifacts (models, images); move it away and run again")
 
 
 def check_database(database: Path) -> None:
@@ -128,7 +133,9 @@ def read_only(database: Path):
     import sqlite3
 
     def connect(mode: str):
-        connection = sqlite3.connect(f"file:{database}?mode={mode}", uri=True, timeout=store_wait())
+        # A URI: `#`, `?` and `%` in the path must be escaped, or SQLite opens the path cut there
+        # (SQLAlchemy, and so MLflow, take the path as it is: `sqlite:////tmp/a#1/mlflow.db`).
+        connection = sqlite3.connect(f"file:{quote(str(database))}?mode={mode}", uri=True, timeout=store_wait())
         try:
             connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the read lock
         except BaseException:
@@ -143,6 +150,10 @@ def read_only(database: Path):
             raise
     connect("rw").close()
     return connect("ro")
+
+
+SERVER_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
 
 def check_server() -> None:
@@ -245,6 +256,12 @@ def connect():
         event.listen(Engine, "connect", _opened_connection)
 
     uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        # A server that goes away mid-stage: MLflow's client retries for minutes by default (7
+        # retries, backoff factor 2, 120 s a request; a stage hung 506 s). Bounded here, a user's
+        # own settings kept: a refused request is given up within about 10 s.
+        for variable, value in SERVER_RETRIES.items():
+            os.environ.setdefault(variable, value)
     mlflow.set_tracking_uri(engine_uri(uri))
     with _creation_lock(uri):
         try:
@@ -290,11 +307,27 @@ def store_fault(error: BaseException) -> TrackingError | None:
     import sqlite3
 
     for cause in causes(error):
+        if tracking_uri().startswith(("http://", "https://")) and _server_gone(cause):
+            reason = re.search(r"\[Errno -?\d+\][^\"')]*|[Rr]ead timed out|timed out|Max retries exceeded", str(cause))
+            return TrackingError(f"MLflow tracking server {shown_uri()} stopped answering "
+                                 f"({reason.group(0) if reason else type(cause).__name__}); start it again and "
+                                 "rerun (a row this stage had opened is marked KILLED by the next stage on "
+                                 "this machine)")
         module = type(cause).__module__
         if isinstance(cause, sqlite3.Error) or module.startswith("sqlalchemy") or (
                 module.startswith("mlflow") and re.search(r"sqlite3|psycopg2|pymysql|database", str(cause))):
             return unusable_store(cause)
     return None
+
+
+def _server_gone(error: BaseException) -> bool:
+    """Whether `error` says the tracking server could not be reached (refused, timed out, gone):
+    requests' own error, or MLflow's after its retries."""
+    import requests
+
+    return isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)) or (
+        type(error).__module__.startswith("mlflow") and "API request to" in str(error)
+        and re.search(r"Max retries exceeded|Connection refused|timed out|ConnectionError", str(error)) is not None)
 
 
 @contextlib.contextmanager

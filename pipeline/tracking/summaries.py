@@ -9,10 +9,14 @@ place when seeds are added: `make compare` and the sweep call `record`.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import time
 
+from pipeline.core.io import process_alive
 from pipeline.tracking import experiments, names
-from pipeline.tracking.rows import Configuration, Row, configurations, open_experiment, read_rows
+from pipeline.tracking.rows import Configuration, Row, configurations, left_out, open_experiment, read_rows
 
 LOW, HIGH, HALF, COUNT = names.CI_LOW, names.CI_HIGH, names.CI_HALF_WIDTH, names.CI_COUNT
 BATCH = 1000  # MLflow's largest log_batch
@@ -40,10 +44,17 @@ def summary_metrics(configuration: Configuration) -> dict[str, float]:
     return logged
 
 
+def summary_tags(configuration: Configuration) -> dict[str, str]:
+    """A summary run's name, its rows' seeds and the values left out of its means (NaN or
+    infinite, each named; `<key>/n` counts the others)."""
+    return {names.RUN_NAME_TAG: summary_name(configuration),
+            names.SEEDS_TAG: ",".join(map(str, configuration.seeds)),
+            names.LEFT_OUT_TAG: "; ".join(left_out([configuration], names.SUMMARY_METRICS))[:5000] or "none"}
+
+
 def _current(summary: Row, configuration: Configuration) -> bool:
     """Whether a summary run already says what it would be written to say, its rows nested under it."""
-    return (summary.name == summary_name(configuration)
-            and summary.tags.get(names.SEEDS_TAG) == ",".join(map(str, configuration.seeds))
+    return (all(summary.tags.get(key) == value for key, value in summary_tags(configuration).items())
             and summary.metrics == summary_metrics(configuration)
             and all(row.tags.get(names.PARENT_TAG) == summary.run_id for row in configuration.rows))
 
@@ -52,12 +63,15 @@ def record(experiment: str, configurations: list[Configuration], rows: list[Row]
     """Create or update the summary run of each configuration in `experiment` and nest its rows
     under it; `rows` are the experiment's rows as read (to find the existing summaries). Returns
     each configuration's summary run id."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, RunTag
 
     client, experiment_id = open_experiment(experiment)
     experiments.ensure_experiment(experiment)  # an experiment made by older code gets the training kind (names.py)
     existing: dict[str, Row] = {}
     for row in sorted((row for row in rows if row.is_summary), key=lambda r: (r.start_time, r.run_id)):
+        if abandoned(row):
+            client.delete_run(row.run_id)
+            continue
         if row.tags[names.SUMMARY_TAG] in existing:
             # Two runs of one configuration finishing at once (a sweep's experiments split by
             # --seeds-per-task) can each make its summary: the oldest is kept, the others deleted.
@@ -74,25 +88,60 @@ def record(experiment: str, configurations: list[Configuration], rows: list[Row]
             ids[configuration.id] = run_id  # nothing to write: thousands of rows stay quick to compare
             continue
         if run_id is None:
-            run = client.create_run(experiment_id, run_name=summary_name(configuration),
-                                    tags={names.SUMMARY_TAG: configuration.id,
-                                          names.CONFIGURATION_TAG: configuration.id})
-            run_id = run.info.run_id
-            params = [Param(key, value) for key, value in configuration.params.items()]  # fixed for good
-            for start in range(0, len(params), 100):  # MLflow's params per batch
-                client.log_batch(run_id, params=params[start : start + 100])
-            client.set_terminated(run_id)
+            run_id = _create(client, experiment_id, configuration)
         metrics = [Metric(key, value, now, 0) for key, value in summary_metrics(configuration).items()]
         for start in range(0, len(metrics), BATCH):
             client.log_batch(run_id, metrics=metrics[start : start + BATCH])
-        client.log_batch(run_id, tags=[RunTag(names.RUN_NAME_TAG, summary_name(configuration)),
-                                       RunTag(names.SEEDS_TAG, ",".join(map(str, configuration.seeds)))])
+        client.log_batch(run_id, tags=[RunTag(key, value) for key, value in summary_tags(configuration).items()])
         for row in configuration.rows:
             if row.tags.get(names.PARENT_TAG) != run_id:
                 client.set_tag(row.run_id, names.PARENT_TAG, run_id)
         ids[configuration.id] = run_id
     replaced(client, rows, ids, configurations)
     return ids
+
+
+def abandoned(summary: Row) -> bool:
+    """A summary run that a writer left unfinished: not FINISHED (closed KILLED by a stage's
+    `close_abandoned`, say), or RUNNING with a writer on this machine that is gone. Such a run may
+    lack its params: it is deleted and written anew. One RUNNING in a live process, or on another
+    machine, is being written now."""
+    if summary.status == "FINISHED":
+        return False
+    pid = summary.tags.get(names.PID_TAG, "")
+    return summary.status != "RUNNING" or (summary.tags.get(names.HOST_TAG) == socket.gethostname()
+                                           and pid.isdigit() and not process_alive(int(pid)))
+
+
+def _create(client, experiment_id: str, configuration: Configuration) -> str:
+    """A new summary run of `configuration`, FINISHED with its params, tagged with this host and
+    process so that a run this process could not finish (killed outright) is deleted by the next
+    `record` (`abandoned`); stopped otherwise (Ctrl-C, SIGTERM, a store fault), it deletes the run
+    itself. When another process made one for the same configuration at the same moment (two
+    `compare` at once), the older run is kept and this one deleted: its id is returned."""
+    from mlflow.entities import Param
+
+    run = client.create_run(experiment_id, run_name=summary_name(configuration),
+                            tags={names.SUMMARY_TAG: configuration.id, names.CONFIGURATION_TAG: configuration.id,
+                                  names.HOST_TAG: socket.gethostname(), names.PID_TAG: str(os.getpid())})
+    run_id = run.info.run_id
+    try:
+        params = [Param(key, value) for key, value in configuration.params.items()]  # fixed for good
+        for start in range(0, len(params), 100):  # MLflow's params per batch
+            client.log_batch(run_id, params=params[start : start + 100])
+        client.set_terminated(run_id)
+        same = [Row.from_mlflow(r) for r in client.search_runs(
+            [experiment_id], filter_string=f"tags.`{names.SUMMARY_TAG}` = '{configuration.id}'")]
+        kept = min((r for r in same if r.run_id == run_id or not abandoned(r)),
+                   key=lambda r: (r.start_time, r.run_id), default=None)
+        oldest = kept.run_id if kept is not None else run_id
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.delete_run(run_id)
+        raise
+    if oldest != run_id:
+        client.delete_run(run_id)
+    return oldest
 
 
 def replaced(client, rows: list[Row], ids: dict[str, str], configurations: list[Configuration]) -> None:

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.core.config import flatten
-from pipeline.core.io import atomic_dir, atomic_path
+from pipeline.core.io import atomic_dir, atomic_path, check_output
 from pipeline.tools.report.numbers import Source
 from pipeline.tools.report.runs import select, usable
 from pipeline.tools.report.sections import FIGURES, NUMBERS, build
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--main-latent-dim", type=int, help="the main configuration's latent_dim (default: the settings')")
     args = parser.parse_args(argv)
 
+    check_output(args.output, folder=True)
     config, source = reference_config(args.params)
     reference = {key: str(value) for key, value in flatten(config).items()}  # as the stages log params
     if args.main_latent_dim is not None:

@@ -103,8 +103,8 @@ class Numbers:
         interval = configuration.interval(key)
         if interval is None:
             raise ReportError(f"no run of configuration {configuration.id} has metric {key}")
-        run_ids = [r.run_id for r in configuration.rows if key in r.metrics]
         values = {str(s): v for s, v in configuration.values(key).items()}
+        run_ids = [r.run_id for r in configuration.rows if str(r.seed) in values]
         text = self._add(readable(interval.mean, fmt), interval.mean, kind="mean", run_ids=run_ids, key=key,
                          values=values)
         if not interval.has_interval:
@@ -118,7 +118,7 @@ class Numbers:
         values = configuration.values(key)
         value = statistics.median(values.values())
         return self._add(readable(value, fmt), value, kind="median", key=key,
-                         run_ids=[r.run_id for r in configuration.rows if key in r.metrics],
+                         run_ids=[r.run_id for r in configuration.rows if r.seed in values],
                          values={str(s): v for s, v in values.items()})
 
     def sd(self, configuration: Configuration, key: str) -> str:
@@ -126,7 +126,7 @@ class Numbers:
         values = configuration.values(key)
         value = statistics.stdev(values.values()) if len(values) > 1 else math.nan
         return self._add(two_digits(value), value, kind="sd", key=key,
-                         run_ids=[r.run_id for r in configuration.rows if key in r.metrics],
+                         run_ids=[r.run_id for r in configuration.rows if r.seed in values],
                          values={str(s): v for s, v in values.items()})
 
     def prediction(self, configuration: Configuration, key: str, fmt: str | None = None) -> str | None:
@@ -136,7 +136,7 @@ class Numbers:
         interval = prediction_interval(list(values.values()))
         if not interval.has_interval:
             return None
-        where = {"key": key, "run_ids": [r.run_id for r in configuration.rows if key in r.metrics],
+        where = {"key": key, "run_ids": [r.run_id for r in configuration.rows if r.seed in values],
                  "values": {str(s): v for s, v in values.items()}}
         return (self._add(readable(interval.low, fmt), interval.low, kind="prediction", bound="low", **where) + " to "
                 + self._add(readable(interval.high, fmt), interval.high, kind="prediction", bound="high", **where))

@@ -36,7 +36,7 @@ from pipeline.tracking.names import (
     score,
 )
 from pipeline.tracking.names import HEADLINE_METRICS as HEADLINE
-from pipeline.tracking.rows import Configuration, Row
+from pipeline.tracking.rows import Configuration, Row, left_out
 
 FIGURES, NUMBERS = "figures", "reflection.numbers.json"
 
@@ -182,6 +182,11 @@ def section_method(study: Study, n: Numbers, answers: Answers) -> str:
                  "comparisons of the paired interval's half-width over Welch's (below 1: narrower). Where pairing "
                  "widens them (above 1) the claim's comparisons use Welch's interval and test instead.",
                  _table(["question", "claim", "paired / Welch half-width", "used"], rows)]
+    keys = sorted({key for c in study.configurations for row in c.rows for key in row.metrics})
+    left = left_out(study.configurations, keys)
+    if left:
+        text.append("Values recorded as NaN or infinite are left out, each from its own metric's mean and tests "
+                    f"(that metric's n counts the other seeds): {', '.join(map(literal, left))}.")
     if single:
         text.append(f"{n.count([c.rows[0] for c in single])} configuration(s) here have one seed "
                     f"({', '.join(f'`{c.id}`' for c in single)}): no interval can be given for them, and every "
