@@ -544,10 +544,11 @@ def section_reruns(study: Study, n: Numbers) -> str:
             ("FID-style, GAN from scratch", HEADLINE["fid_scratch"])]
     text = ["## How far a rerun should agree",
             "Rerun with the same seeds on the same machine and software, every number here repeats bit for bit. On "
-            "another CPU they differ by several percent (docs/reliability.md has the measured case), so compare "
-            "a rerun elsewhere with the intervals, not digit for digit."]
+            "another CPU they differ by several percent (docs/reliability.md has the measured case), so a rerun "
+            "elsewhere is not compared digit for digit."]
     if c.n < 2:
-        text.append(f"With one seed no prediction can be given for a rerun with new seeds; to get one, {MORE_SEEDS}.")
+        text.append("With one seed no prediction can be given for a rerun with new seeds (\"How the claims are "
+                    "tested\" says how to get several).")
         return "\n\n".join(text)
     rows = [[label, n.mean(c, key), n.prediction(c, key)] for label, key in keys]
     text += [f"A rerun with {n.count(list(c.rows))} new seeds: the 95% interval of the mean says where the true mean "
