@@ -435,3 +435,29 @@ def test_a_row_whose_params_cannot_be_read_is_left_out_and_named(reported, tmp_p
     finally:
         for run_id in made:
             store.delete_run(run_id)
+
+
+@pytest.mark.slow
+def test_a_nan_seed_is_left_out_of_its_mean_and_named(reported, tmp_path):
+    """One seed's VAE-sample score recorded as NaN (a score that diverged): the report's mean of it
+    is the other seed's value, n says 1, and "How the claims are tested" names the value left out,
+    where the older code wrote "from one seed a side" with n = 2 and NaN means."""
+    from pipeline.tracking.names import HEADLINE_METRICS
+
+    copy = Project(copy_project(reported.root, tmp_path / "project"))
+    fid = HEADLINE_METRICS["fid_vae"]
+    rows = [r for r in mlflow.MlflowClient(tracking_uri=f"sqlite:///{copy.store}").search_runs(
+        [client(copy).get_experiment_by_name("mnist5k").experiment_id])
+        if r.data.params.get("latent_dim") == "4" and r.data.params.get("vae.beta") == "1.0"
+        and "pipeline.summary_of" not in r.data.tags]
+    nan_row = next(r for r in rows if r.data.params["seed"] == "1")
+    kept = next(r for r in rows if r.data.params["seed"] == "0").data.metrics[fid]
+    client(copy).log_metric(nan_row.info.run_id, fid, float("nan"), step=1)
+    copy.call("report", "--output", str(tmp_path / "out"), check=True)
+    text = (tmp_path / "out" / "reflection.md").read_text()
+    configuration = nan_row.data.tags["pipeline.configuration"]
+    assert (f"Values recorded as NaN or infinite are left out, each from its own metric's mean and tests (that "
+            f"metric's n counts the other seeds): {sections.literal(f'{configuration} seed 1: {fid} = nan')}.") in text
+    cited = json.loads((tmp_path / "out" / "reflection.numbers.json").read_text())
+    means = [c for c in cited if c.get("kind") == "mean" and c.get("key") == fid and c.get("values") == {"0": kept}]
+    assert means and all(c["value"] == kept for c in means)

@@ -550,7 +550,7 @@ def section_reruns(study: Study, n: Numbers) -> str:
         text.append("With one seed no prediction can be given for a rerun with new seeds (\"How the claims are "
                     "tested\" says how to get several).")
         return "\n\n".join(text)
-    rows = [[label, n.mean(c, key), n.prediction(c, key)] for label, key in keys]
+    rows = [[label, n.mean(c, key), n.prediction(c, key) or "- (one finite seed)"] for label, key in keys]
     text += [f"A rerun with {n.count(list(c.rows))} new seeds: the 95% interval of the mean says where the true mean "
              "lies, not where a rerun's mean falls; that is the prediction interval, wider by the rerun's own "
              f"spread (at {label_of(n, c)}):",
