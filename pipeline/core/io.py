@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import CheckpointError, PipelineError
+
 
 def _umask() -> int:
     """The process's umask (read by setting it, then put back)."""
@@ -114,8 +116,6 @@ def check_output(path: Path, folder: bool = False) -> None:
     """Refuse, before any work, an output path that cannot be written: a file where a folder is
     to go (or the other way round), or a file where a folder above it would have to be. A
     PipelineError of one line saying what to give instead."""
-    from pipeline.core.errors import PipelineError
-
     path = Path(path)
     if path.is_dir() and not folder:
         raise PipelineError(f"{path} is a folder; give a file path (such as {path / 'out.csv'})")
@@ -146,8 +146,6 @@ def read_json(path: Path) -> Any:
 def read_stage_json(path: Path, stage: str, required: dict[str, type | tuple[type, ...]]) -> dict:
     """The JSON object `stage` wrote at `path`, holding `required` (key -> type); a CheckpointError
     of one line naming the stage to rerun when it is missing, is not JSON, or lacks a key."""
-    from pipeline.core.errors import CheckpointError
-
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; run `dvc repro {stage}` first")

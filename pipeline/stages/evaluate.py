@@ -293,8 +293,7 @@ def main() -> None:
         vae, vae_checkpoint = load_seed_vae(paths.VAE_CHECKPOINTS, config, seed, splits.image_shape, data_hash)
         gans = load_seed_gans(paths.GAN_GENERATORS, config, seed, splits.image_shape, data_hash)
         models[seed] = (vae, vae_checkpoint["config"]["vae"]["reconstruction"], gans)
-    upstream = record.read_run_file(paths.GAN_RUN, "train_gan")  # a damaged or stale record is refused
-    record.check_upstream(config, upstream, paths.GAN_RUN, "train_gan")  # before any work
+    upstream = record.upstream_rows(config, paths.GAN_RUN, "train_gan")  # a damaged or stale record: refused now
 
     started = time.perf_counter()
     measure = ruler(config, splits, classifier, device)  # the same for every seed: computed once

@@ -215,8 +215,7 @@ def main() -> None:
             for seed in config.seeds]
     classifier = load_classifier(paths.CLASSIFIER_CHECKPOINT,
                                  classifier_config(config, splits.image_shape, splits.num_classes, data_hash))
-    upstream = record.read_run_file(paths.VAE_RUN, "train_vae")  # a damaged or stale record is refused
-    record.check_upstream(config, upstream, paths.VAE_RUN, "train_vae")  # before any work
+    upstream = record.upstream_rows(config, paths.VAE_RUN, "train_vae")  # a damaged or stale record: refused now
 
     def check_params(init: str, rows: list[dict]) -> None:
         params_guard.unchanged()  # a run hijacked by a params.yaml edit stops at once, not after training

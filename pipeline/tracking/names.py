@@ -36,7 +36,7 @@ STAGE_METRIC_PREFIX = {"download": "data", "train_vae": "vae", "train_classifier
 
 # The params a result stage's record depends on (dvc.yaml's params of it and the stages before it,
 # per seed; a key ending in "." stands for its section): a later stage refuses an upstream row
-# recorded with other values of these (record.check_upstream). The others (a GAN param in the VAE's
+# recorded with other values of these (record.upstream_rows). The others (a GAN param in the VAE's
 # row, say) may differ: the later stage then starts a new row with copies of the upstream records.
 RESULT_DEPENDS_ON = {
     "train_vae": ("latent_dim", "seed", "device", "data.", "vae."),

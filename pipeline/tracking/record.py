@@ -286,15 +286,17 @@ def write_run_file(path: Path, runs: SeedRuns, summary_id: str | None = None) ->
     write_json(path, content | ({"summary_run_id": summary_id} if summary_id else {}))
 
 
-def check_upstream(config: Config, upstream: dict[int, str], run_file: Path, stage: str) -> None:
-    """Refuse, before any work, an upstream record (`run_file`, written by `stage`) whose rows were
-    recorded with other values than `config`'s of the params `stage`'s results depend on: the
-    later stage would copy them into a row that says otherwise. A row missing from the store is
-    left to `stage_run` (it starts a new row, with a warning)."""
+def upstream_rows(config: Config, run_file: Path, stage: str) -> dict[int, str]:
+    """The row ids, by seed, that `stage` recorded into (`run_file`), for the next stage to add to;
+    refused before any work, as a CheckpointError naming `stage` to rerun, when the file is damaged
+    or its rows were recorded with other values than `config`'s of the params `stage`'s results
+    depend on (the next stage would copy them into a row that says otherwise), or deleted. A row
+    missing from the store is left to `stage_run` (it starts a new row, with a warning)."""
     import mlflow
 
+    upstream = _read_run_file(run_file, stage)
     if not upstream:
-        return
+        return upstream
     _, client = store.connect()
     for seed in config.seeds:
         if seed not in upstream:
@@ -315,9 +317,10 @@ def check_upstream(config: Config, upstream: dict[int, str], run_file: Path, sta
         if differing:
             raise CheckpointError(f"{run_file} names MLflow row {upstream[seed]} for seed {seed}, recorded with "
                                   f"{', '.join(differing)}; rerun `dvc repro -f {stage}`")
+    return upstream
 
 
-def read_run_file(path: Path, stage: str) -> dict[int, str]:
+def _read_run_file(path: Path, stage: str) -> dict[int, str]:
     """The row ids `stage` recorded into, by seed; empty when the file is missing or was written
     by older code (one row, no seeds): the next stage then starts new rows. A damaged file is a
     CheckpointError naming `stage` to rerun."""
@@ -327,7 +330,9 @@ def read_run_file(path: Path, stage: str) -> dict[int, str]:
     data = read_stage_json(path, stage, {})
     if isinstance(data, dict) and "runs" not in data and isinstance(data.get("run_id"), str):
         return {}  # older code's one row
-    runs = read_stage_json(path, stage, {"runs": dict})["runs"]
+    runs = data.get("runs") if isinstance(data, dict) else None
+    if not isinstance(runs, dict):
+        raise CheckpointError(f"{path} is damaged (no 'runs' of the expected type); rerun `dvc repro -f {stage}`")
     if not all(seed.isdigit() and isinstance(run_id, str) for seed, run_id in runs.items()):
         raise CheckpointError(f"{path} is damaged (its runs are not seed -> row id); rerun `dvc repro -f {stage}`")
     return {int(seed): run_id for seed, run_id in runs.items()}

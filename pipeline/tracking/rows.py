@@ -86,7 +86,6 @@ class Row:
         return config_from_params(self.params)
 
 
-
 def _finite(value: float) -> bool:
     """Whether a recorded metric is a finite number. MLflow's SQL stores keep an infinite value as
     the largest double (1.8e308), which reads back finite."""
@@ -131,7 +130,6 @@ class Configuration:
         """The seeds whose metric `key` is NaN or infinite, with the value: left out of `values`."""
         return {row.seed: math.copysign(math.inf, value) if not math.isnan(value) else value
                 for row in self.rows if key in row.metrics and not _finite(value := row.metrics[key])}
-
 
     def interval(self, key: str) -> Interval | None:
         """The mean of metric `key` over the seeds with a finite value, with its 95% t-interval
